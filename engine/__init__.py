@@ -1,0 +1,56 @@
+"""medadapt's engine: contracts, plugins, profiles and the command line.
+
+A plugin needs only what is exported here::
+
+    from medadapt.engine import SelectionScore, hookimpl
+"""
+
+from importlib import metadata
+
+from medadapt.engine.components import (
+    AdaptationMethod,
+    Augmentation,
+    Backbone,
+    Component,
+    ComponentKind,
+    DataSource,
+    Image,
+    LabelProperty,
+    NoParams,
+    ProfilePath,
+    Rejection,
+    SampleRecord,
+    ScanResult,
+    SelectionScore,
+    Split,
+)
+from medadapt.engine.errors import ExitCode, InvalidInputError, MedadaptError, PluginError
+from medadapt.engine.hookspecs import ReportSection, RunInfo, hookimpl
+
+__version__ = metadata.version("medadapt")
+
+__all__ = [
+    "AdaptationMethod",
+    "Augmentation",
+    "Backbone",
+    "Component",
+    "ComponentKind",
+    "DataSource",
+    "ExitCode",
+    "Image",
+    "InvalidInputError",
+    "LabelProperty",
+    "MedadaptError",
+    "NoParams",
+    "PluginError",
+    "ProfilePath",
+    "Rejection",
+    "ReportSection",
+    "RunInfo",
+    "SampleRecord",
+    "ScanResult",
+    "SelectionScore",
+    "Split",
+    "__version__",
+    "hookimpl",
+]

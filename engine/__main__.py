@@ -1,0 +1,5 @@
+"""``python -m medadapt.engine`` runs the ``medadapt`` command line."""
+
+from medadapt.engine.cli import main
+
+main()

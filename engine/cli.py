@@ -1,0 +1,210 @@
+"""The ``medadapt`` command line: one command per job, thin over the Python API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from medadapt.engine.components import ComponentKind
+from medadapt.engine.errors import ExitCode, MedadaptError, PluginError
+from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.profile import ProfileError, load_profile, summarize
+
+
+def _exit_code_help() -> str:
+    lines = ["\b", "Exit codes:"]
+    for code in ExitCode:
+        lines.append(f"  {code.value:>3}  {code.name.lower().replace('_', ' ')}")
+    return "\n".join(lines)
+
+
+class MedadaptGroup(click.Group):
+    """A click group that turns medadapt's errors into a message and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except MedadaptError as exc:
+            _stderr().print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            _stderr().print("interrupted; finished work is kept")
+            ctx.exit(ExitCode.INTERRUPTED)
+        except Exception:
+            _stderr().print(traceback.format_exc(), markup=False, highlight=False)
+            _stderr().print(
+                "[bold red]internal error:[/] this is a bug in medadapt or one of its plugins; "
+                "please report it with the traceback above"
+            )
+            ctx.exit(ExitCode.INTERNAL_ERROR)
+
+
+def _stdout() -> Console:
+    return Console(soft_wrap=True)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, soft_wrap=True)
+
+
+def _configure_logging(quiet: bool) -> None:
+    logger = logging.getLogger("medadapt")
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        handler = RichHandler(console=_stderr(), show_time=False, show_path=False)
+        logger.addHandler(handler)
+
+
+def _emit_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(
+    cls=MedadaptGroup,
+    epilog=_exit_code_help(),
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.version_option(package_name="medadapt", prog_name="medadapt")
+@click.option("--quiet", "-q", is_flag=True, help="Print only results, warnings and errors.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool) -> None:
+    """Carry a CT classifier from the hospital it was trained at to the one that must use it.
+
+    Each hospital is described once, in a profile (see hospital_profiles/template.yaml);
+    each command below does one job.
+    """
+    ctx.obj = {"quiet": quiet}
+    _configure_logging(quiet)
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.pass_context
+def plugins_command(ctx: click.Context, as_json: bool) -> None:
+    """List every plugin, its version and the components it provides."""
+    host = get_plugin_host()
+    infos = host.describe()
+    problem = None
+    try:
+        host.registry()
+    except PluginError as exc:
+        problem = exc
+    if as_json:
+        _emit_json(
+            {
+                "plugins": [asdict(info) for info in infos],
+                "failed": [asdict(failure) for failure in host.failures],
+                "error": str(problem) if problem else None,
+            }
+        )
+    else:
+        table = Table(title="medadapt plugins")
+        for column in ("plugin", "distribution", "provides"):
+            table.add_column(column, overflow="fold")
+        for info in infos:
+            provides = "\n".join(
+                f"{ComponentKind(kind).label}s: {', '.join(names)}"
+                for kind, names in info.provides.items()
+                if names
+            )
+            hooks = [h for h in info.hooks if h.removeprefix("medadapt_") not in info.provides]
+            if hooks:
+                provides += ("\n" if provides else "") + f"hooks: {', '.join(hooks)}"
+            distribution = f"{info.distribution or '(registered in code)'} {info.version or ''}"
+            table.add_row(f"{info.name}\n[dim]{info.module}[/]", distribution.strip(), provides)
+        _stdout().print(table)
+        for failure in host.failures:
+            _stderr().print(
+                f"[bold red]not loaded:[/] {failure.name} ({failure.target}): {failure.error}"
+            )
+    if problem is not None:
+        if not as_json:
+            _stderr().print(f"[bold red]error:[/] {problem}")
+        ctx.exit(problem.exit_code)
+
+
+@cli.group("profile")
+def profile_group() -> None:
+    """Write and check hospital profiles."""
+
+
+@profile_group.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.pass_context
+def profile_check_command(ctx: click.Context, files: tuple[Path, ...], as_json: bool) -> None:
+    """Check hospital profiles: keys, types, components and their parameters.
+
+    Every problem is printed with the file, the line, the key and what was expected.
+    The exit code is 2 when any profile is invalid.
+    """
+    registry = get_plugin_host().registry()
+    results: list[dict[str, Any]] = []
+    for file in files:
+        try:
+            profile = load_profile(file, registry)
+        except ProfileError as exc:
+            results.append(
+                {
+                    "file": str(file),
+                    "valid": False,
+                    "issues": [
+                        {"line": issue.line, "key": issue.key, "message": issue.message}
+                        for issue in exc.issues
+                    ],
+                }
+            )
+            if not as_json:
+                click.echo(f"{file}: invalid, {len(exc.issues)} problem(s)")
+                for issue in exc.issues:
+                    click.echo(f"  {issue}")
+            continue
+        summary = summarize(profile)
+        results.append({"file": str(file), "valid": True, "summary": summary})
+        if not as_json and not ctx.find_root().obj["quiet"]:
+            click.echo(f"{file}: valid")
+            click.echo(_summary_text(summary))
+    if as_json:
+        _emit_json(results)
+    if not all(result["valid"] for result in results):
+        ctx.exit(ExitCode.INVALID_INPUT)
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    window = summary["window"]
+    components = summary["components"]
+    augmentations = components.pop("augmentations")
+    lines = [
+        f"site: {summary['site']} ({summary['body_region']})",
+        f"task: {' vs '.join(summary['classes'])}; positive class {summary['positive_class']}",
+        f"input: {summary['patches']} patches, window level {window['level']:g} HU "
+        f"width {window['width']:g} HU",
+        "components: "
+        + (
+            ", ".join(f"{kind.replace('_', ' ')} {name}" for kind, name in components.items())
+            or "none chosen yet"
+        ),
+        f"augmentations: {', '.join(augmentations) or 'none'}",
+        "acceptance: "
+        + ", ".join(f"{key} {value:g}" for key, value in summary["acceptance"].items()),
+        f"seed: {summary['seed']}",
+    ]
+    return "\n".join(f"  {line}" for line in lines)
+
+
+def main() -> None:
+    """The ``medadapt`` console script: load plugins, let them add commands, run."""
+    _configure_logging(quiet=False)
+    get_plugin_host().add_commands(cli)
+    cli.main(prog_name="medadapt")

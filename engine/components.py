@@ -1,0 +1,328 @@
+"""The component contracts every plugin builds to.
+
+A component is a small class with a ``name`` (what a profile calls it), a pydantic ``Params``
+model (what a profile may set, checked before any work starts) and the few methods its kind
+needs. Plugins hand the classes to the engine through the collecting hooks in
+:mod:`medadapt.engine.hookspecs`; the engine builds them from a profile with
+:meth:`Component.from_params`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
+
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+
+class ComponentKind(enum.StrEnum):
+    """The kinds of component a plugin can provide; each value is its key in JSON output."""
+
+    DATA_SOURCES = "data_sources"
+    AUGMENTATIONS = "augmentations"
+    BACKBONES = "backbones"
+    ADAPTATION_METHODS = "adaptation_methods"
+    SELECTION_SCORES = "selection_scores"
+
+    @property
+    def label(self) -> str:
+        """The singular name a person reads: ``"adaptation method"``."""
+        return self.value.removesuffix("s").replace("_", " ")
+
+    @property
+    def hook_name(self) -> str:
+        """The collecting hook that gathers this kind: ``"medadapt_backbones"``."""
+        return f"medadapt_{self.value}"
+
+    @property
+    def contract(self) -> type[Component]:
+        """The abstract class every component of this kind derives from."""
+        return _CONTRACTS[self]
+
+
+def _resolve_against_profile(path: Path, info: ValidationInfo) -> Path:
+    base_dir = (info.context or {}).get("base_dir")
+    return path if path.is_absolute() or base_dir is None else Path(base_dir) / path
+
+
+#: A path in a profile or in component parameters: relative paths are taken from the folder
+#: of the profile file, so a profile and its label file can move together.
+ProfilePath = Annotated[Path, AfterValidator(_resolve_against_profile)]
+
+
+class NoParams(BaseModel):
+    """The parameters of a component that takes none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component(ABC):
+    """What every component shares: a name, a kind and validated parameters.
+
+    Subclasses set ``name`` (lower case, words joined by ``-``) and, when they take
+    parameters, a nested ``Params`` pydantic model with ``extra="forbid"``.
+
+    Args:
+        params: validated parameters; ``None`` means every parameter at its default.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[ComponentKind]
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: BaseModel | None = None) -> None:
+        self.params = self.Params() if params is None else params
+
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any] | None = None, *, base_dir: Path | None = None
+    ) -> Self:
+        """Validate raw parameters (from a profile) and build the component.
+
+        Args:
+            params: the component's ``params`` mapping from a profile.
+            base_dir: the folder relative :data:`ProfilePath` parameters are resolved from.
+
+        Raises:
+            pydantic.ValidationError: a parameter is unknown or has the wrong type or value.
+
+        Example:
+            >>> from medadapt.plugins.selection_scores import Entropy
+            >>> Entropy.from_params({}).name
+            'entropy'
+        """
+        return cls(cls.Params.model_validate(dict(params or {}), context={"base_dir": base_dir}))
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the class docstring: one sentence on what the component does."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+class Split(enum.StrEnum):
+    """The patient-level split a sample belongs to."""
+
+    TRAIN = "train"
+    VALIDATION = "validation"
+    TEST = "test"
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """What a data source knows about one sample before any pixel is read.
+
+    Attributes:
+        patient_key: keyed pseudonym of the patient; never the PatientID itself.
+        series_key: keyed pseudonym of the series the sample comes from.
+        locator: where the data source finds the pixels again (a path, an index); it may
+            contain identifying text, so it is never written to reports or logs.
+        attributes: acquisition attributes used for subgroups and shift analysis
+            (manufacturer, convolution kernel, kVp, slice thickness, ...).
+        label: the class name, or ``None`` for unlabelled data.
+        split: the patient-level split, or ``None`` until the engine assigns one.
+    """
+
+    patient_key: str
+    series_key: str
+    locator: str
+    attributes: Mapping[str, str | float | int | None] = field(default_factory=dict)
+    label: str | None = None
+    split: Split | None = None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An input a data source could not use, and why, in words a physicist can act on."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Everything a scan found: the usable samples and every input it had to reject."""
+
+    records: list[SampleRecord]
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Image:
+    """A CT volume in Hounsfield units.
+
+    Attributes:
+        hu: float32 array, axes (z, y, x) for a volume or (y, x) for a single slice.
+        spacing_mm: voxel size along the same axes, in millimetres.
+    """
+
+    hu: np.ndarray
+    spacing_mm: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.hu.dtype != np.float32:
+            raise TypeError(f"Image.hu must be float32 Hounsfield units, got {self.hu.dtype}")
+        if self.hu.ndim not in (2, 3):
+            raise ValueError(f"Image.hu must have 2 or 3 axes, got shape {self.hu.shape}")
+        if len(self.spacing_mm) != self.hu.ndim or not all(
+            math.isfinite(s) and s > 0 for s in self.spacing_mm
+        ):
+            raise ValueError(
+                f"Image.spacing_mm must be {self.hu.ndim} positive numbers (one per axis), "
+                f"got {self.spacing_mm}"
+            )
+
+
+class DataSource(Component):
+    """Finds samples and reads their pixels.
+
+    ``scan`` reads metadata only and never stops at a bad input: it returns a
+    :class:`Rejection` for it. ``load`` returns the pixels of one record in HU.
+    """
+
+    kind = ComponentKind.DATA_SOURCES
+
+    @abstractmethod
+    def scan(self) -> ScanResult:
+        """Find every usable sample and every rejected input."""
+
+    @abstractmethod
+    def load(self, record: SampleRecord) -> Image:
+        """Read the HU pixels and spacing of one sample found by :meth:`scan`."""
+
+
+# --- augmentations ------------------------------------------------------------------------
+
+
+class LabelProperty(enum.StrEnum):
+    """A property of the image a label can depend on, and an augmentation may break."""
+
+    #: The label depends on exact Hounsfield units (fat, calcium, contrast uptake).
+    ABSOLUTE_HU = "absolute-hu"
+    #: The label depends on left versus right.
+    LATERALITY = "laterality"
+    #: The label depends on physical size (a nodule's diameter).
+    SIZE = "size"
+    #: The label depends on the outline (spiculation, lobulation).
+    SHAPE = "shape"
+    #: The label depends on fine texture (ground glass, noise-like patterns).
+    TEXTURE = "texture"
+
+
+class Augmentation(Component):
+    """A random change applied to training patches only, with a declared safety contract.
+
+    ``preserves`` lists the image properties the augmentation never changes. The profile
+    says what its labels depend on; the engine refuses an augmentation that does not
+    preserve one of them, unless it shifts HU by no more than the profile tolerates.
+    """
+
+    kind = ComponentKind.AUGMENTATIONS
+    preserves: ClassVar[frozenset[LabelProperty]]
+
+    def max_hu_shift(self) -> float:
+        """The most this augmentation, with its parameters, moves any voxel's HU value.
+
+        Zero when it preserves absolute HU; augmentations that change intensities override it.
+        """
+        return 0.0 if LabelProperty.ABSOLUTE_HU in self.preserves else math.inf
+
+    @abstractmethod
+    def transform(self) -> Callable[[Any], Any]:
+        """The MONAI transform applied to a channel-first training patch.
+
+        Random transforms derive from ``monai.transforms.Randomizable`` so that the engine
+        seeds them from the profile's seed.
+        """
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+class Backbone(Component):
+    """A feature extractor; the engine puts a classification head on top of it."""
+
+    kind = ComponentKind.BACKBONES
+    #: 2 for slice (2D and 2.5D) patches, 3 for volume patches.
+    spatial_dims: ClassVar[frozenset[int]]
+
+    @abstractmethod
+    def build(self, in_channels: int, weights: Path | None) -> tuple[nn.Module, int]:
+        """Build the feature extractor.
+
+        Args:
+            in_channels: channels of the input patch (1 for 2D and 3D, 3 for 2.5D).
+            weights: a local pretrained-weights file, or ``None`` for random initialisation.
+                Nothing is downloaded; a missing file is an error that says where to put it.
+
+        Returns:
+            The module mapping a batch of patches to feature vectors, and the vector length.
+        """
+
+
+class AdaptationMethod(Component):
+    """One way to carry a model to a new site: a loss computed per training step.
+
+    The engine owns the loop, the optimiser and checkpoints; a method only says what it
+    needs and what to minimise.
+    """
+
+    kind = ComponentKind.ADAPTATION_METHODS
+    #: Whether the method needs labelled data from the source hospital at adaptation time.
+    needs_source_data: ClassVar[bool]
+    #: Whether the method needs labels at the target hospital.
+    needs_target_labels: ClassVar[bool]
+
+    @abstractmethod
+    def setup(self, model: nn.Module, feature_dim: int, num_classes: int) -> None:
+        """Receive the model being adapted, before the first step."""
+
+    @abstractmethod
+    def update(
+        self, source_batch: Mapping[str, Tensor] | None, target_batch: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Compute this step's losses; the engine minimises the ``"loss"`` entry."""
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Modules the method owns (a domain discriminator), checkpointed with the model."""
+        return {}
+
+
+# --- model selection ----------------------------------------------------------------------
+
+
+class SelectionScore(Component):
+    """A label-free score of how well a model fits the target site, for model selection."""
+
+    kind = ComponentKind.SELECTION_SCORES
+    #: Whether a larger score means a better model.
+    higher_is_better: ClassVar[bool]
+
+    @abstractmethod
+    def score(self, probabilities: np.ndarray, features: np.ndarray | None = None) -> float:
+        """Score a model from its predictions on unlabelled target data.
+
+        Args:
+            probabilities: shape (samples, classes); each row sums to 1.
+            features: shape (samples, feature_dim), for scores that look at features.
+        """
+
+
+_CONTRACTS: dict[ComponentKind, type[Component]] = {
+    ComponentKind.DATA_SOURCES: DataSource,
+    ComponentKind.AUGMENTATIONS: Augmentation,
+    ComponentKind.BACKBONES: Backbone,
+    ComponentKind.ADAPTATION_METHODS: AdaptationMethod,
+    ComponentKind.SELECTION_SCORES: SelectionScore,
+}

@@ -1,0 +1,45 @@
+"""Exit codes and the errors that carry them to the command line."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """What a ``medadapt`` command's exit status means.
+
+    Scripts and schedulers may rely on these numbers; they only ever gain new members.
+    """
+
+    #: The command did what was asked.
+    OK = 0
+    #: The command ran, and what it measured or found did not pass (an acceptance gate not
+    #: met, a folder with no usable series).
+    NOT_PASSED = 1
+    #: The command line, a profile or an input file is invalid; nothing was run.
+    INVALID_INPUT = 2
+    #: The installed plugins contradict each other (two provide the same component name) or
+    #: a plugin's component breaks its contract.
+    PLUGIN_ERROR = 3
+    #: An unexpected error: a bug in medadapt or in a plugin. The traceback is printed.
+    INTERNAL_ERROR = 4
+    #: The user interrupted the command (Ctrl-C); finished work is kept.
+    INTERRUPTED = 130
+
+
+class MedadaptError(Exception):
+    """An error the user can act on; the command line prints its message and exits."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL_ERROR
+
+
+class InvalidInputError(MedadaptError):
+    """Input (a profile, a file, a parameter) is not what was expected."""
+
+    exit_code = ExitCode.INVALID_INPUT
+
+
+class PluginError(MedadaptError):
+    """The installed plugins cannot be used together as they are."""
+
+    exit_code = ExitCode.PLUGIN_ERROR

@@ -1,0 +1,598 @@
+"""Hospital profiles: one YAML file says what a site has and what it wants.
+
+:func:`load_profile` reads a profile, validates its structure (unknown keys are errors) and,
+given the component registry, checks every component it names and their parameters, so a
+job never starts on a profile that would fail half-way. Every problem becomes a
+:class:`ProfileIssue` naming the file, the line, the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from medadapt.engine.components import (
+    AdaptationMethod,
+    Augmentation,
+    Backbone,
+    ComponentKind,
+    LabelProperty,
+    ProfilePath,
+)
+from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.registry import ComponentRegistry, UnknownComponentError
+from medadapt.engine.wording import did_you_mean
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Site(_Section):
+    """Who the profile describes."""
+
+    name: str = Field(min_length=1, description="the hospital or site name shown in reports")
+    description: str = Field(default="", description="scanners, protocols, anything notable")
+
+
+class Task(_Section):
+    """What the model predicts."""
+
+    classes: list[str] = Field(min_length=2, description="class names, as in the label file")
+    positive_class: str = Field(description="the class sensitivity is measured for")
+    label_depends_on: list[LabelProperty] = Field(
+        default_factory=list,
+        description="image properties the labels depend on; augmentations must keep them",
+    )
+    hu_tolerance: NonNegativeFloat = Field(
+        default=0.0,
+        description="how many HU an intensity augmentation may shift without changing a label",
+    )
+
+    @model_validator(mode="after")
+    def _positive_class_is_a_class(self) -> Task:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be different from each other, got {self.classes}")
+        if self.positive_class not in self.classes:
+            raise ValueError(
+                f"positive_class {self.positive_class!r} is not one of the classes "
+                f"{self.classes}{did_you_mean(self.positive_class, self.classes)}"
+            )
+        return self
+
+
+class SplitFractions(_Section):
+    """How patients are divided; a patient is never in two splits."""
+
+    train: float = Field(default=0.7, ge=0.0, le=1.0, description="fraction of patients")
+    validation: float = Field(default=0.15, ge=0.0, le=1.0, description="fraction of patients")
+    test: float = Field(default=0.15, gt=0.0, le=1.0, description="fraction of patients")
+
+    @model_validator(mode="after")
+    def _fractions_add_up(self) -> SplitFractions:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must add up to 1, got {total:g}")
+        return self
+
+
+class Data(_Section):
+    """Where the site's images and labels come from."""
+
+    source: str = Field(description="the data source component, e.g. dicom-ct")
+    params: dict[str, Any] = Field(default_factory=dict, description="the source's parameters")
+    label_file: ProfilePath | None = Field(
+        default=None, description="CSV of labels; relative to this profile's folder"
+    )
+    split: SplitFractions = Field(default_factory=SplitFractions)
+
+
+class Window(_Section):
+    """The HU window that maps Hounsfield units to the model's input range."""
+
+    level: float = Field(description="window centre in HU (lung -600, soft tissue 40)")
+    width: PositiveFloat = Field(description="window width in HU (lung 1500, soft tissue 400)")
+
+
+class Preprocessing(_Section):
+    """Deterministic steps before augmentation; they are part of the cache key."""
+
+    window: Window
+    spacing_mm: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
+        default=None, description="resample to this (z, y, x) voxel size; null keeps native"
+    )
+    patch_mode: Literal["2d", "2.5d", "3d"] = Field(
+        description="2d: one slice; 2.5d: three adjacent slices as channels; 3d: a volume"
+    )
+    patch_size: list[PositiveInt] = Field(
+        description="(y, x) voxels for 2d and 2.5d, (z, y, x) for 3d"
+    )
+
+    @model_validator(mode="after")
+    def _patch_size_matches_mode(self) -> Preprocessing:
+        expected = 3 if self.patch_mode == "3d" else 2
+        if len(self.patch_size) != expected:
+            raise ValueError(
+                f"patch_size needs {expected} numbers for {self.patch_mode} patches "
+                f"({'z, y, x' if expected == 3 else 'y, x'}), got {self.patch_size}"
+            )
+        return self
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for slice patches (2D and 2.5D), 3 for volume patches."""
+        return 3 if self.patch_mode == "3d" else 2
+
+
+class AugmentationChoice(_Section):
+    """One augmentation and its parameters."""
+
+    name: str = Field(description="the augmentation component")
+    params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
+
+
+class BackboneChoice(_Section):
+    """The feature extractor and where its pretrained weights are."""
+
+    name: str = Field(description="the backbone component, e.g. resnet18")
+    params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
+    weights: ProfilePath | None = Field(
+        default=None, description="local pretrained weights; null for random initialisation"
+    )
+
+
+class AdaptationChoice(_Section):
+    """How the model is carried to this site."""
+
+    method: str = Field(description="the adaptation method component, e.g. tent")
+    params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
+    source_model: ProfilePath | None = Field(
+        default=None, description="the model folder trained at the source site"
+    )
+
+
+class SelectionChoice(_Section):
+    """How a model is chosen among epochs without target labels."""
+
+    score: str = Field(description="the selection score component, e.g. entropy")
+    params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
+
+
+class Acceptance(_Section):
+    """What the adapted model must reach on this site's test patients to be accepted."""
+
+    min_auroc: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_sensitivity: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_specificity: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_calibration_error: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="expected calibration error"
+    )
+    min_test_patients: PositiveInt = Field(
+        default=30, description="fewer test patients than this and the report says no verdict"
+    )
+
+    @model_validator(mode="after")
+    def _has_a_criterion(self) -> Acceptance:
+        criteria = (
+            self.min_auroc,
+            self.min_sensitivity,
+            self.min_specificity,
+            self.max_calibration_error,
+        )
+        if all(value is None for value in criteria):
+            raise ValueError(
+                "set at least one of min_auroc, min_sensitivity, min_specificity, "
+                "max_calibration_error: a gate without a criterion would accept any model"
+            )
+        return self
+
+
+SubgroupAttribute = Literal[
+    "manufacturer", "manufacturer_model", "convolution_kernel", "kvp", "slice_thickness"
+]
+
+
+class Report(_Section):
+    """What the validation report contains."""
+
+    title: str | None = Field(default=None, description="defaults to the site name")
+    subgroups: list[SubgroupAttribute] = Field(
+        default_factory=lambda: ["manufacturer", "convolution_kernel"],
+        description="acquisition attributes results are broken down by",
+    )
+    formats: list[Literal["html", "json"]] = Field(default_factory=lambda: ["html", "json"])
+    confidence_level: float = Field(default=0.95, gt=0.5, lt=1.0)
+
+
+class Profile(_Section):
+    """A hospital profile. Sections left out are not needed by every job: the job that
+    needs one says so."""
+
+    site: Site
+    intended_use: str = Field(min_length=1, description="what the model is for, and for whom")
+    body_region: Literal[
+        "head", "neck", "chest", "abdomen", "pelvis", "spine", "extremities", "whole-body"
+    ]
+    seed: int = Field(default=0, ge=0, description="drives every random number generator")
+    task: Task
+    data: Data | None = None
+    preprocessing: Preprocessing
+    augmentations: list[AugmentationChoice] = Field(default_factory=list)
+    backbone: BackboneChoice | None = None
+    adaptation: AdaptationChoice | None = None
+    selection: SelectionChoice | None = None
+    acceptance: Acceptance
+    report: Report = Field(default_factory=Report)
+
+
+# --- errors -------------------------------------------------------------------------------
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ProfileIssue:
+    """One problem in one profile file."""
+
+    file: Path
+    loc: Loc
+    message: str
+    line: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The key path as a person writes it: ``augmentations[0].params.prob``."""
+        text = ""
+        for part in self.loc:
+            text += f"[{part}]" if isinstance(part, int) else f".{part}"
+        return text.lstrip(".")
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else str(self.file)
+        return f"{where}: {self.key}: {self.message}" if self.loc else f"{where}: {self.message}"
+
+
+class ProfileError(InvalidInputError):
+    """A profile is invalid; :attr:`issues` lists every problem found."""
+
+    def __init__(self, issues: Sequence[ProfileIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def load_profile(path: Path | str, registry: ComponentRegistry | None = None) -> Profile:
+    """Read and validate a hospital profile.
+
+    Args:
+        path: the YAML file.
+        registry: when given, every component the profile names must exist there and
+            accept its parameters, and the components must suit the task.
+
+    Raises:
+        ProfileError: every problem found, each with file, line, key path and expectation.
+
+    Example:
+        >>> profile = load_profile("hospital_profiles/template.yaml")
+        >>> profile.site.name
+        'Hospital B'
+    """
+    path = Path(path)
+    document = _ProfileDocument.read(path)
+    try:
+        profile = Profile.model_validate(document.data, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        raise ProfileError(document.issues_from(exc, Profile)) from None
+    if registry is not None:
+        issues = _check_components(profile, registry, document)
+        if issues:
+            raise ProfileError(issues)
+    return profile
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _ProfileDocument:
+    """A profile's parsed YAML, with the line of every key for error messages."""
+
+    def __init__(self, path: Path, data: dict[str, Any], root: yaml.Node) -> None:
+        self.path = path
+        self.data = data
+        self._root = root
+
+    @classmethod
+    def read(cls, path: Path) -> _ProfileDocument:
+        def fail(message: str, line: int | None = None) -> ProfileError:
+            return ProfileError([ProfileIssue(path, (), message, line)])
+
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise fail("no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise fail(f"cannot read the profile: {exc}") from None
+        try:
+            root = yaml.compose(text, Loader=_UniqueKeyLoader)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            problem = exc.problem or exc.context or "not valid YAML"
+            raise fail(f"not valid YAML: {problem}", mark.line + 1 if mark else None) from None
+        except yaml.YAMLError as exc:
+            raise fail(f"not valid YAML: {exc}") from None
+        expected = f"a mapping with the keys {', '.join(Profile.model_fields)}"
+        if data is None:
+            raise fail(f"the profile is empty; expected {expected}")
+        if not isinstance(data, dict) or root is None:
+            raise fail(f"expected {expected}, got {_describe(data)}")
+        return cls(path, data, root)
+
+    def line(self, loc: Loc) -> int:
+        """The 1-based line of the deepest part of ``loc`` present in the file."""
+        node = self._root
+        line = node.start_mark.line
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                found = [(k, v) for k, v in node.value if k.value == str(part)]
+                if not found:
+                    break
+                key_node, node = found[0]
+                line = key_node.start_mark.line
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                if part >= len(node.value):
+                    break
+                node = node.value[part]
+                line = node.start_mark.line
+            else:
+                break
+        return line + 1
+
+    def issue(self, loc: Loc, message: str) -> ProfileIssue:
+        return ProfileIssue(self.path, loc, message, self.line(loc))
+
+    def issues_from(
+        self, exc: ValidationError, model: type[BaseModel], base: Loc = ()
+    ) -> list[ProfileIssue]:
+        """Turn pydantic's errors into issues a person can act on."""
+        issues = []
+        for error in exc.errors(include_url=False):
+            loc = tuple(error["loc"])
+            issues.append(self.issue(base + loc, _explain(error, model, loc)))
+        return issues
+
+
+def _explain(error: Mapping[str, Any], model: type[BaseModel], loc: Loc) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        allowed = list(parent.model_fields) if parent else []
+        return (
+            f"unknown key{did_you_mean(str(loc[-1]), allowed)}; "
+            f"allowed keys are: {', '.join(allowed)}"
+        )
+    if kind == "missing":
+        field_model = _model_at(model, loc[:-1])
+        field = field_model.model_fields.get(str(loc[-1])) if field_model else None
+        about = f" ({field.description})" if field and field.description else ""
+        return f"required key is missing{about}"
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        target = _model_at(model, loc)
+        keys = f" with the keys {', '.join(target.model_fields)}" if target else ""
+        return f"expected a mapping{keys}, got {_describe(error['input'])}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind.startswith("value_error") or kind == "assertion_error":
+        return message
+    return f"{message}; got {_describe(error['input'])}"
+
+
+def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The pydantic model that validates the value at ``loc``, if that value is a model."""
+    annotation: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        current = _as_model(annotation)
+        if current is None or part not in current.model_fields:
+            return None
+        annotation = current.model_fields[part].annotation
+    return _as_model(annotation)
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in {list, typing.Union, types.UnionType}:
+        for argument in typing.get_args(annotation):
+            found = _as_model(argument)
+            if found is not None:
+                return found
+    return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- component checks ---------------------------------------------------------------------
+
+
+def _chosen_components(profile: Profile) -> list[tuple[ComponentKind, Loc, str, dict[str, Any]]]:
+    """(kind, key path of the name, name, params) for every component the profile names."""
+    chosen: list[tuple[ComponentKind, Loc, str, dict[str, Any]]] = []
+    if profile.data is not None:
+        chosen.append(
+            (
+                ComponentKind.DATA_SOURCES,
+                ("data", "source"),
+                profile.data.source,
+                profile.data.params,
+            )
+        )
+    for index, augmentation in enumerate(profile.augmentations):
+        chosen.append(
+            (
+                ComponentKind.AUGMENTATIONS,
+                ("augmentations", index, "name"),
+                augmentation.name,
+                augmentation.params,
+            )
+        )
+    if profile.backbone is not None:
+        chosen.append(
+            (
+                ComponentKind.BACKBONES,
+                ("backbone", "name"),
+                profile.backbone.name,
+                profile.backbone.params,
+            )
+        )
+    if profile.adaptation is not None:
+        chosen.append(
+            (
+                ComponentKind.ADAPTATION_METHODS,
+                ("adaptation", "method"),
+                profile.adaptation.method,
+                profile.adaptation.params,
+            )
+        )
+    if profile.selection is not None:
+        chosen.append(
+            (
+                ComponentKind.SELECTION_SCORES,
+                ("selection", "score"),
+                profile.selection.score,
+                profile.selection.params,
+            )
+        )
+    return chosen
+
+
+def _check_components(
+    profile: Profile, registry: ComponentRegistry, document: _ProfileDocument
+) -> list[ProfileIssue]:
+    issues: list[ProfileIssue] = []
+    for kind, name_loc, name, params in _chosen_components(profile):
+        try:
+            cls = registry.get(kind, name)
+        except UnknownComponentError as exc:
+            issues.append(document.issue(name_loc, str(exc)))
+            continue
+        params_loc = (*name_loc[:-1], "params")
+        try:
+            component = cls.from_params(params, base_dir=document.path.parent)
+        except ValidationError as exc:
+            issues.extend(document.issues_from(exc, cls.Params, params_loc))
+            continue
+        problem = _unsuitable(component, profile)
+        if problem:
+            issues.append(document.issue(name_loc, problem))
+    return issues
+
+
+def _unsuitable(component: object, profile: Profile) -> str | None:
+    """Why a component cannot serve this profile's task, or None when it can."""
+    if isinstance(component, Augmentation):
+        for needed in profile.task.label_depends_on:
+            if needed in component.preserves:
+                continue
+            if (
+                needed is LabelProperty.ABSOLUTE_HU
+                and component.max_hu_shift() <= profile.task.hu_tolerance
+            ):
+                continue
+            return (
+                f"the augmentation {component.name!r} changes {needed.value}, and this task's "
+                f"labels depend on it (task.label_depends_on); remove it, or choose one that "
+                f"preserves {needed.value}"
+            )
+    if isinstance(component, Backbone):
+        dims = profile.preprocessing.spatial_dims
+        if dims not in component.spatial_dims:
+            return (
+                f"the backbone {component.name!r} takes {_dims(component.spatial_dims)} input, "
+                f"and preprocessing.patch_mode {profile.preprocessing.patch_mode!r} gives "
+                f"{dims}D patches"
+            )
+    if (
+        isinstance(component, AdaptationMethod)
+        and component.needs_target_labels
+        and (profile.data is None or profile.data.label_file is None)
+    ):
+        return (
+            f"the adaptation method {component.name!r} needs labels at this site, "
+            "and data.label_file is not set"
+        )
+    return None
+
+
+def _dims(spatial_dims: frozenset[int]) -> str:
+    return " or ".join(f"{d}D" for d in sorted(spatial_dims))
+
+
+# --- summary ------------------------------------------------------------------------------
+
+
+def summarize(profile: Profile) -> dict[str, Any]:
+    """The few facts that tell a person which profile this is, for ``profile check``.
+
+    Example:
+        >>> summarize(load_profile("hospital_profiles/template.yaml"))["site"]
+        'Hospital B'
+    """
+    acceptance = profile.acceptance.model_dump(exclude_none=True)
+    return {
+        "site": profile.site.name,
+        "body_region": profile.body_region,
+        "classes": profile.task.classes,
+        "positive_class": profile.task.positive_class,
+        "patches": f"{profile.preprocessing.patch_mode} "
+        + "x".join(str(n) for n in profile.preprocessing.patch_size),
+        "window": {
+            "level": profile.preprocessing.window.level,
+            "width": profile.preprocessing.window.width,
+        },
+        "components": {
+            kind.label.replace(" ", "_"): name
+            for kind, _, name, _ in _chosen_components(profile)
+            if kind is not ComponentKind.AUGMENTATIONS
+        }
+        | {"augmentations": [a.name for a in profile.augmentations]},
+        "acceptance": acceptance,
+        "seed": profile.seed,
+    }

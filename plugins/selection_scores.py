@@ -1,0 +1,84 @@
+"""Label-free model-selection scores computed from a model's target-site predictions.
+
+Without target labels, a model cannot be scored by accuracy; these scores rank candidate
+models (epochs, hyper-parameters) by how their predictions on unlabelled target data
+behave. They are proxies, and the report says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from medadapt.engine import SelectionScore, hookimpl
+
+
+def check_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """Return predictions as a float64 (samples, classes) array, or raise ValueError.
+
+    Example:
+        >>> check_probabilities(np.array([[0.2, 0.8]])).shape
+        (1, 2)
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] < 2:
+        raise ValueError(
+            f"expected predicted probabilities of shape (samples, classes) with at least one "
+            f"sample and two classes, got shape {p.shape}"
+        )
+    if not np.all(np.isfinite(p)) or np.any(p < 0):
+        raise ValueError("predicted probabilities must be finite and non-negative")
+    if not np.allclose(p.sum(axis=1), 1.0, atol=1e-4):
+        raise ValueError("each row of predicted probabilities must sum to 1 (apply softmax)")
+    return p
+
+
+def normalised_entropy(p: np.ndarray) -> np.ndarray:
+    """Shannon entropy along the last axis, divided by its maximum: 0 certain, 1 uniform."""
+    # 0 * log(0) is 0: take the log of 1 where a class has no probability.
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=-1) / np.log(p.shape[-1])
+
+
+class Entropy(SelectionScore):
+    """Mean prediction entropy on target data: lower means a more confident model."""
+
+    name = "entropy"
+    higher_is_better = False
+
+    def score(self, probabilities: np.ndarray, features: np.ndarray | None = None) -> float:
+        """Mean normalised entropy of each prediction, between 0 and 1.
+
+        Example:
+            >>> Entropy().score(np.array([[0.5, 0.5], [1.0, 0.0]]))
+            0.5
+        """
+        return float(normalised_entropy(check_probabilities(probabilities)).mean())
+
+
+class InformationMaximization(SelectionScore):
+    """Confident predictions that still use every class: higher is better.
+
+    The entropy of the mean prediction minus the mean entropy of each prediction, the
+    quantity SHOT maximises (Liang et al., 2020). A model that predicts one class for every
+    patient scores 0 however confident it is.
+    """
+
+    name = "information-maximization"
+    higher_is_better = True
+
+    def score(self, probabilities: np.ndarray, features: np.ndarray | None = None) -> float:
+        """Mutual information between inputs and predictions, normalised to [0, 1].
+
+        Example:
+            >>> InformationMaximization().score(np.array([[1.0, 0.0], [0.0, 1.0]]))
+            1.0
+        """
+        p = check_probabilities(probabilities)
+        diversity = normalised_entropy(p.mean(axis=0))
+        return float(diversity - normalised_entropy(p).mean())
+
+
+@hookimpl
+def medadapt_selection_scores() -> Sequence[type[SelectionScore]]:
+    return [Entropy, InformationMaximization]

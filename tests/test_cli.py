@@ -1,0 +1,127 @@
+"""The command line: help, version, plugins and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from medadapt.engine import ExitCode, SelectionScore, __version__, hookimpl
+from medadapt.engine.cli import cli
+from medadapt.engine.plugins import get_plugin_host
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_help_lists_commands_and_documents_every_exit_code():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "plugins" in result.output
+    assert "profile" in result.output
+    for code in ExitCode:
+        assert f"{code.value:>3}  {code.name.lower().replace('_', ' ')}" in result.output
+
+
+def test_version_is_the_installed_distribution_version():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"medadapt, version {__version__}"
+
+
+def test_plugins_json_lists_every_plugin_with_what_it_provides():
+    result = invoke("plugins", "--json")
+    assert result.exit_code == 0
+    listing = json.loads(result.output)
+    [builtin] = [p for p in listing["plugins"] if p["name"] == "selection-scores"]
+    assert set(builtin["provides"]) == {
+        "data_sources",
+        "augmentations",
+        "backbones",
+        "adaptation_methods",
+        "selection_scores",
+    }
+    assert builtin["provides"]["selection_scores"] == ["entropy", "information-maximization"]
+    assert listing["failed"] == []
+    assert listing["error"] is None
+
+
+@pytest.mark.usefixtures("toy_plugin")
+def test_plugins_table_shows_components_per_kind():
+    result = CliRunner().invoke(cli, ["plugins"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "selection scores: entropy, information-maximization" in result.output
+    assert "data sources: toy-folder" in result.output
+    assert "(registered in code)" in result.output
+
+
+class Twin(SelectionScore):
+    name = "entropy"
+    higher_is_better = False
+
+    def score(self, probabilities, features=None):
+        return 0.0
+
+
+class TwinPlugin:
+    @hookimpl
+    def medadapt_selection_scores(self):
+        return [Twin]
+
+
+def test_conflicting_plugins_are_listed_then_fail_with_the_plugin_exit_code(register):
+    register(TwinPlugin(), "twin")
+    result = invoke("plugins", "--json")
+    assert result.exit_code == ExitCode.PLUGIN_ERROR
+    listing = json.loads(result.output)
+    assert "two plugins provide the selection score 'entropy'" in listing["error"]
+    assert {"selection-scores", "twin"} <= {p["name"] for p in listing["plugins"]}
+    checked = invoke("profile", "check", "hospital_profiles/template.yaml")
+    assert checked.exit_code == ExitCode.PLUGIN_ERROR
+    assert "error: two plugins provide the selection score 'entropy'" in checked.output
+
+
+class Greeter:
+    @hookimpl
+    def medadapt_commands(self, cli):
+        @cli.command("greet")
+        def greet() -> None:
+            """Say hello."""
+            click.echo("hello from a plugin")
+
+
+def test_a_plugin_can_add_a_command(host):
+    host.register(Greeter(), "greeter")
+    group = click.Group("medadapt")
+    host.add_commands(group)
+    result = CliRunner().invoke(group, ["greet"])
+    assert result.output == "hello from a plugin\n"
+
+
+def test_the_console_script_adds_plugin_commands(run_medadapt):
+    result = run_medadapt("--help")
+    assert result.returncode == 0
+    assert "profile" in result.stdout
+
+
+def test_a_bug_gives_the_internal_error_exit_code(register):
+    class Crashing:
+        @hookimpl
+        def medadapt_selection_scores(self):
+            raise RuntimeError("boom")
+
+    register(Crashing(), "crashing")
+    result = invoke("profile", "check", "hospital_profiles/template.yaml")
+    assert result.exit_code == ExitCode.INTERNAL_ERROR
+    assert "RuntimeError: boom" in result.output
+    assert "a bug in medadapt or one of its plugins" in result.output
+
+
+def test_quiet_prints_only_problems():
+    result = invoke("--quiet", "profile", "check", "hospital_profiles/template.yaml")
+    assert result.exit_code == 0
+    assert result.output == ""
+    assert get_plugin_host().failures == []

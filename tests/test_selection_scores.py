@@ -1,0 +1,44 @@
+"""The built-in label-free selection scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medadapt.plugins.selection_scores import Entropy, InformationMaximization
+
+
+def test_entropy_is_zero_for_certain_and_one_for_uniform_predictions():
+    assert Entropy().score(np.eye(3)) == pytest.approx(0.0)
+    assert Entropy().score(np.full((4, 3), 1 / 3)) == pytest.approx(1.0)
+
+
+def test_entropy_ranks_the_more_confident_model_first():
+    confident = np.array([[0.95, 0.05], [0.1, 0.9]])
+    hesitant = np.array([[0.6, 0.4], [0.45, 0.55]])
+    assert Entropy().score(confident) < Entropy().score(hesitant)
+    assert Entropy.higher_is_better is False
+
+
+def test_information_maximization_punishes_predicting_one_class_for_everyone():
+    collapsed = np.array([[0.99, 0.01]] * 10)
+    diverse = np.array([[0.99, 0.01], [0.01, 0.99]] * 5)
+    im = InformationMaximization()
+    assert im.score(collapsed) == pytest.approx(0.0, abs=1e-9)
+    assert im.score(diverse) > 0.9
+    assert Entropy().score(collapsed) == pytest.approx(Entropy().score(diverse))
+
+
+@pytest.mark.parametrize(
+    ("probabilities", "expected"),
+    [
+        (np.array([0.5, 0.5]), "shape \\(samples, classes\\)"),
+        (np.ones((0, 2)), "at least one sample"),
+        (np.array([[0.5, 0.6]]), "must sum to 1"),
+        (np.array([[1.5, -0.5]]), "non-negative"),
+        (np.array([[np.nan, 1.0]]), "finite"),
+    ],
+)
+def test_scores_refuse_what_is_not_a_probability_table(probabilities, expected):
+    with pytest.raises(ValueError, match=expected):
+        Entropy().score(probabilities)
