@@ -184,7 +184,6 @@ def profile_check_command(ctx: click.Context, files: tuple[Path, ...], as_json: 
 def _summary_text(summary: dict[str, Any]) -> str:
     window = summary["window"]
     components = summary["components"]
-    augmentations = components.pop("augmentations")
     lines = [
         f"site: {summary['site']} ({summary['body_region']})",
         f"task: {' vs '.join(summary['classes'])}; positive class {summary['positive_class']}",
@@ -195,7 +194,7 @@ def _summary_text(summary: dict[str, Any]) -> str:
             ", ".join(f"{kind.replace('_', ' ')} {name}" for kind, name in components.items())
             or "none chosen yet"
         ),
-        f"augmentations: {', '.join(augmentations) or 'none'}",
+        f"augmentations: {', '.join(summary['augmentations']) or 'none'}",
         "acceptance: "
         + ", ".join(f"{key} {value:g}" for key, value in summary["acceptance"].items()),
         f"seed: {summary['seed']}",

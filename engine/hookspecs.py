@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -33,7 +34,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What the training loop tells observers after each epoch.
+    """The job that ``medadapt_epoch_end`` observers are told about.
 
     Attributes:
         job: the job's name (``train``, ``adapt``, ...).
@@ -44,7 +45,7 @@ class RunInfo:
 
     job: str
     site: str
-    output_dir: str
+    output_dir: Path
     seed: int
 
 

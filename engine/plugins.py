@@ -128,7 +128,7 @@ class PluginHost:
             raise PluginError(f"the plugin name {name!r} is already used by {taken_by}")
         try:
             self._pm.register(plugin, name)
-        except pluggy.PluginValidationError as exc:
+        except (pluggy.PluginValidationError, ValueError) as exc:  # ValueError: same object twice
             raise PluginError(f"plugin {name!r} does not match the medadapt hooks: {exc}") from exc
         try:
             self._pm.check_pending()

@@ -591,8 +591,8 @@ def summarize(profile: Profile) -> dict[str, Any]:
             kind.label.replace(" ", "_"): name
             for kind, _, name, _ in _chosen_components(profile)
             if kind is not ComponentKind.AUGMENTATIONS
-        }
-        | {"augmentations": [a.name for a in profile.augmentations]},
+        },
+        "augmentations": [augmentation.name for augmentation in profile.augmentations],
         "acceptance": acceptance,
         "seed": profile.seed,
     }

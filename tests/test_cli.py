@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import click
 import pytest
@@ -11,6 +13,8 @@ from click.testing import CliRunner
 from medadapt.engine import ExitCode, SelectionScore, __version__, hookimpl
 from medadapt.engine.cli import cli
 from medadapt.engine.plugins import get_plugin_host
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "hospital_profiles" / "template.yaml"
 
 
 def invoke(*args: str):
@@ -79,7 +83,7 @@ def test_conflicting_plugins_are_listed_then_fail_with_the_plugin_exit_code(regi
     listing = json.loads(result.output)
     assert "two plugins provide the selection score 'entropy'" in listing["error"]
     assert {"selection-scores", "twin"} <= {p["name"] for p in listing["plugins"]}
-    checked = invoke("profile", "check", "hospital_profiles/template.yaml")
+    checked = invoke("profile", "check", str(TEMPLATE))
     assert checked.exit_code == ExitCode.PLUGIN_ERROR
     assert "error: two plugins provide the selection score 'entropy'" in checked.output
 
@@ -114,14 +118,44 @@ def test_a_bug_gives_the_internal_error_exit_code(register):
             raise RuntimeError("boom")
 
     register(Crashing(), "crashing")
-    result = invoke("profile", "check", "hospital_profiles/template.yaml")
+    result = invoke("profile", "check", str(TEMPLATE))
     assert result.exit_code == ExitCode.INTERNAL_ERROR
     assert "RuntimeError: boom" in result.output
     assert "a bug in medadapt or one of its plugins" in result.output
 
 
 def test_quiet_prints_only_problems():
-    result = invoke("--quiet", "profile", "check", "hospital_profiles/template.yaml")
+    result = invoke("--quiet", "profile", "check", str(TEMPLATE))
     assert result.exit_code == 0
     assert result.output == ""
     assert get_plugin_host().failures == []
+
+
+def test_a_broken_plugin_is_warned_about_and_listed_while_the_rest_work(
+    install_distribution, run_medadapt
+):
+    site = install_distribution(
+        "thirdparty-broken",
+        {"broken": "thirdparty_broken"},
+        {"thirdparty_broken": "raise RuntimeError('needs a licence server')\n"},
+    )
+    env = {**os.environ, "PYTHONPATH": str(site), "COLUMNS": "200"}
+    listing = run_medadapt("plugins", "--json", env=env)
+    assert listing.returncode == 0
+    [failure] = json.loads(listing.stdout)["failed"]
+    assert failure["name"] == "broken"
+    assert failure["distribution"] == "thirdparty-broken"
+    assert failure["error"] == "RuntimeError: needs a licence server"
+    assert "plugin 'broken' could not be loaded and is skipped" in listing.stderr
+    table = run_medadapt("plugins", env=env)
+    assert "not loaded: broken (thirdparty_broken): RuntimeError" in table.stderr
+    assert "entropy" in table.stdout
+
+
+def test_load_plugins_variable_applies_to_the_command_line(run_medadapt):
+    env = {**os.environ, "MEDADAPT_LOAD_PLUGINS": ""}
+    listing = run_medadapt("plugins", "--json", env=env)
+    assert json.loads(listing.stdout)["plugins"] == []
+    checked = run_medadapt("profile", "check", str(TEMPLATE), env=env)
+    assert checked.returncode == ExitCode.INVALID_INPUT
+    assert "no installed plugin provides any selection score" in checked.stdout

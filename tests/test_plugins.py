@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -258,7 +259,7 @@ class Observer:
 def test_epoch_end_reaches_observers_and_any_can_stop_the_loop(host):
     observer = Observer(stop_at=3)
     host.register(observer, "observer")
-    run = RunInfo(job="adapt", site="Hospital B", output_dir="out", seed=1)
+    run = RunInfo(job="adapt", site="Hospital B", output_dir=Path("out"), seed=1)
     assert host.epoch_end(run, 1, {"loss": 0.7}) is False
     assert host.epoch_end(run, 3, {"loss": 0.5}) is True
     assert observer.seen == [(1, {"loss": 0.7}), (3, {"loss": 0.5})]
@@ -277,3 +278,10 @@ def test_report_sections_are_collected_in_order(host):
     host.register(Sections(), "sections")
     sections = host.report_sections({"site": "Hospital B"})
     assert [section.title for section in sections] == ["Dose", "Scanner notes"]
+
+
+def test_one_plugin_object_cannot_be_registered_under_two_names(host):
+    observer = Observer(stop_at=1)
+    host.register(observer, "first")
+    with pytest.raises(PluginError, match="'second'"):
+        host.register(observer, "second")
