@@ -131,6 +131,8 @@ class SampleRecord:
         attributes: acquisition attributes used for subgroups and shift analysis
             (manufacturer, convolution kernel, kVp, slice thickness, ...).
         label: the class name, or ``None`` for unlabelled data.
+        centre: the lesion centre as a (z, y, x) voxel index into the image ``load``
+            returns, or ``None`` when the sample is the whole image.
         split: the patient-level split, or ``None`` until the engine assigns one.
     """
 
@@ -139,15 +141,23 @@ class SampleRecord:
     locator: str
     attributes: Mapping[str, str | float | int | None] = field(default_factory=dict)
     label: str | None = None
+    centre: tuple[float, float, float] | None = None
     split: Split | None = None
 
 
 @dataclass(frozen=True)
 class Rejection:
-    """An input a data source could not use, and why, in words a physicist can act on."""
+    """An input a data source could not use, and why, in words a physicist can act on.
+
+    Attributes:
+        path: the file (or the label file, for a label row).
+        reason: what is wrong and, where possible, what to do.
+        image_key: the pseudonym of the image (SOP instance), when it could be read.
+    """
 
     path: Path
     reason: str
+    image_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,8 +204,13 @@ class DataSource(Component):
     kind = ComponentKind.DATA_SOURCES
 
     @abstractmethod
-    def scan(self) -> ScanResult:
-        """Find every usable sample and every rejected input."""
+    def scan(self, label_file: Path | None = None) -> ScanResult:
+        """Find every usable sample and every rejected input.
+
+        Args:
+            label_file: the profile's ``data.label_file``; without it, every image is one
+                unlabelled sample.
+        """
 
     @abstractmethod
     def load(self, record: SampleRecord) -> Image:

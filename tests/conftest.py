@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pydicom
 import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from medadapt.engine import (
     AdaptationMethod,
@@ -26,6 +29,7 @@ from medadapt.engine import (
     hookimpl,
 )
 from medadapt.engine.plugins import PluginHost, get_plugin_host
+from medadapt.engine.pseudonym import Pseudonymizer
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "hospital_profiles" / "template.yaml"
@@ -44,7 +48,7 @@ class FolderSource(DataSource):
         root: ProfilePath
         recursive: bool = True
 
-    def scan(self) -> ScanResult:
+    def scan(self, label_file=None) -> ScanResult:
         return ScanResult(records=[])
 
     def load(self, record):
@@ -236,3 +240,135 @@ def run_medadapt() -> Callable[..., subprocess.CompletedProcess]:
         )
 
     return _run
+
+
+# --- DICOM CT written by the tests ---------------------------------------------------------
+
+#: Identifying values written into every test file; they must never appear in any output.
+PATIENT_NAME = "Doe^Jane^Identifiable"
+PATIENT_IDS = ("MRN-0042-PHI", "MRN-0077-PHI")
+
+
+class CTWriter:
+    """Writes CT series with pydicom, the way a scanner would export them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def series(
+        self,
+        name: str,
+        *,
+        slices: int = 6,
+        size: int = 16,
+        spacing: float = 2.5,
+        row_dir: tuple[float, float, float] = (1.0, 0.0, 0.0),
+        col_dir: tuple[float, float, float] = (0.0, 1.0, 0.0),
+        origin: tuple[float, float, float] = (-20.0, -20.0, 100.0),
+        positions: list[float] | None = None,
+        patient_id: str = PATIENT_IDS[0],
+        series_uid: str | None = None,
+        slope: float = 1.0,
+        intercept: float = -1024.0,
+        seed: int = 0,
+        **extra: object,
+    ) -> tuple[list[Path], np.ndarray]:
+        """Write one series; returns its files (in slice order) and the stored values."""
+        rng = np.random.default_rng(seed)
+        stored = rng.integers(0, 2000, size=(slices, size, size), dtype=np.int16)
+        normal = np.cross(row_dir, col_dir)
+        heights = positions if positions is not None else [k * spacing for k in range(slices)]
+        series_uid = series_uid or generate_uid()
+        study_uid = generate_uid()
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for k, height in enumerate(heights):
+            position = np.asarray(origin) + height * normal
+            ds = self.dataset(
+                stored[k],
+                patient_id=patient_id,
+                series_uid=series_uid,
+                study_uid=study_uid,
+                position=position,
+                orientation=(*row_dir, *col_dir),
+                instance=k + 1,
+                slope=slope,
+                intercept=intercept,
+                spacing=spacing,
+            )
+            for keyword, value in extra.items():
+                setattr(ds, keyword, value)
+            path = folder / f"slice-{k:03d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            files.append(path)
+        return files, stored
+
+    @staticmethod
+    def dataset(
+        pixels: np.ndarray,
+        *,
+        patient_id: str,
+        series_uid: str,
+        study_uid: str,
+        position,
+        orientation,
+        instance: int,
+        slope: float,
+        intercept: float,
+        spacing: float,
+    ):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.PatientName = PATIENT_NAME
+        ds.PatientID = patient_id
+        ds.PatientBirthDate = "19700101"
+        ds.AccessionNumber = "ACC-PHI-991"
+        ds.Modality = "CT"
+        ds.Manufacturer = "Test Vendor"
+        ds.ManufacturerModelName = "Phantom 64"
+        ds.ConvolutionKernel = "B30f"
+        ds.KVP = 120
+        ds.SliceThickness = spacing
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.InstanceNumber = instance
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient = [float(v) for v in position]
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
+        ds.PixelSpacing = [0.7, 0.8]
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = pixels.shape
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.PixelData = pixels.astype(np.int16).tobytes()
+        return ds
+
+
+@pytest.fixture
+def ct(tmp_path) -> CTWriter:
+    """Writes CT series into a fresh folder."""
+    return CTWriter(tmp_path / "dicom")
+
+
+@pytest.fixture
+def pseudonymizer() -> Pseudonymizer:
+    return Pseudonymizer("a-test-site-secret-0123456789")
+
+
+@pytest.fixture
+def pydicom_test_files() -> Path:
+    """The real files shipped inside pydicom."""
+    return Path(pydicom.__file__).parent / "data" / "test_files"

@@ -61,7 +61,9 @@ def test_wheel_declares_the_command_and_the_builtin_plugins(wheel):
     [entry_points] = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
     text = archive.read(entry_points).decode()
     assert "medadapt = medadapt.engine.cli:main" in text
-    assert "[medadapt]\nselection-scores = medadapt.plugins.selection_scores" in text
+    assert "dicom-ct = medadapt.plugins.dicom_ct" in text
+    assert "selection-scores = medadapt.plugins.selection_scores" in text
+    assert text.index("[medadapt]") < text.index("dicom-ct =")
 
 
 def test_installed_wheel_runs_and_lists_its_builtin_plugins(wheel, tmp_path):
@@ -88,3 +90,4 @@ def test_installed_wheel_runs_and_lists_its_builtin_plugins(wheel, tmp_path):
     plugins = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
     assert plugins["selection-scores"]["module"] == "medadapt.plugins.selection_scores"
     assert plugins["selection-scores"]["distribution"] == "medadapt"
+    assert plugins["dicom-ct"]["provides"]["data_sources"] == ["dicom-ct"]

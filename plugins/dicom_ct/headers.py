@@ -1,0 +1,393 @@
+"""Reading one DICOM file's header: everything a scan needs, and nothing identifying.
+
+A file becomes a :class:`FileHeader` (one or more :class:`FrameHeader`, one per 2D image)
+or a :class:`~medadapt.engine.Rejection` that says in plain words why it cannot be used.
+Pixel data is never read here: large values are deferred, so scanning thousands of files
+keeps memory flat, yet the presence and length of the pixel data are still checked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+
+from medadapt.engine import Rejection
+from medadapt.engine.pseudonym import Pseudonymizer
+
+PIXEL_DATA = 0x7FE00010
+_DEFER_BYTES = 2048
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_NATIVE_SYNTAXES = {
+    pydicom.uid.ImplicitVRLittleEndian,
+    pydicom.uid.ExplicitVRLittleEndian,
+    pydicom.uid.ExplicitVRBigEndian,
+    pydicom.uid.DeflatedExplicitVRLittleEndian,
+}
+_CT_IMAGE_CLASSES = {pydicom.uid.CTImageStorage, pydicom.uid.EnhancedCTImageStorage}
+_DECODER_PACKAGES = {
+    pydicom.uid.JPEG2000Lossless: "pylibjpeg-openjpeg",
+    pydicom.uid.JPEG2000: "pylibjpeg-openjpeg",
+    pydicom.uid.JPEGLSLossless: "pylibjpeg-libjpeg",
+    pydicom.uid.JPEGLSNearLossless: "pylibjpeg-libjpeg",
+    pydicom.uid.JPEGLossless: "pylibjpeg-libjpeg",
+    pydicom.uid.JPEGLosslessSV1: "pylibjpeg-libjpeg",
+    pydicom.uid.JPEGBaseline8Bit: "pylibjpeg-libjpeg",
+    pydicom.uid.JPEGExtended12Bit: "pylibjpeg-libjpeg",
+    pydicom.uid.RLELossless: "pylibjpeg-rle",
+}
+
+#: Acquisition attributes attached to every sample, by name: the DICOM keyword they come from.
+ACQUISITION_ATTRIBUTES = {
+    "manufacturer": "Manufacturer",
+    "manufacturer_model": "ManufacturerModelName",
+    "convolution_kernel": "ConvolutionKernel",
+    "kvp": "KVP",
+    "slice_thickness": "SliceThickness",
+}
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """One 2D image: a single-frame file, or one frame of an enhanced multi-frame file."""
+
+    path: Path
+    frame: int | None
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, float, float, float, float, float] | None
+    pixel_spacing: tuple[float, float]
+    instance_number: int | None
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """What a scan keeps of one usable file. Identifiers are pseudonyms already."""
+
+    path: Path
+    patient_key: str
+    study_key: str
+    series_key: str
+    image_key: str
+    rows: int
+    columns: int
+    frames: list[FrameHeader]
+    slice_thickness: float | None
+    spacing_between_slices: float | None
+    attributes: dict[str, str | float | None]
+    notes: list[str] = field(default_factory=list)
+
+
+def read_header(
+    path: Path,
+    pseudonymizer: Pseudonymizer,
+    allowed_modalities: Sequence[str] = ("CT",),
+) -> FileHeader | Rejection:
+    """Read one file's header, or explain why the file cannot be used.
+
+    Example:
+        >>> from pydicom.data import get_testdata_file
+        >>> header = read_header(Path(get_testdata_file("CT_small.dcm")), Pseudonymizer("x" * 16))
+        >>> header.rows, header.columns, header.attributes["manufacturer"]
+        (128, 128, 'GE MEDICAL SYSTEMS')
+    """
+    notes: list[str] = []
+    with warnings.catch_warnings():
+        # pydicom warns with element values; some may identify a patient. Our own words only.
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
+        except InvalidDicomError:
+            try:
+                ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=True)
+            except Exception:
+                return Rejection(path, "not a DICOM file")
+            if "SOPInstanceUID" not in ds and "Modality" not in ds:
+                return Rejection(path, "not a DICOM file")
+            notes.append("no DICOM preamble; read anyway")
+        except (OSError, EOFError) as exc:
+            return Rejection(path, f"cannot be read: {type(exc).__name__}")
+        except Exception as exc:
+            return Rejection(path, f"corrupt or truncated file ({_brief(exc)})")
+        uid = str(ds.get("SOPInstanceUID", "") or "")
+        image_key = pseudonymizer.pseudonym("image", uid) if uid else None
+        try:
+            checked = _check(path, ds, pseudonymizer, allowed_modalities, notes)
+        except Exception as exc:
+            checked = f"header cannot be interpreted ({_brief(exc)})"
+        return Rejection(path, checked, image_key) if isinstance(checked, str) else checked
+
+
+def _check(
+    path: Path,
+    ds: Dataset,
+    pseudonymizer: Pseudonymizer,
+    allowed_modalities: Sequence[str],
+    notes: list[str],
+) -> FileHeader | str:
+    if len(ds) == 0:
+        return "the file ends right after its file meta header: an empty or truncated copy"
+    if ds.get("DirectoryRecordSequence") is not None:
+        return "a DICOMDIR index of other files, not an image"
+    modality = str(ds.get("Modality", "") or "")
+    if modality not in allowed_modalities:
+        what = f"modality {modality}" if modality else "no modality"
+        return f"{what}, not {' or '.join(allowed_modalities)}"
+    if PIXEL_DATA not in ds:
+        if str(ds.get("SOPClassUID", "")) in _CT_IMAGE_CLASSES:
+            return "a CT image without its pixel data: the file ends early (a truncated copy?)"
+        return "no pixel data (a report, a dose sheet or a header-only file)"
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "")
+    if samples != 1 or not photometric.startswith("MONOCHROME"):
+        return (
+            f"colour image ({photometric or f'{samples} samples per pixel'}) stored as CT: "
+            "a screen capture or a rendering, not Hounsfield units"
+        )
+    image_type = [str(v).strip().upper() for v in _as_list(ds.get("ImageType"))]
+    if "LOCALIZER" in image_type or "SCOUT" in image_type:
+        return "localizer (scout) image, not part of a volume"
+    for keyword in ("Rows", "Columns", "BitsAllocated"):
+        if not ds.get(keyword):
+            return f"the pixel description is incomplete: {keyword} is missing"
+    problem = _pixel_data_problem(path, ds)
+    if problem:
+        return problem
+    frames = _frames(path, ds)
+    if isinstance(frames, str):
+        return frames
+    series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+    if not series_uid:
+        return "no SeriesInstanceUID: the file cannot be placed in a series"
+    attributes: dict[str, str | float | None] = {}
+    for name, keyword in ACQUISITION_ATTRIBUTES.items():
+        value = _first_in_groups(
+            ds,
+            keyword,
+            ("CTAcquisitionDetailsSequence", "CTReconstructionSequence", "PixelMeasuresSequence"),
+        )
+        attributes[name] = _plain(value)
+    return FileHeader(
+        path=path,
+        patient_key=pseudonymizer.pseudonym("patient", str(ds.get("PatientID", "") or "")),
+        study_key=pseudonymizer.pseudonym("study", str(ds.get("StudyInstanceUID", "") or "")),
+        series_key=pseudonymizer.pseudonym("series", series_uid),
+        image_key=pseudonymizer.pseudonym("image", str(ds.get("SOPInstanceUID", "") or path)),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        frames=frames,
+        slice_thickness=_float(attributes["slice_thickness"]),
+        spacing_between_slices=_float(ds.get("SpacingBetweenSlices")),
+        attributes=attributes,
+        notes=notes,
+    )
+
+
+def _pixel_data_problem(path: Path, ds: Dataset) -> str | None:
+    syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds.__dict__ else None
+    syntax = syntax or pydicom.uid.ImplicitVRLittleEndian
+    raw = ds._dict[PIXEL_DATA]  # the undecoded element: its length without reading the value
+    length = getattr(raw, "length", None)
+    tell = getattr(raw, "value_tell", None)
+    if length is not None and length != _UNDEFINED_LENGTH and tell is not None:
+        size = os.path.getsize(path)
+        if tell + length > size:
+            return (
+                f"truncated file: the pixel data needs {tell + length} bytes, the file has "
+                f"{size} (an interrupted copy?)"
+            )
+    if syntax in _NATIVE_SYNTAXES and length not in (None, _UNDEFINED_LENGTH):
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.BitsAllocated) // 8
+        if length < expected:
+            return (
+                f"the pixel data has {length} bytes but Rows x Columns x frames x bits "
+                f"({ds.Rows} x {ds.Columns} x {frames} x {ds.BitsAllocated}) needs {expected}"
+            )
+    elif syntax not in _NATIVE_SYNTAXES:
+        decoder = get_decoder(syntax) if _has_decoder(syntax) else None
+        if decoder is None:
+            return f"compressed with {syntax.name}, which pydicom cannot decode"
+        if not decoder.is_available:
+            package = _DECODER_PACKAGES.get(syntax, "pylibjpeg")
+            return f"compressed with {syntax.name}; install the package {package} to read it"
+    return None
+
+
+def _has_decoder(syntax: pydicom.uid.UID) -> bool:
+    try:
+        get_decoder(syntax)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _frames(path: Path, ds: Dataset) -> list[FrameHeader] | str:
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    if per_frame is None:
+        if count > 1:
+            return "a multi-frame image without per-frame positions: its slices cannot be placed"
+        spacing = _pair(ds.get("PixelSpacing"))
+        if spacing is None:
+            return "no PixelSpacing: the size of a pixel is unknown"
+        return [
+            FrameHeader(
+                path=path,
+                frame=None,
+                position=_triple(ds.get("ImagePositionPatient")),
+                orientation=_sextuple(ds.get("ImageOrientationPatient")),
+                pixel_spacing=spacing,
+                instance_number=_int(ds.get("InstanceNumber")),
+            )
+        ]
+    shared = _first_item(ds.get("SharedFunctionalGroupsSequence"))
+    frames = []
+    for index, group in enumerate(per_frame):
+        frame_type = _group_value(group, shared, "CTImageFrameTypeSequence", "FrameType")
+        if frame_type and "LOCALIZER" in [str(v).upper() for v in _as_list(frame_type)]:
+            continue
+        spacing = _pair(_group_value(group, shared, "PixelMeasuresSequence", "PixelSpacing"))
+        if spacing is None:
+            return f"frame {index + 1} has no PixelSpacing: the size of a pixel is unknown"
+        frames.append(
+            FrameHeader(
+                path=path,
+                frame=index,
+                position=_triple(
+                    _group_value(group, shared, "PlanePositionSequence", "ImagePositionPatient")
+                ),
+                orientation=_sextuple(
+                    _group_value(
+                        group, shared, "PlaneOrientationSequence", "ImageOrientationPatient"
+                    )
+                ),
+                pixel_spacing=spacing,
+                instance_number=index + 1,
+            )
+        )
+    if not frames:
+        return "every frame is a localizer"
+    return frames
+
+
+def frame_rescale(ds: Dataset, frame: int | None) -> Dataset:
+    """A dataset holding the modality LUT of one frame, for pydicom's apply_modality_lut.
+
+    Enhanced multi-frame CT keeps RescaleSlope and RescaleIntercept per frame in functional
+    groups; single-frame CT keeps them at the top level.
+    """
+    if frame is None or "PerFrameFunctionalGroupsSequence" not in ds:
+        return ds
+    group = ds.PerFrameFunctionalGroupsSequence[frame]
+    shared = _first_item(ds.get("SharedFunctionalGroupsSequence"))
+    rescale = Dataset()
+    for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType"):
+        value = _group_value(group, shared, "PixelValueTransformationSequence", keyword)
+        if value is not None:
+            setattr(rescale, keyword, value)
+    for keyword in ("BitsStored", "PixelRepresentation"):
+        if keyword in ds:
+            setattr(rescale, keyword, ds[keyword].value)
+    return rescale
+
+
+def _group_value(group: Dataset, shared: Dataset | None, sequence: str, keyword: str) -> Any:
+    for container in (group, shared):
+        if container is None:
+            continue
+        item = _first_item(container.get(sequence))
+        if item is not None and keyword in item:
+            return item[keyword].value
+    return None
+
+
+def _first_in_groups(ds: Dataset, keyword: str, sequences: Sequence[str]) -> Any:
+    if keyword in ds:
+        return ds[keyword].value
+    shared = _first_item(ds.get("SharedFunctionalGroupsSequence"))
+    first = _first_item(ds.get("PerFrameFunctionalGroupsSequence"))
+    for sequence in sequences:
+        value = _group_value(first, shared, sequence, keyword) if first is not None else None
+        if value is not None:
+            return value
+    return None
+
+
+def _first_item(sequence: Any) -> Dataset | None:
+    return sequence[0] if sequence else None
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str | bytes):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
+
+
+def _numbers(value: Any, count: int) -> tuple[float, ...] | None:
+    values = _as_list(value)
+    if len(values) != count:
+        return None
+    try:
+        numbers = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return None
+    return numbers if all(math.isfinite(n) for n in numbers) else None
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    numbers = _numbers(value, 2)
+    return numbers if numbers and all(n > 0 for n in numbers) else None  # type: ignore[return-value]
+
+
+def _triple(value: Any) -> tuple[float, float, float] | None:
+    return _numbers(value, 3)  # type: ignore[return-value]
+
+
+def _sextuple(value: Any) -> tuple[float, float, float, float, float, float] | None:
+    return _numbers(value, 6)  # type: ignore[return-value]
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _plain(value: Any) -> str | float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, pydicom.valuerep.DSfloat | pydicom.valuerep.IS):
+        return float(value)
+    if isinstance(value, pydicom.multival.MultiValue | list):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _brief(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__

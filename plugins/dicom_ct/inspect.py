@@ -1,0 +1,150 @@
+"""``medadapt inspect``: what a DICOM folder holds, and what cannot be used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from medadapt.engine import ExitCode, InvalidInputError, Rejection
+from medadapt.engine.pseudonym import Pseudonymizer
+from medadapt.plugins.dicom_ct.pixels import load_hu
+from medadapt.plugins.dicom_ct.scan import iter_files, scan_folder
+from medadapt.plugins.dicom_ct.series import Volume
+
+
+def describe_volume(volume: Volume) -> dict[str, Any]:
+    """One series as ``inspect`` reports it; loads the pixels for the HU range."""
+    image = load_hu(volume)
+    attributes = volume.attributes
+    return {
+        "series": volume.series_key,
+        "patient": volume.patient_key,
+        "manufacturer": attributes.get("manufacturer"),
+        "model": attributes.get("manufacturer_model"),
+        "convolution_kernel": attributes.get("convolution_kernel"),
+        "kvp": attributes.get("kvp"),
+        "slice_thickness_mm": attributes.get("slice_thickness"),
+        "pixel_spacing_mm": list(volume.acquisition_spacing[1:]),
+        "spacing_between_slices_mm": round(volume.acquisition_spacing[0], 4),
+        "slices": len(volume.slices),
+        "shape": list(image.hu.shape),
+        "hu_min": float(image.hu.min()),
+        "hu_max": float(image.hu.max()),
+        "warnings": list(volume.warnings),
+    }
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.option("--no-recursive", is_flag=True, help="Do not look into subfolders.")
+@click.pass_context
+def inspect_command(ctx: click.Context, path: Path, as_json: bool, no_recursive: bool) -> None:
+    """List the CT series in a DICOM folder, and every file that cannot be used and why.
+
+    Patients and series are shown by pseudonym only; set MEDADAPT_PSEUDONYM_KEY for
+    pseudonyms that stay the same between runs. Exits with 1 when no usable series is found.
+    """
+    quiet = as_json or bool((ctx.find_root().obj or {}).get("quiet"))
+    pseudonymizer = Pseudonymizer.from_settings(None, allow_ephemeral=True)
+    err = Console(stderr=True)
+    total = sum(1 for _ in iter_files(path, not no_recursive))
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("reading headers", total=total)
+        found = scan_folder(
+            path,
+            pseudonymizer,
+            recursive=not no_recursive,
+            on_file=lambda _: progress.advance(task),
+        )
+        series, rejections = [], list(found.rejections)
+        task = progress.add_task("reading pixels", total=len(found.volumes))
+        for volume in found.volumes:
+            try:
+                series.append(describe_volume(volume))
+            except InvalidInputError as exc:
+                rejections.extend(_unreadable(volume, str(exc)))
+            progress.advance(task)
+    rejected = [
+        {"path": _relative(r.path, path), "image": r.image_key, "reason": r.reason}
+        for r in rejections
+    ]
+    if as_json:
+        click.echo(json.dumps({"series": series, "rejections": rejected}, indent=2))
+    else:
+        _print_tables(series, rejected, found.files, pseudonymizer.ephemeral)
+    if not series:
+        if not as_json:
+            err.print(f"[bold red]no usable CT series[/] in {path}")
+        ctx.exit(ExitCode.NOT_PASSED)
+
+
+def _unreadable(volume: Volume, reason: str) -> list[Rejection]:
+    return [Rejection(s.path, reason) for s in volume.slices]
+
+
+def _relative(file: Path, root: Path) -> str:
+    try:
+        return str(file.relative_to(root)) if root.is_dir() else file.name
+    except ValueError:
+        return str(file)
+
+
+def _print_tables(
+    series: list[dict[str, Any]], rejected: list[dict[str, Any]], files: int, ephemeral: bool
+) -> None:
+    out = Console()
+    table = Table(title=f"{len(series)} CT series in {files} files")
+    for column in (
+        "series",
+        "scanner",
+        "kernel",
+        "kVp",
+        "thickness",
+        "pixel (mm)",
+        "slices",
+        "shape z,y,x",
+        "HU range",
+    ):
+        table.add_column(column, overflow="fold")
+    for s in series:
+        table.add_row(
+            s["series"],
+            " ".join(str(v) for v in (s["manufacturer"], s["model"]) if v) or "-",
+            str(s["convolution_kernel"] or "-"),
+            f"{s['kvp']:g}" if s["kvp"] else "-",
+            f"{s['slice_thickness_mm']:g}" if s["slice_thickness_mm"] else "-",
+            " x ".join(f"{v:g}" for v in s["pixel_spacing_mm"]),
+            str(s["slices"]),
+            ",".join(str(n) for n in s["shape"]),
+            f"{s['hu_min']:.0f} to {s['hu_max']:.0f}",
+        )
+    out.print(table)
+    for s in series:
+        for warning in s["warnings"]:
+            out.print(f"[yellow]{s['series']}[/]: {warning}")
+    if rejected:
+        rejections = Table(title=f"{len(rejected)} files not used")
+        rejections.add_column("file", overflow="fold")
+        rejections.add_column("reason", overflow="fold")
+        for r in rejected:
+            rejections.add_row(r["path"], r["reason"])
+        out.print(rejections)
+    if ephemeral:
+        out.print(
+            "[dim]pseudonyms are random for this run; set MEDADAPT_PSEUDONYM_KEY to keep them[/]"
+        )

@@ -1,0 +1,136 @@
+"""Joining a label file to the volumes a scan found.
+
+The label file is a CSV with a header row, one row per lesion:
+
+=================  ==========================================================================
+column             meaning
+=================  ==========================================================================
+``patient_id``     the PatientID in the DICOM files (pseudonymised on reading, never kept)
+``series_uid``     optional: the SeriesInstanceUID, needed when a patient has several series
+``study_uid``      optional: the StudyInstanceUID, to choose among a patient's studies
+``label``          the class name
+``x_mm`` ...       the lesion centre in patient coordinates: ``x_mm``, ``y_mm``, ``z_mm``
+``slice`` ...      or as a voxel index: ``slice`` (0 = lowest position along the slice
+                   normal), ``row``, ``column``
+``lesion_id``      optional: a name for the lesion, kept with the sample
+=================  ==========================================================================
+
+Rows that match no volume, or that place a lesion outside it, are reported as rejections
+that name the row, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from medadapt.engine import InvalidInputError, Rejection
+from medadapt.engine.pseudonym import Pseudonymizer
+from medadapt.plugins.dicom_ct.series import Volume
+
+_MM = ("x_mm", "y_mm", "z_mm")
+_VOXEL = ("slice", "row", "column")
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One label row joined to its volume."""
+
+    volume: Volume
+    label: str
+    centre: tuple[float, float, float]
+    lesion_id: str | None
+
+
+def join_labels(
+    label_file: Path, volumes: list[Volume], pseudonymizer: Pseudonymizer
+) -> tuple[list[Lesion], list[Rejection]]:
+    """Match every row of the label file to a volume.
+
+    Raises:
+        InvalidInputError: the file cannot be read or lacks a required column.
+    """
+    try:
+        with label_file.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = set(reader.fieldnames or [])
+            rows = list(reader)
+    except FileNotFoundError:
+        raise InvalidInputError(f"{label_file}: the label file does not exist") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(f"{label_file}: the label file cannot be read: {exc}") from None
+    missing = {"patient_id", "label"} - columns
+    if missing:
+        raise InvalidInputError(
+            f"{label_file}: missing column(s) {', '.join(sorted(missing))}; expected "
+            f"patient_id, label and either {', '.join(_MM)} or {', '.join(_VOXEL)}"
+        )
+    if not (set(_MM) <= columns or set(_VOXEL) <= columns):
+        raise InvalidInputError(
+            f"{label_file}: no lesion location; expected the columns {', '.join(_MM)} "
+            f"(patient mm) or {', '.join(_VOXEL)} (voxel index)"
+        )
+
+    by_patient: dict[str, list[Volume]] = defaultdict(list)
+    for volume in volumes:
+        by_patient[volume.patient_key].append(volume)
+    lesions: list[Lesion] = []
+    rejections: list[Rejection] = []
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        where = f"row {number}"
+
+        def reject(reason: str, where: str = where) -> None:
+            rejections.append(Rejection(label_file, f"{where}: {reason}"))
+
+        patient_key = pseudonymizer.pseudonym("patient", (row.get("patient_id") or "").strip())
+        candidates = by_patient.get(patient_key, [])
+        for column, kind in (("study_uid", "study"), ("series_uid", "series")):
+            wanted = (row.get(column) or "").strip()
+            if wanted:
+                key = pseudonymizer.pseudonym(kind, wanted)
+                attribute = "study_key" if kind == "study" else "series_key"
+                candidates = [v for v in candidates if getattr(v, attribute).split(".")[0] == key]
+        if not candidates:
+            reject(f"no usable series for patient {patient_key} with the given study/series")
+            continue
+        if len(candidates) > 1:
+            reject(
+                f"patient {patient_key} has {len(candidates)} usable series; add series_uid "
+                "to say which one the lesion is in"
+            )
+            continue
+        volume = candidates[0]
+        label = (row.get("label") or "").strip()
+        if not label:
+            reject("the label is empty")
+            continue
+        try:
+            centre = _centre(row, volume)
+        except ValueError as exc:
+            reject(str(exc))
+            continue
+        if not all(-0.5 <= c <= n - 0.5 for c, n in zip(centre, volume.shape, strict=True)):
+            reject(f"the lesion centre lies outside the series (voxel {_fmt(centre)})")
+            continue
+        lesion_id = (row.get("lesion_id") or "").strip() or None
+        lesions.append(Lesion(volume, label, centre, lesion_id))
+    return lesions, rejections
+
+
+def _centre(row: dict[str, str], volume: Volume) -> tuple[float, float, float]:
+    names = _MM if all((row.get(c) or "").strip() for c in _MM) else _VOXEL
+    try:
+        values = [float(row[c]) for c in names]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"the lesion location needs numbers in {', '.join(_MM)} or {', '.join(_VOXEL)}"
+        ) from None
+    if names == _MM:
+        return volume.patient_mm_to_output_index(values)
+    return volume.to_output_index(values)
+
+
+def _fmt(centre: tuple[float, float, float]) -> str:
+    return "(" + ", ".join(f"{c:.1f}" for c in centre) + ")"

@@ -1,0 +1,60 @@
+"""Reading a volume's pixels in Hounsfield units."""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_modality_lut
+
+from medadapt.engine import Image, InvalidInputError
+from medadapt.plugins.dicom_ct.headers import frame_rescale
+from medadapt.plugins.dicom_ct.series import SliceRef, Volume
+
+
+def load_hu(volume: Volume) -> Image:
+    """Decode every slice, apply its modality LUT and orient the stack (z, y, x).
+
+    HU values equal pydicom's ``apply_modality_lut`` on each slice, as float32.
+
+    Raises:
+        InvalidInputError: a file cannot be decoded; the message names the file and, for a
+            compressed file, the package to install.
+    """
+    stack = np.empty((len(volume.slices), volume.rows, volume.columns), dtype=np.float32)
+    positions: dict[Path, list[tuple[int, SliceRef]]] = defaultdict(list)
+    for index, ref in enumerate(volume.slices):
+        positions[ref.path].append((index, ref))
+    for path, refs in positions.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's warnings may quote identifying values
+            try:
+                ds = pydicom.dcmread(path, force=True)
+                pixels = ds.pixel_array
+            except Exception as exc:
+                raise InvalidInputError(
+                    f"{path}: the pixel data cannot be decoded: {_why(exc)}"
+                ) from None
+        for index, ref in refs:
+            frame = pixels if ref.frame is None else pixels[ref.frame]
+            if frame.shape != (volume.rows, volume.columns):
+                raise InvalidInputError(
+                    f"{path}: the image is {frame.shape[0]} x {frame.shape[1]} pixels, the "
+                    f"header says {volume.rows} x {volume.columns}"
+                )
+            stack[index] = apply_modality_lut(frame, frame_rescale(ds, ref.frame))
+    oriented = np.transpose(stack, volume.axes)
+    for axis, flip in enumerate(volume.flips):
+        if flip:
+            oriented = np.flip(oriented, axis=axis)
+    return Image(hu=np.ascontiguousarray(oriented), spacing_mm=volume.spacing_mm)
+
+
+def _why(exc: Exception) -> str:
+    text = str(exc)
+    if "missing dependencies" in text or "plugins are missing" in text:
+        return f"a decoder is missing ({text.splitlines()[0]}); install pylibjpeg and its plugins"
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")

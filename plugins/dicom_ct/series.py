@@ -1,0 +1,284 @@
+"""Assembling file headers into volumes: grouping, splitting, geometric order, spacing.
+
+Slices are ordered by projecting ImagePositionPatient on the slice normal (the cross
+product of the two ImageOrientationPatient directions), never by file name. The volume is
+then turned to one orientation for every scanner: array axes (z, y, x) run towards the
+patient's head, back and left, so that a model sees the same anatomy the same way round.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medadapt.engine import Rejection
+from medadapt.plugins.dicom_ct.headers import FileHeader, FrameHeader
+
+#: Positions closer than this (mm) along the normal are the same position.
+_SAME_POSITION_MM = 0.01
+#: A step larger than this many times the usual spacing is a gap.
+_GAP_FACTOR = 1.5
+#: Steps differing from the usual spacing by more than this fraction are uneven.
+_UNEVEN_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class SliceRef:
+    """Where one slice's pixels are: a file, and the frame within it for multi-frame files."""
+
+    path: Path
+    frame: int | None
+
+
+@dataclass
+class Volume:
+    """A volume ready to load: its slices in acquisition order and how to orient them.
+
+    Attributes:
+        slices: slices in ascending position along the slice normal.
+        acquisition_spacing: (between slices, between rows, between columns) in mm.
+        axes: for each output axis (z, y, x), the acquisition axis it comes from.
+        flips: for each output axis, whether it runs against the acquisition axis.
+        affine: 4x4 map from acquisition voxel index (slice, row, column) to patient mm.
+    """
+
+    series_key: str
+    patient_key: str
+    study_key: str
+    rows: int
+    columns: int
+    slices: list[SliceRef]
+    acquisition_spacing: tuple[float, float, float]
+    axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    affine: np.ndarray
+    attributes: dict[str, str | float | None]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The (z, y, x) shape of the oriented volume."""
+        acquisition = (len(self.slices), self.rows, self.columns)
+        return tuple(acquisition[a] for a in self.axes)  # type: ignore[return-value]
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """The (z, y, x) voxel size of the oriented volume, in mm."""
+        return tuple(self.acquisition_spacing[a] for a in self.axes)  # type: ignore[return-value]
+
+    def to_output_index(self, acquisition_index: Iterable[float]) -> tuple[float, float, float]:
+        """Map an acquisition index (slice, row, column) to an oriented (z, y, x) index."""
+        source = list(acquisition_index)
+        acquisition_shape = (len(self.slices), self.rows, self.columns)
+        out = []
+        for axis, flip in zip(self.axes, self.flips, strict=True):
+            value = source[axis]
+            out.append(acquisition_shape[axis] - 1 - value if flip else value)
+        return tuple(out)  # type: ignore[return-value]
+
+    def to_locator(self) -> str:
+        """Everything needed to load the volume again, in any process, as a string."""
+        return json.dumps(
+            {
+                "series_key": self.series_key,
+                "patient_key": self.patient_key,
+                "study_key": self.study_key,
+                "rows": self.rows,
+                "columns": self.columns,
+                "slices": [[str(s.path), s.frame] for s in self.slices],
+                "acquisition_spacing": self.acquisition_spacing,
+                "axes": self.axes,
+                "flips": self.flips,
+                "affine": self.affine.tolist(),
+                "attributes": self.attributes,
+            }
+        )
+
+    @classmethod
+    def from_locator(cls, locator: str) -> Volume:
+        """The volume :meth:`to_locator` described."""
+        data = json.loads(locator)
+        return cls(
+            series_key=data["series_key"],
+            patient_key=data["patient_key"],
+            study_key=data["study_key"],
+            rows=data["rows"],
+            columns=data["columns"],
+            slices=[SliceRef(Path(path), frame) for path, frame in data["slices"]],
+            acquisition_spacing=tuple(data["acquisition_spacing"]),
+            axes=tuple(data["axes"]),
+            flips=tuple(data["flips"]),
+            affine=np.asarray(data["affine"], dtype=float),
+            attributes=data["attributes"],
+        )
+
+    def patient_mm_to_output_index(self, point_mm: Iterable[float]) -> tuple[float, float, float]:
+        """Map a point in patient coordinates (mm) to an oriented (z, y, x) voxel index."""
+        homogeneous = np.append(np.asarray(list(point_mm), dtype=float), 1.0)
+        acquisition = np.linalg.solve(self.affine, homogeneous)[:3]
+        return self.to_output_index(acquisition)
+
+
+def assemble(headers: Iterable[FileHeader]) -> tuple[list[Volume], list[Rejection]]:
+    """Group headers into series, split inconsistent ones, and order every volume.
+
+    Returns:
+        The volumes, and the slices that could not be placed in one, with reasons.
+    """
+    by_series: dict[str, list[tuple[FileHeader, FrameHeader]]] = defaultdict(list)
+    for header in headers:
+        for frame in header.frames:
+            by_series[header.series_key].append((header, frame))
+    volumes: list[Volume] = []
+    rejections: list[Rejection] = []
+    for series_key, members in sorted(by_series.items()):
+        groups: dict[tuple, list[tuple[FileHeader, FrameHeader]]] = defaultdict(list)
+        for header, frame in members:
+            groups[_geometry_signature(header, frame)].append((header, frame))
+        ordered_groups = sorted(groups.values(), key=len, reverse=True)
+        for index, group in enumerate(ordered_groups):
+            key = series_key if len(ordered_groups) == 1 else f"{series_key}.{index + 1}"
+            volume, rejected = _build_volume(key, group)
+            rejections.extend(rejected)
+            if volume is None:
+                continue
+            if len(ordered_groups) > 1:
+                volume.warnings.append(
+                    f"the series mixes {len(ordered_groups)} image sizes or orientations; "
+                    f"split into {len(ordered_groups)} volumes, this is part {index + 1}"
+                )
+            volumes.append(volume)
+    return volumes, rejections
+
+
+def _geometry_signature(header: FileHeader, frame: FrameHeader) -> tuple:
+    orientation = tuple(round(v, 3) for v in frame.orientation) if frame.orientation else None
+    spacing = tuple(round(v, 4) for v in frame.pixel_spacing)
+    return (header.rows, header.columns, orientation, spacing)
+
+
+def _build_volume(
+    key: str, members: list[tuple[FileHeader, FrameHeader]]
+) -> tuple[Volume | None, list[Rejection]]:
+    first_header, first_frame = members[0]
+    warnings: list[str] = []
+    rejections: list[Rejection] = []
+    for note in sorted({note for header, _ in members for note in header.notes}):
+        warnings.append(f"some files: {note}")
+    orientation = first_frame.orientation
+    if orientation is not None and all(f.position is not None for _, f in members):
+        row_dir = np.asarray(orientation[:3], dtype=float)
+        col_dir = np.asarray(orientation[3:], dtype=float)
+        normal = np.cross(row_dir, col_dir)
+        heights = [float(np.dot(frame.position, normal)) for _, frame in members]
+    elif all(f.instance_number is not None for _, f in members):
+        warnings.append(
+            "slice positions are missing; slices are ordered by InstanceNumber, which "
+            "assumes the scanner numbered them in order"
+        )
+        row_dir, col_dir = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+        normal = np.array([0.0, 0.0, 1.0])
+        heights = [float(frame.instance_number) for _, frame in members]  # type: ignore[arg-type]
+    else:
+        reason = "neither slice positions nor InstanceNumber: the slices cannot be ordered"
+        return None, [Rejection(frame.path, reason) for _, frame in members]
+
+    order = sorted(
+        range(len(members)),
+        key=lambda i: (heights[i], members[i][1].instance_number or 0, str(members[i][1].path)),
+    )
+    kept: list[int] = []
+    for i in order:
+        if kept and abs(heights[i] - heights[kept[-1]]) < _SAME_POSITION_MM:
+            duplicate_of = members[kept[-1]][1]
+            rejections.append(
+                Rejection(
+                    members[i][1].path,
+                    f"repeats the position of {duplicate_of.path.name} (a second cardiac "
+                    "phase or a copy?); the first image at each position is kept",
+                )
+            )
+            continue
+        kept.append(i)
+    if len(rejections):
+        warnings.append(
+            f"{len(rejections)} image(s) repeat a position already in the series and were left out"
+        )
+
+    steps = np.diff([heights[i] for i in kept])
+    if len(steps):
+        between = float(np.median(steps))
+        _describe_spacing(steps, between, warnings)
+    else:
+        fallback = first_header.spacing_between_slices or first_header.slice_thickness
+        between = fallback or 1.0
+        if not fallback:
+            warnings.append("a single slice without SliceThickness: 1 mm is assumed between slices")
+
+    row_spacing, column_spacing = first_frame.pixel_spacing
+    origin = np.asarray(members[kept[0]][1].position or (0.0, 0.0, 0.0), dtype=float)
+    affine = np.eye(4)
+    affine[:3, 0] = normal * between
+    affine[:3, 1] = col_dir * row_spacing
+    affine[:3, 2] = row_dir * column_spacing
+    affine[:3, 3] = origin
+    axes, flips, oblique = _orientation(normal, col_dir, row_dir)
+    if oblique:
+        warnings.append(
+            "the slices are oblique to every body axis; the volume keeps the scanner's axes"
+        )
+    volume = Volume(
+        series_key=key,
+        patient_key=first_header.patient_key,
+        study_key=first_header.study_key,
+        rows=first_header.rows,
+        columns=first_header.columns,
+        slices=[SliceRef(members[i][1].path, members[i][1].frame) for i in kept],
+        acquisition_spacing=(between, row_spacing, column_spacing),
+        axes=axes,
+        flips=flips,
+        affine=affine,
+        attributes=dict(first_header.attributes),
+        warnings=warnings,
+    )
+    return volume, rejections
+
+
+def _describe_spacing(steps: np.ndarray, between: float, warnings: list[str]) -> None:
+    gaps = [(i, float(s)) for i, s in enumerate(steps) if s > _GAP_FACTOR * between]
+    for i, step in gaps[:5]:
+        warnings.append(
+            f"gap of {step:.2f} mm between slices {i + 1} and {i + 2} (usual spacing "
+            f"{between:.2f} mm): a missing slice?"
+        )
+    if len(gaps) > 5:
+        warnings.append(f"{len(gaps) - 5} more gaps")
+    regular = [float(s) for s in steps if s <= _GAP_FACTOR * between]
+    if regular and max(abs(s - between) for s in regular) > _UNEVEN_FRACTION * between:
+        warnings.append(
+            f"uneven slice spacing: from {min(regular):.2f} to {max(regular):.2f} mm "
+            f"(median {between:.2f} mm)"
+        )
+
+
+def _orientation(
+    normal: np.ndarray, col_dir: np.ndarray, row_dir: np.ndarray
+) -> tuple[tuple[int, int, int], tuple[bool, bool, bool], bool]:
+    """Which acquisition axis becomes each output axis (towards head, back, left)."""
+    directions = [normal, col_dir, row_dir]  # acquisition axes: slice, row, column
+    # Patient axes in DICOM: x towards the left, y towards the back, z towards the head.
+    # Output axes in order: z (head), y (back), x (left).
+    dominant = [int(np.argmax(np.abs(d))) for d in directions]
+    if sorted(dominant) != [0, 1, 2]:
+        return (0, 1, 2), (False, False, False), True
+    axes = tuple(dominant.index(patient_axis) for patient_axis in (2, 1, 0))
+    flips = tuple(
+        bool(directions[axis][patient_axis] < 0)
+        for axis, patient_axis in zip(axes, (2, 1, 0), strict=True)
+    )
+    return axes, flips, False  # type: ignore[return-value]
