@@ -1,0 +1,225 @@
+"""`medadapt inspect`, the label file join, and what never leaves the loader."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from medadapt.engine import ExitCode, InvalidInputError
+from medadapt.engine.cli import cli
+from medadapt.engine.plugins import get_plugin_host
+from medadapt.plugins.dicom_ct import DicomCT
+
+PHI = ("Doe^Jane", "Jane", "MRN-0042-PHI", "MRN-0077-PHI", "19700101", "ACC-PHI-991")
+
+
+@pytest.fixture(autouse=True)
+def _plugin_commands():
+    get_plugin_host().add_commands(cli)
+
+
+@pytest.fixture
+def site_key(monkeypatch):
+    monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", "site-secret-for-the-tests-0001")
+
+
+def inspect(*args: str):
+    return CliRunner().invoke(cli, ["inspect", *args], env={"COLUMNS": "200"})
+
+
+def test_inspect_lists_every_series_and_every_rejection(pydicom_test_files):
+    result = inspect("--json", str(pydicom_test_files))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert len(report["series"]) == 5
+    fields = {
+        "series",
+        "patient",
+        "manufacturer",
+        "model",
+        "convolution_kernel",
+        "kvp",
+        "slice_thickness_mm",
+        "pixel_spacing_mm",
+        "spacing_between_slices_mm",
+        "slices",
+        "shape",
+        "hu_min",
+        "hu_max",
+        "warnings",
+    }
+    assert all(set(s) == fields for s in report["series"])
+    small = next(s for s in report["series"] if s["shape"] == [1, 128, 128])
+    assert small["manufacturer"] == "GE MEDICAL SYSTEMS"
+    assert small["kvp"] == 120.0
+    assert all(set(r) == {"path", "image", "reason"} for r in report["rejections"])
+    assert {"path": "MR_small.dcm", "reason": "modality MR, not CT"}.items() <= next(
+        r for r in report["rejections"] if r["path"] == "MR_small.dcm"
+    ).items()
+    assert "Traceback" not in result.output
+
+
+def test_inspect_table_for_people(pydicom_test_files):
+    result = inspect(str(pydicom_test_files))
+    assert result.exit_code == 0
+    assert "5 CT series in" in result.output
+    assert "LightSpeed Ultra" in result.output
+    assert "localizer (scout) image" in result.output
+
+
+def test_inspect_exits_non_zero_when_nothing_is_usable(pydicom_test_files, tmp_path):
+    (tmp_path / "MR_small.dcm").write_bytes((pydicom_test_files / "MR_small.dcm").read_bytes())
+    result = inspect(str(tmp_path))
+    assert result.exit_code == ExitCode.NOT_PASSED
+    assert "no usable CT series" in result.output
+
+
+def test_inspect_output_and_logs_never_show_identifying_values(ct, caplog, site_key):
+    ct.series("a", slices=3)
+    files, _ = ct.series("b", slices=1)
+    files[0].write_bytes(files[0].read_bytes()[:-50])
+    with caplog.at_level(logging.DEBUG):
+        table = inspect(str(ct.root))
+        machine = inspect("--json", str(ct.root))
+    for output in (table.output, machine.output, caplog.text):
+        for value in PHI:
+            assert value not in output
+    assert json.loads(machine.stdout)["series"][0]["patient"].startswith("patient-")
+
+
+def test_pseudonyms_are_stable_with_a_site_key(ct, site_key):
+    ct.series("a", slices=2)
+    first = json.loads(inspect("--json", str(ct.root)).stdout)["series"][0]
+    second = json.loads(inspect("--json", str(ct.root)).stdout)["series"][0]
+    assert first["patient"] == second["patient"]
+    assert first["series"] == second["series"]
+
+
+# --- labels ----------------------------------------------------------------------------------
+
+
+def write_labels(path, rows: list[str]) -> None:
+    path.write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture
+def two_patients(ct):
+    _, stored_a = ct.series("a", slices=6, patient_id="MRN-0042-PHI")
+    ct.series("b", slices=6, patient_id="MRN-0077-PHI", seed=5)
+    return ct.root, stored_a
+
+
+def test_labels_join_to_lesions_by_patient_with_mm_or_voxel_centres(
+    two_patients, tmp_path, site_key
+):
+    root, _ = two_patients
+    labels = tmp_path / "labels.csv"
+    write_labels(
+        labels,
+        [
+            "patient_id,label,x_mm,y_mm,z_mm,slice,row,column,lesion_id",
+            "MRN-0042-PHI,malignant,-16.0,-13.0,105.0,,,,L1",
+            "MRN-0077-PHI,benign,,,,3,4,5,L2",
+        ],
+    )
+    result = DicomCT.from_params({"root": str(root)}).scan(label_file=labels)
+    assert result.rejections == []
+    first, second = sorted(result.records, key=lambda r: r.attributes["lesion_id"])
+    assert first.label == "malignant"
+    # x -16 mm is column 5 (0.8 mm from -20), y -13 mm is row 10 (0.7 mm), z 105 is slice 2.
+    assert first.centre == pytest.approx((2.0, 10.0, 5.0))
+    assert second.centre == pytest.approx((3.0, 4.0, 5.0))
+    assert first.patient_key != second.patient_key
+    for record in result.records:
+        for value in PHI:
+            assert value not in repr(record.patient_key) + repr(record.attributes)
+
+
+def test_label_rows_that_match_nothing_are_reported_not_dropped(two_patients, tmp_path, site_key):
+    root, _ = two_patients
+    labels = tmp_path / "labels.csv"
+    write_labels(
+        labels,
+        [
+            "patient_id,label,slice,row,column",
+            "MRN-9999-PHI,benign,1,1,1",
+            "MRN-0042-PHI,benign,40,1,1",
+            "MRN-0042-PHI,,1,1,1",
+            "MRN-0042-PHI,benign,one,1,1",
+            "MRN-0042-PHI,benign,1,1,1",
+        ],
+    )
+    result = DicomCT.from_params({"root": str(root)}).scan(label_file=labels)
+    assert len(result.records) == 1
+    reasons = [r.reason for r in result.rejections]
+    assert reasons[0].startswith("row 2: no usable series for patient patient-")
+    assert reasons[1].startswith("row 3: the lesion centre lies outside the series")
+    assert reasons[2] == "row 4: the label is empty"
+    assert reasons[3].startswith("row 5: the lesion location needs numbers")
+    assert all(r.path == labels for r in result.rejections)
+    assert all("MRN" not in reason for reason in reasons)
+
+
+def test_a_patient_with_several_series_needs_a_series_uid(ct, tmp_path, site_key):
+    ct.series("a", slices=3, series_uid="1.2.3.4.1")
+    ct.series("b", slices=3, series_uid="1.2.3.4.2", seed=1)
+    labels = tmp_path / "labels.csv"
+    write_labels(
+        labels,
+        [
+            "patient_id,series_uid,label,slice,row,column",
+            "MRN-0042-PHI,,benign,1,1,1",
+            "MRN-0042-PHI,1.2.3.4.2,benign,1,1,1",
+        ],
+    )
+    result = DicomCT.from_params({"root": str(ct.root)}).scan(label_file=labels)
+    assert "has 2 usable series; add series_uid" in result.rejections[0].reason
+    [record] = result.records
+    assert record.series_key != result.rejections[0].reason
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("id,label,slice,row,column", "missing column(s) patient_id"),
+        ("patient_id,label", "no lesion location"),
+    ],
+)
+def test_a_label_file_without_required_columns_is_refused(ct, tmp_path, site_key, header, message):
+    ct.series("a", slices=1)
+    labels = tmp_path / "labels.csv"
+    write_labels(labels, [header])
+    with pytest.raises(InvalidInputError, match=re.escape(message)) as caught:
+        DicomCT.from_params({"root": str(ct.root)}).scan(label_file=labels)
+    assert str(labels) in str(caught.value)
+
+
+def test_a_profile_using_dicom_ct_is_checked(write_profile, tmp_path):
+    from medadapt.engine.profile import ProfileError, load_profile
+
+    registry = get_plugin_host().registry()
+    good = write_profile(
+        data={"source": "dicom-ct", "params": {"root": "dicom"}, "label_file": "labels.csv"}
+    )
+    profile = load_profile(good, registry)
+    assert profile.data.source == "dicom-ct"
+    bad = write_profile("bad.yaml", data={"source": "dicom-ct", "params": {"folder": "x"}})
+    with pytest.raises(ProfileError) as caught:
+        load_profile(bad, registry)
+    messages = [str(issue) for issue in caught.value.issues]
+    assert any("data.params.folder: unknown key" in m for m in messages)
+    assert any("data.params.root: required key is missing" in m for m in messages)
+
+
+def test_loaded_volume_is_float32_hu(two_patients, site_key):
+    root, stored = two_patients
+    source = DicomCT.from_params({"root": str(root / "a")})
+    [record] = source.scan().records
+    image = source.load(record)
+    assert image.hu.dtype == np.float32
+    np.testing.assert_array_equal(image.hu, stored - 1024.0)
