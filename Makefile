@@ -4,12 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format clean
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: test lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet --editable '.[dev]'
 	touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet --editable '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -17,6 +23,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/dicom_loading.py
+	$(BIN)/python benchmarks/dicom_scan.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -216,6 +216,14 @@ class DataSource(Component):
     def load(self, record: SampleRecord) -> Image:
         """Read the HU pixels and spacing of one sample found by :meth:`scan`."""
 
+    def fingerprint(self, record: SampleRecord) -> str | None:
+        """A string that changes whenever the record's pixels may have changed.
+
+        The engine caches loaded volumes and patches under it. ``None``, the default,
+        means the source cannot tell, and nothing it loads is cached.
+        """
+        return None
+
 
 # --- augmentations ------------------------------------------------------------------------
 

@@ -373,3 +373,17 @@ def test_the_source_needs_a_pseudonym_key(ct, monkeypatch):
     ct.series("a", slices=1)
     with pytest.raises(InvalidInputError, match="MEDADAPT_PSEUDONYM_KEY"):
         DicomCT.from_params({"root": str(ct.root)}).scan()
+
+
+def test_scanning_reads_headers_only_so_memory_stays_flat(ct, pseudonymizer):
+    import tracemalloc
+
+    ct.series("big", slices=60, size=256)  # 60 x 128 KiB of pixels = 7.5 MiB
+    tracemalloc.start()
+    try:
+        found = scan_folder(ct.root, pseudonymizer)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(found.volumes[0].slices) == 60
+    assert peak < 2 * 1024 * 1024, f"scanning held {peak / 2**20:.1f} MiB"

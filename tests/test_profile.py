@@ -169,7 +169,7 @@ def test_a_backbone_must_take_the_patches_the_profile_makes(write_profile, toy_p
 
 
 def test_a_method_that_needs_target_labels_needs_a_label_file(write_profile, toy_plugin):
-    [issue] = issues_of(write_profile(adaptation={"method": "toy-finetune"}))
+    [issue] = issues_of(write_profile(data=None, adaptation={"method": "toy-finetune"}))
     assert "'toy-finetune' needs labels at this site, and data.label_file is not set" in issue
 
 

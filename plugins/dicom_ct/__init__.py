@@ -72,6 +72,10 @@ class DicomCT(DataSource):
         """The record's whole volume in HU, axes (z, y, x) towards head, back and left."""
         return load_hu(Volume.from_locator(record.locator))
 
+    def fingerprint(self, record: SampleRecord) -> str:
+        """The identity of the record's files: path, size and modification time of each."""
+        return Volume.from_locator(record.locator).fingerprint()
+
 
 def _record(
     volume: Volume,

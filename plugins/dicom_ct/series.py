@@ -8,6 +8,7 @@ patient's head, back and left, so that a model sees the same anatomy the same wa
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medadapt.engine import Rejection
+from medadapt.engine import InvalidInputError, Rejection
 from medadapt.plugins.dicom_ct.headers import FileHeader, FrameHeader
 
 #: Positions closer than this (mm) along the normal are the same position.
@@ -80,6 +81,20 @@ class Volume:
             value = source[axis]
             out.append(acquisition_shape[axis] - 1 - value if flip else value)
         return tuple(out)  # type: ignore[return-value]
+
+    def fingerprint(self) -> str:
+        """Changes when any slice file changes (size or modification time) or moves."""
+        parts = []
+        for ref in self.slices:
+            try:
+                stat = ref.path.stat()
+            except OSError as exc:
+                raise InvalidInputError(
+                    f"{ref.path}: the file cannot be read any more ({exc.strerror}); scan again"
+                ) from None
+            parts.append(f"{ref.path}|{ref.frame}|{stat.st_size}|{stat.st_mtime_ns}")
+        parts.append(f"{self.axes}|{self.flips}")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     def to_locator(self) -> str:
         """Everything needed to load the volume again, in any process, as a string."""

@@ -1,0 +1,103 @@
+"""From a sample record to the patch a model sees, with pixels and patches cached on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medadapt.engine.cache import ArrayCache, cache_key, default_cache_dir
+from medadapt.engine.components import DataSource, Image, SampleRecord
+from medadapt.engine.patches import make_patch, preprocessing_key
+from medadapt.engine.profile import Preprocessing
+
+#: Bump when the way volumes or patches are computed changes, to retire old cache entries.
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One preprocessed sample: the patch and what is known about it."""
+
+    patch: np.ndarray
+    label: str | None
+    patient_key: str
+    attributes: Mapping[str, str | float | int | None]
+
+
+class PatchLoader:
+    """Turns records into windowed patches, caching volumes and patches.
+
+    A volume is cached under the data source's fingerprint of its files (which changes
+    when a file changes); a patch under that fingerprint, its centre and the profile's
+    preprocessing. Sources that give no fingerprint are never cached. A loader takes each
+    volume's fingerprint once: files are expected to stay as they are during a run.
+
+    Args:
+        source: the data source the records came from.
+        preprocessing: the profile's preprocessing section.
+        cache_dir: the cache folder; None for the default, see
+            :func:`~medadapt.engine.cache.default_cache_dir`.
+    """
+
+    def __init__(
+        self,
+        source: DataSource,
+        preprocessing: Preprocessing,
+        cache_dir: Path | None = None,
+    ) -> None:
+        root = cache_dir or default_cache_dir()
+        self.source = source
+        self.preprocessing = preprocessing
+        self._volumes = ArrayCache(root, "volumes")
+        self._patches = ArrayCache(root, "patches")
+        self._fingerprints: dict[str, str | None] = {}
+        self._preprocessing_key = preprocessing_key(preprocessing)
+
+    def _fingerprint(self, record: SampleRecord) -> str | None:
+        if record.locator not in self._fingerprints:
+            self._fingerprints[record.locator] = self.source.fingerprint(record)
+        return self._fingerprints[record.locator]
+
+    def volume(self, record: SampleRecord) -> Image:
+        """The record's volume in HU, from the cache when its files have not changed."""
+        fingerprint = self._fingerprint(record)
+        if fingerprint is None:
+            return self.source.load(record)
+        key = cache_key("volume", CACHE_FORMAT, self.source.name, fingerprint)
+        hu = self._volumes.get(key)
+        spacing = self._volumes.get(key + "-spacing")
+        if hu is None or spacing is None:
+            image = self.source.load(record)
+            self._volumes.put(key, image.hu)
+            self._volumes.put(key + "-spacing", np.asarray(image.spacing_mm, dtype=np.float64))
+            return image
+        return Image(hu=hu, spacing_mm=tuple(float(s) for s in spacing))
+
+    def patch(self, record: SampleRecord) -> np.ndarray:
+        """The windowed, channel-first patch around the record's centre."""
+        fingerprint = self._fingerprint(record)
+        if fingerprint is None:
+            return make_patch(self.source.load(record), record.centre, self.preprocessing)
+        key = cache_key(
+            "patch",
+            CACHE_FORMAT,
+            self.source.name,
+            fingerprint,
+            record.centre,
+            self._preprocessing_key,
+        )
+        return self._patches.get_or_compute(
+            key, lambda: make_patch(self.volume(record), record.centre, self.preprocessing)
+        )
+
+    def sample(self, record: SampleRecord) -> Sample:
+        """The patch with the record's label and acquisition attributes."""
+        return Sample(
+            patch=np.asarray(self.patch(record)),
+            label=record.label,
+            patient_key=record.patient_key,
+            attributes=dict(record.attributes),
+        )
