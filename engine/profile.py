@@ -23,6 +23,7 @@ from pydantic import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -240,6 +241,13 @@ class Profile(_Section):
     acceptance: Acceptance
     report: Report = Field(default_factory=Report)
 
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The folder of the profile file: relative paths in component parameters start here."""
+        return self._base_dir
+
 
 # --- errors -------------------------------------------------------------------------------
 
@@ -301,6 +309,7 @@ def load_profile(path: Path | str, registry: ComponentRegistry | None = None) ->
         profile = Profile.model_validate(document.data, context={"base_dir": path.parent})
     except ValidationError as exc:
         raise ProfileError(document.issues_from(exc, Profile)) from None
+    profile._base_dir = path.parent
     if registry is not None:
         issues = _check_components(profile, registry, document)
         if issues:

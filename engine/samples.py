@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from medadapt.engine.cache import ArrayCache, cache_key, default_cache_dir
-from medadapt.engine.components import DataSource, Image, SampleRecord
+from medadapt.engine.components import ComponentKind, DataSource, Image, Rejection, SampleRecord
+from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.patches import make_patch, preprocessing_key
-from medadapt.engine.profile import Preprocessing
+from medadapt.engine.profile import Preprocessing, Profile
+from medadapt.engine.registry import ComponentRegistry
 
 #: Bump when the way volumes or patches are computed changes, to retire old cache entries.
 CACHE_FORMAT = 1
@@ -101,3 +103,39 @@ class PatchLoader:
             patient_key=record.patient_key,
             attributes=dict(record.attributes),
         )
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """A site's data as its profile describes it: the source, what it found, the patches."""
+
+    source: DataSource
+    records: list[SampleRecord]
+    rejections: list[Rejection]
+    loader: PatchLoader
+
+
+def open_site_data(
+    profile: Profile, registry: ComponentRegistry, cache_dir: Path | None = None
+) -> SiteData:
+    """Scan the data a profile names and get ready to load its patches.
+
+    Raises:
+        InvalidInputError: the profile has no ``data`` section, or the source cannot read
+            what it was pointed at.
+    """
+    if profile.data is None:
+        raise InvalidInputError(
+            f"the profile of {profile.site.name!r} has no 'data' section: say where the images "
+            "are (data.source and data.params)"
+        )
+    source = registry.create(
+        ComponentKind.DATA_SOURCES,
+        profile.data.source,
+        profile.data.params,
+        base_dir=profile.base_dir,
+    )
+    assert isinstance(source, DataSource)
+    found = source.scan(label_file=profile.data.label_file)
+    loader = PatchLoader(source, profile.preprocessing, cache_dir)
+    return SiteData(source, list(found.records), list(found.rejections), loader)

@@ -40,8 +40,11 @@ def test_single_ct_files_give_pydicom_reference_hu(pydicom_test_files, pseudonym
     np.testing.assert_array_equal(image.hu[0], reference_hu(pydicom_test_files / name))
 
 
-def test_ct_series_from_dicomdir_tests_is_ordered_by_position(pydicom_test_files, pseudonymizer):
-    folder = pydicom_test_files / "dicomdirtests" / "98892001" / "CT5N"
+@pytest.mark.parametrize("series", ["98892001/CT5N", "77654033/CT2"])
+def test_ct_series_from_dicomdir_tests_is_ordered_by_position(
+    pydicom_test_files, pseudonymizer, series
+):
+    folder = pydicom_test_files / "dicomdirtests" / series
     volume, _ = only_volume(folder, pseudonymizer)
     files = sorted(folder.iterdir(), key=lambda p: pydicom.dcmread(p).ImagePositionPatient[2])
     expected = np.stack([reference_hu(f) for f in files])
@@ -187,6 +190,27 @@ def test_rescale_slope_and_intercept_give_hounsfield_units(ct, pseudonymizer):
     hu = load_hu(volume).hu
     np.testing.assert_allclose(hu, stored * 0.5 - 1000.0)
     np.testing.assert_array_equal(hu[0], reference_hu(files[0]))
+
+
+def test_a_modality_lut_sequence_gives_the_reference_hu(ct, pseudonymizer):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    files, stored = ct.series("lut", slices=2)
+    lut = np.arange(4096, dtype=np.uint16) // 2
+    for path in files:
+        ds = pydicom.dcmread(path)
+        del ds.RescaleSlope, ds.RescaleIntercept
+        item = Dataset()
+        item.LUTDescriptor = [4096, 0, 16]
+        item.ModalityLUTType = "HU"
+        item.add_new(0x00283006, "US", lut.tolist())  # LUTData
+        ds.ModalityLUTSequence = Sequence([item])
+        ds.save_as(path)
+    volume, _ = only_volume(ct.root / "lut", pseudonymizer)
+    hu = load_hu(volume).hu
+    np.testing.assert_array_equal(hu[0], reference_hu(files[0]))
+    np.testing.assert_array_equal(hu, (stored // 2).astype(np.float32))
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])

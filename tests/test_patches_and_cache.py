@@ -171,3 +171,60 @@ def test_an_unreadable_cache_entry_is_recomputed(tmp_path):
     cache.put(key, np.ones(4))
     next(tmp_path.rglob("*.npy")).write_bytes(b"not an array")
     assert cache.get_or_compute(key, lambda: np.zeros(2)).tolist() == [0.0, 0.0]
+
+
+# --- from a profile to patches ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "shape"),
+    [("2d", [8, 8], (1, 8, 8)), ("2.5d", [8, 8], (3, 8, 8)), ("3d", [4, 8, 8], (1, 4, 8, 8))],
+)
+def test_a_profile_with_dicom_ct_and_labels_gives_training_patches(
+    ct, write_profile, tmp_path, monkeypatch, mode, size, shape
+):
+    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.profile import load_profile
+    from medadapt.engine.samples import open_site_data
+
+    monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", "site-secret-for-the-tests-0001")
+    ct.series("a", slices=8, size=32, patient_id="MRN-0042-PHI")
+    ct.series("b", slices=8, size=32, patient_id="MRN-0077-PHI", seed=3)
+    (tmp_path / "labels.csv").write_text(
+        "patient_id,label,x_mm,y_mm,z_mm\n"
+        "MRN-0042-PHI,malignant,-10.4,-9.5,107.5\n"
+        "MRN-0077-PHI,benign,-5.6,-6.0,105.0\n"
+    )
+    profile_path = write_profile(
+        data={"source": "dicom-ct", "params": {"root": "dicom"}, "label_file": "labels.csv"},
+        preprocessing={
+            "window": {"level": -600, "width": 1500},
+            "spacing_mm": [2.5, 0.7, 0.8],
+            "patch_mode": mode,
+            "patch_size": size,
+        },
+    )
+    registry = get_plugin_host().registry()
+    data = open_site_data(load_profile(profile_path, registry), registry, tmp_path / "cache")
+    assert data.rejections == []
+    samples = [data.loader.sample(record) for record in data.records]
+    assert sorted(s.label for s in samples) == ["benign", "malignant"]
+    for sample in samples:
+        assert sample.patch.shape == shape
+        assert sample.patch.dtype == np.float32
+        assert float(sample.patch.min()) >= 0.0
+        assert float(sample.patch.max()) <= 1.0
+        assert sample.attributes["manufacturer"] == "Test Vendor"
+        assert sample.patient_key.startswith("patient-")
+
+
+def test_a_profile_without_data_cannot_open_site_data(write_profile):
+    from medadapt.engine import InvalidInputError
+    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.profile import load_profile
+    from medadapt.engine.samples import open_site_data
+
+    registry = get_plugin_host().registry()
+    profile = load_profile(write_profile(data=None), registry)
+    with pytest.raises(InvalidInputError, match="has no 'data' section"):
+        open_site_data(profile, registry)
