@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import tempfile
 import time
 import warnings
@@ -32,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medadapt.engine.profile import Preprocessing
 from medadapt.engine.pseudonym import Pseudonymizer
@@ -42,7 +40,8 @@ from medadapt.engine.samples import PatchLoader
 from medadapt.plugins.dicom_ct import DicomCT
 from medadapt.plugins.dicom_ct.pixels import load_hu
 from medadapt.plugins.dicom_ct.scan import scan_folder
-from results import RESULTS, write_section
+from medadapt.plugins.dicom_ct.writer import ct_slice
+from results import RESULTS, machine, write_section
 
 SECTION = "## DICOM CT loading"
 
@@ -54,30 +53,16 @@ def write_series(folder: Path, slices: int, size: int = 512) -> list[Path]:
     order = rng.permutation(slices)
     files = []
     for k in range(slices):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.PatientID = "BENCHMARK"
-        ds.Modality = "CT"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [-250.0, -250.0, 1.25 * k]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [0.98, 0.98]
-        ds.SliceThickness = 1.25
-        ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.PixelData = rng.integers(0, 3000, (size, size), dtype=np.int16).tobytes()
+        ds = ct_slice(
+            rng.integers(0, 3000, (size, size), dtype=np.int16),
+            patient_id="SYNTHETIC-BENCHMARK",
+            study_uid=study,
+            series_uid=series,
+            position=(-250.0, -250.0, 1.25 * k),
+            pixel_spacing=(0.98, 0.98),
+            slice_thickness=1.25,
+            instance=k + 1,
+        )
         path = folder / f"IM{order[k]:05d}"
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
@@ -225,9 +210,7 @@ def main() -> None:
         f"{timings['medadapt load_hu'] / timings['medadapt cached volume, read whole']:.1f}x "
         "faster than decoding it again",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, pydicom {pydicom.__version__}, "
-        f"numpy {np.__version__}, {time.strftime('%Y-%m-%d')}.",
+        machine(f"pydicom {pydicom.__version__}", f"numpy {np.__version__}"),
         f"Command: `.venv/bin/python benchmarks/dicom_loading.py --slices {args.slices} "
         f"--repeats {args.repeats}` (or `make bench`).",
         "",

@@ -11,8 +11,6 @@ of files by far less than their pixel data. Results go to RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 import tracemalloc
@@ -20,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medadapt.engine.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.scan import scan_folder
-from results import RESULTS, write_section
+from medadapt.plugins.dicom_ct.writer import ct_slice
+from results import RESULTS, machine, write_section
 
 SECTION = "## DICOM folder scan"
 SIZE = 128
@@ -33,35 +31,21 @@ SIZE = 128
 
 def write_folder(root: Path, series: int, slices: int) -> None:
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 3000, (SIZE, SIZE), dtype=np.int16).tobytes()
+    pixels = rng.integers(0, 3000, (SIZE, SIZE), dtype=np.int16)
     for s in range(series):
         folder = root / f"series-{s:03d}"
         folder.mkdir(parents=True)
         series_uid, study_uid = generate_uid(), generate_uid()
         for k in range(slices):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CTImageStorage
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID = CTImageStorage
-            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-            ds.PatientID = f"BENCH-{s}"
-            ds.Modality = "CT"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-            ds.InstanceNumber = k + 1
-            ds.ImagePositionPatient = [0.0, 0.0, 2.0 * k]
-            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-            ds.PixelSpacing = [0.7, 0.7]
-            ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows = ds.Columns = SIZE
-            ds.BitsAllocated = ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 1
-            ds.PixelData = pixels
+            ds = ct_slice(
+                pixels,
+                patient_id=f"SYNTHETIC-{s}",
+                study_uid=study_uid,
+                series_uid=series_uid,
+                position=(0.0, 0.0, 2.0 * k),
+                slice_thickness=2.0,
+                instance=k + 1,
+            )
             ds.save_as(folder / f"{k:04d}.dcm", enforce_file_format=True)
 
 
@@ -113,9 +97,7 @@ def main() -> None:
         f"- memory grows by {per_file_kib:.1f} KiB per file scanned (its header record), "
         f"against {pixel_mib * 1024:.0f} KiB of pixel data per file, which is never read.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, pydicom {pydicom.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}.",
+        machine(f"pydicom {pydicom.__version__}"),
         "Command: `.venv/bin/python benchmarks/dicom_scan.py` (or `make bench`).",
         "",
     ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -18,3 +21,15 @@ def write_section(results: Path, section: str, heading: str) -> None:
     else:
         existing = existing.rstrip("\n") + "\n\n" + section
     results.write_text(existing)
+
+
+def machine(*versions: str) -> str:
+    """The line that says where and when a measurement was made."""
+    parts = [
+        platform.processor() or platform.machine(),
+        f"{os.cpu_count()} CPUs",
+        f"Python {platform.python_version()}",
+        *versions,
+        time.strftime("%Y-%m-%d"),
+    ]
+    return f"Machine: {', '.join(parts)}."

@@ -14,8 +14,7 @@ import pydicom
 import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medadapt.engine import (
     AdaptationMethod,
@@ -30,6 +29,7 @@ from medadapt.engine import (
 )
 from medadapt.engine.plugins import PluginHost, get_plugin_host
 from medadapt.engine.pseudonym import Pseudonymizer
+from medadapt.plugins.dicom_ct.writer import ct_slice
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "hospital_profiles" / "template.yaml"
@@ -285,76 +285,33 @@ class CTWriter:
         folder.mkdir(parents=True, exist_ok=True)
         files = []
         for k, height in enumerate(heights):
-            position = np.asarray(origin) + height * normal
-            ds = self.dataset(
+            ds = ct_slice(
                 stored[k],
                 patient_id=patient_id,
-                series_uid=series_uid,
                 study_uid=study_uid,
-                position=position,
+                series_uid=series_uid,
+                position=np.asarray(origin) + height * normal,
                 orientation=(*row_dir, *col_dir),
+                pixel_spacing=(0.7, 0.8),
+                slice_thickness=spacing,
                 instance=k + 1,
                 slope=slope,
                 intercept=intercept,
-                spacing=spacing,
+                attributes={
+                    "PatientName": PATIENT_NAME,
+                    "PatientBirthDate": "19700101",
+                    "AccessionNumber": "ACC-PHI-991",
+                    "Manufacturer": "Test Vendor",
+                    "ManufacturerModelName": "Phantom 64",
+                    "ConvolutionKernel": "B30f",
+                    "KVP": 120,
+                    **extra,
+                },
             )
-            for keyword, value in extra.items():
-                setattr(ds, keyword, value)
             path = folder / f"slice-{k:03d}.dcm"
             ds.save_as(path, enforce_file_format=True)
             files.append(path)
         return files, stored
-
-    @staticmethod
-    def dataset(
-        pixels: np.ndarray,
-        *,
-        patient_id: str,
-        series_uid: str,
-        study_uid: str,
-        position,
-        orientation,
-        instance: int,
-        slope: float,
-        intercept: float,
-        spacing: float,
-    ):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.PatientName = PATIENT_NAME
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = "19700101"
-        ds.AccessionNumber = "ACC-PHI-991"
-        ds.Modality = "CT"
-        ds.Manufacturer = "Test Vendor"
-        ds.ManufacturerModelName = "Phantom 64"
-        ds.ConvolutionKernel = "B30f"
-        ds.KVP = 120
-        ds.SliceThickness = spacing
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.InstanceNumber = instance
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [float(v) for v in position]
-        ds.ImageOrientationPatient = [float(v) for v in orientation]
-        ds.PixelSpacing = [0.7, 0.8]
-        ds.RescaleSlope = slope
-        ds.RescaleIntercept = intercept
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = pixels.shape
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.PixelData = pixels.astype(np.int16).tobytes()
-        return ds
 
 
 @pytest.fixture
