@@ -121,8 +121,6 @@ def test_oblique_slices_are_ordered_along_their_normal(ct, pseudonymizer):
     tilt = np.deg2rad(20)
     col_dir = (0.0, float(np.cos(tilt)), float(np.sin(tilt)))
     files, stored = ct.series("tilted", slices=6, col_dir=col_dir)
-    paths = files[:]
-    random.Random(1).shuffle(paths)
     volume, _ = only_volume(ct.root / "tilted", pseudonymizer)
     assert [s.path for s in volume.slices] == files
     assert volume.acquisition_spacing[0] == pytest.approx(2.5)
@@ -149,6 +147,7 @@ def test_repeated_positions_keep_the_first_and_reject_the_rest(ct, pseudonymizer
     assert len(volume.slices) == 3
     assert [r.path.name for r in rejections] == ["slice-003.dcm", "slice-004.dcm", "slice-005.dcm"]
     assert all("repeats the position" in r.reason for r in rejections)
+    assert all(r.image_key.startswith("image-") for r in rejections)
     assert any("3 image(s) repeat a position" in w for w in volume.warnings)
 
 
@@ -349,6 +348,11 @@ def test_a_file_without_preamble_is_read_with_a_note(ct, pseudonymizer):
     assert rejections == []
     assert "no DICOM preamble; read anyway" in volume.warnings[0]
     np.testing.assert_array_equal(load_hu(volume).hu[0], stored[0] - 1024.0)
+
+
+def test_an_image_without_patient_id_is_rejected(ct, pseudonymizer):
+    files, _ = ct.series("anonymous", slices=1, PatientID="")
+    assert rejection_of(files[0], pseudonymizer).reason.startswith("no PatientID")
 
 
 def test_a_file_that_is_not_dicom_is_rejected(ct, pseudonymizer):

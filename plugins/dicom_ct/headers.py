@@ -76,7 +76,7 @@ class FileHeader:
     patient_key: str
     study_key: str
     series_key: str
-    image_key: str
+    image_key: str | None
     rows: int
     columns: int
     frames: list[FrameHeader]
@@ -120,7 +120,7 @@ def read_header(
         uid = str(ds.get("SOPInstanceUID", "") or "")
         image_key = pseudonymizer.pseudonym("image", uid) if uid else None
         try:
-            checked = _check(path, ds, pseudonymizer, allowed_modalities, notes)
+            checked = _check(path, ds, pseudonymizer, allowed_modalities, notes, image_key)
         except Exception as exc:
             checked = f"header cannot be interpreted ({_brief(exc)})"
         return Rejection(path, checked, image_key) if isinstance(checked, str) else checked
@@ -132,6 +132,7 @@ def _check(
     pseudonymizer: Pseudonymizer,
     allowed_modalities: Sequence[str],
     notes: list[str],
+    image_key: str | None,
 ) -> FileHeader | str:
     if len(ds) == 0:
         return "the file ends right after its file meta header: an empty or truncated copy"
@@ -167,6 +168,12 @@ def _check(
     series_uid = str(ds.get("SeriesInstanceUID", "") or "")
     if not series_uid:
         return "no SeriesInstanceUID: the file cannot be placed in a series"
+    patient_id = str(ds.get("PatientID", "") or "").strip()
+    if not patient_id:
+        return (
+            "no PatientID: the image cannot be told apart from other patients', so a split "
+            "by patient could not be trusted"
+        )
     attributes: dict[str, str | float | None] = {}
     for name, keyword in ACQUISITION_ATTRIBUTES.items():
         value = _first_in_groups(
@@ -177,10 +184,10 @@ def _check(
         attributes[name] = _plain(value)
     return FileHeader(
         path=path,
-        patient_key=pseudonymizer.pseudonym("patient", str(ds.get("PatientID", "") or "")),
+        patient_key=pseudonymizer.pseudonym("patient", patient_id),
         study_key=pseudonymizer.pseudonym("study", str(ds.get("StudyInstanceUID", "") or "")),
         series_key=pseudonymizer.pseudonym("series", series_uid),
-        image_key=pseudonymizer.pseudonym("image", str(ds.get("SOPInstanceUID", "") or path)),
+        image_key=image_key,
         rows=int(ds.Rows),
         columns=int(ds.Columns),
         frames=frames,
@@ -192,8 +199,8 @@ def _check(
 
 
 def _pixel_data_problem(path: Path, ds: Dataset) -> str | None:
-    syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds.__dict__ else None
-    syntax = syntax or pydicom.uid.ImplicitVRLittleEndian
+    meta = getattr(ds, "file_meta", None)
+    syntax = (meta.get("TransferSyntaxUID") if meta else None) or pydicom.uid.ImplicitVRLittleEndian
     raw = ds._dict[PIXEL_DATA]  # the undecoded element: its length without reading the value
     length = getattr(raw, "length", None)
     tell = getattr(raw, "value_tell", None)

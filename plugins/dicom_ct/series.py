@@ -201,7 +201,7 @@ def _build_volume(
         heights = [float(frame.instance_number) for _, frame in members]  # type: ignore[arg-type]
     else:
         reason = "neither slice positions nor InstanceNumber: the slices cannot be ordered"
-        return None, [Rejection(frame.path, reason) for _, frame in members]
+        return None, [Rejection(frame.path, reason, header.image_key) for header, frame in members]
 
     order = sorted(
         range(len(members)),
@@ -211,11 +211,13 @@ def _build_volume(
     for i in order:
         if kept and abs(heights[i] - heights[kept[-1]]) < _SAME_POSITION_MM:
             duplicate_of = members[kept[-1]][1]
+            header, frame = members[i]
             rejections.append(
                 Rejection(
-                    members[i][1].path,
+                    frame.path,
                     f"repeats the position of {duplicate_of.path.name} (a second cardiac "
                     "phase or a copy?); the first image at each position is kept",
+                    header.image_key,
                 )
             )
             continue
