@@ -25,10 +25,10 @@ def load_hu(volume: Volume) -> Image:
             compressed file, the package to install.
     """
     stack = np.empty((len(volume.slices), volume.rows, volume.columns), dtype=np.float32)
-    positions: dict[Path, list[tuple[int, SliceRef]]] = defaultdict(list)
+    by_file: dict[Path, list[tuple[int, SliceRef]]] = defaultdict(list)
     for index, ref in enumerate(volume.slices):
-        positions[ref.path].append((index, ref))
-    for path, refs in positions.items():
+        by_file[ref.path].append((index, ref))
+    for path, refs in by_file.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's warnings may quote identifying values
             try:
@@ -39,7 +39,8 @@ def load_hu(volume: Volume) -> Image:
                     f"{path}: the pixel data cannot be decoded: {_why(exc)}"
                 ) from None
         for index, ref in refs:
-            frame = pixels if ref.frame is None else pixels[ref.frame]
+            # pydicom returns a 2D array for a multi-frame file that holds one frame.
+            frame = pixels if ref.frame is None or pixels.ndim == 2 else pixels[ref.frame]
             if frame.shape != (volume.rows, volume.columns):
                 raise InvalidInputError(
                     f"{path}: the image is {frame.shape[0]} x {frame.shape[1]} pixels, the "
