@@ -27,6 +27,7 @@ lint: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/dicom_loading.py
 	$(BIN)/python benchmarks/dicom_scan.py
+	$(BIN)/python benchmarks/phantom_generation.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -28,7 +28,7 @@ def test_builtin_plugins_load_through_the_entry_point_group(host):
 def test_a_registered_plugin_provides_components_of_every_kind(host, toy):
     host.register(toy, "toy")
     registry = host.registry()
-    assert registry.names(ComponentKind.DATA_SOURCES) == ["dicom-ct", "toy-folder"]
+    assert registry.names(ComponentKind.DATA_SOURCES) == ["dicom-ct", "phantom", "toy-folder"]
     assert registry.names(ComponentKind.AUGMENTATIONS) == ["toy-mirror", "toy-noise"]
     assert registry.names(ComponentKind.BACKBONES) == ["toy-volume-net"]
     assert registry.names(ComponentKind.ADAPTATION_METHODS) == ["toy-finetune"]

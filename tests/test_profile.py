@@ -237,3 +237,11 @@ def test_summarize_reports_what_the_profile_chose():
     assert summary["site"] == "Hospital B"
     assert summary["patches"] == "2.5d 64x64"
     assert summary["acceptance"]["min_auroc"] == 0.85
+
+
+@pytest.mark.parametrize(
+    "profile", sorted((TEMPLATE.parent).glob("*.yaml")), ids=lambda path: path.name
+)
+def test_every_shipped_hospital_profile_passes_the_check(profile):
+    result = check(profile)
+    assert result.exit_code == 0, result.output

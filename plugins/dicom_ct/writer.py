@@ -25,6 +25,7 @@ def ct_slice(
     pixel_spacing: Sequence[float] = (0.7, 0.7),
     slice_thickness: float = 1.0,
     instance: int = 1,
+    sop_uid: str | None = None,
     slope: float = 1.0,
     intercept: float = -1024.0,
     attributes: Mapping[str, Any] | None = None,
@@ -41,6 +42,7 @@ def ct_slice(
         pixel_spacing: PixelSpacing (between rows, between columns), in mm.
         slice_thickness: SliceThickness in mm.
         instance: InstanceNumber.
+        sop_uid: SOPInstanceUID; a new random one when None.
         slope: RescaleSlope.
         intercept: RescaleIntercept.
         attributes: further attributes by DICOM keyword (Manufacturer, ConvolutionKernel...).
@@ -53,7 +55,7 @@ def ct_slice(
     """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta

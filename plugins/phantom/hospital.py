@@ -1,0 +1,302 @@
+"""Simulated hospitals: patients drawn, scanned by a preset, written as DICOM with labels."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydicom.uid import generate_uid
+
+from medadapt.engine import InvalidInputError
+from medadapt.plugins.dicom_ct.writer import ct_slice
+from medadapt.plugins.phantom.anatomy import BODY_REGIONS, Patient, draw_patient, render_volume
+from medadapt.plugins.phantom.scanner import ScannerPreset, acquire, check_kernel, preset
+
+#: Bump when the same settings would give different images, to retire cached volumes.
+GENERATOR_VERSION = 1
+_INTERCEPT = -1024.0
+_MANIFEST = "phantom.json"
+
+
+class HospitalSpec(BaseModel):
+    """Everything that defines a simulated hospital; the same spec gives the same files."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scanner: str = Field(default="siemens-smooth-standard-dose", description="a scanner preset")
+    kernel: str | None = Field(default=None, description="overrides the preset's kernel")
+    dose_mgy: float | None = Field(default=None, gt=0, description="overrides CTDIvol (mGy)")
+    hu_offset: float | None = Field(default=None, description="overrides the HU calibration")
+    pixel_spacing_mm: float | None = Field(default=None, gt=0)
+    slice_thickness_mm: float | None = Field(default=None, gt=0)
+    body_region: str = Field(default="chest", description="chest, head, abdomen or water")
+    patients: int = Field(default=20, ge=1, le=100_000)
+    seed: int = Field(default=0, ge=0)
+    slices: int = Field(default=24, ge=1, le=2000)
+    size: int = Field(default=256, ge=32, le=1024)
+    malignant_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    difficulty: float = Field(default=0.3, ge=0.0, le=1.0)
+
+    @field_validator("scanner")
+    @classmethod
+    def _known_scanner(cls, value: str) -> str:
+        preset(value)
+        return value
+
+    @field_validator("kernel")
+    @classmethod
+    def _known_kernel(cls, value: str | None) -> str | None:
+        return None if value is None else check_kernel(value)
+
+    @field_validator("body_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        if value not in BODY_REGIONS:
+            raise ValueError(f"body_region must be one of {', '.join(BODY_REGIONS)}")
+        return value
+
+    def scanner_preset(self) -> ScannerPreset:
+        """The preset with this spec's protocol changes."""
+        return preset(
+            self.scanner,
+            kernel=self.kernel,
+            ctdi_vol_mgy=self.dose_mgy,
+            hu_offset=self.hu_offset,
+            pixel_spacing_mm=self.pixel_spacing_mm,
+            slice_thickness_mm=self.slice_thickness_mm,
+        )
+
+    @property
+    def pixel_mm(self) -> float:
+        return self.scanner_preset().pixel_spacing(self.size)
+
+    @property
+    def thickness_mm(self) -> float:
+        return self.scanner_preset().slice_thickness_mm
+
+    def slice_positions(self) -> np.ndarray:
+        """z of each slice centre, contiguous slices centred on z = 0."""
+        return (np.arange(self.slices) - (self.slices - 1) / 2) * self.thickness_mm
+
+    def grid_origin(self) -> float:
+        """x (and y) of the first pixel's centre: the image is centred on the patient."""
+        return -(self.size - 1) / 2 * self.pixel_mm
+
+
+@dataclass(frozen=True)
+class ScannedPatient:
+    """A patient and what the scanner reconstructed, in HU."""
+
+    patient: Patient
+    hu: np.ndarray
+
+
+#: Patients are drawn for a scan of this slice thickness, the thinnest of the presets, so
+#: that every protocol with slices at least this thick covers every lesion.
+NOMINAL_THICKNESS_MM = 1.25
+
+
+def draw(spec: HospitalSpec, index: int) -> Patient:
+    """Draw patient ``index`` of the hospital (anatomy and lesions, before any scanner).
+
+    The patient depends on the seed, the body region, the number of slices and the lesion
+    settings only, so the same patients can be scanned by every scanner and protocol.
+    """
+    half_coverage = spec.slices * min(NOMINAL_THICKNESS_MM, spec.thickness_mm) / 2
+    rng = np.random.default_rng([spec.seed, index, 0])
+    return draw_patient(
+        index,
+        spec.body_region,
+        rng,
+        (-half_coverage, half_coverage),
+        malignant_fraction=spec.malignant_fraction,
+        difficulty=spec.difficulty,
+    )
+
+
+def scan_patient(spec: HospitalSpec, index: int) -> ScannedPatient:
+    """Draw patient ``index`` and scan them with the spec's scanner and protocol."""
+    patient = draw(spec, index)
+    scanner = spec.scanner_preset()
+    truth = render_volume(
+        patient, spec.pixel_mm, spec.size, spec.slice_positions(), spec.thickness_mm
+    )
+    protocol = zlib.crc32(scanner.model_dump_json().encode())
+    noise_rng = np.random.default_rng([spec.seed, index, 1, protocol])
+    return ScannedPatient(patient, acquire(truth, scanner, spec.pixel_mm, noise_rng))
+
+
+def patient_id(spec: HospitalSpec, index: int) -> str:
+    """The obviously synthetic PatientID of patient ``index``."""
+    return f"PHANTOM-{spec.seed}-{index:04d}"
+
+
+def _uid(spec: HospitalSpec, *parts: Any) -> str:
+    """A UID that depends only on the spec and the parts: the same files on every run."""
+    source = "|".join([spec.model_dump_json(), *map(str, parts)])
+    return str(generate_uid(entropy_srcs=[source]))
+
+
+@dataclass(frozen=True)
+class HospitalSummary:
+    """What a generated hospital holds."""
+
+    folder: Path
+    patients: int
+    lesions: dict[str, int]
+    spec: HospitalSpec
+
+    def as_dict(self) -> dict[str, Any]:
+        scanner = self.spec.scanner_preset()
+        return {
+            "folder": str(self.folder),
+            "dicom": str(self.folder / "dicom"),
+            "labels": str(self.folder / "labels.csv"),
+            "patients": self.patients,
+            "lesions": self.lesions,
+            "body_region": self.spec.body_region,
+            "slices": self.spec.slices,
+            "size": self.spec.size,
+            "pixel_spacing_mm": round(self.spec.pixel_mm, 4),
+            "slice_thickness_mm": self.spec.thickness_mm,
+            "scanner": scanner.model_dump(),
+        }
+
+
+def write_hospital(
+    spec: HospitalSpec,
+    folder: Path,
+    *,
+    workers: int = 1,
+    on_patient: Callable[[int], None] | None = None,
+) -> HospitalSummary:
+    """Write the hospital: one CT series per patient under folder/dicom, and labels.csv.
+
+    A patient whose series is already complete in ``folder`` is not written again, so an
+    interrupted run resumes. A folder holding a different hospital is refused.
+
+    Raises:
+        InvalidInputError: ``folder`` holds a hospital made with other settings.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / _MANIFEST
+    wanted = {"generator": GENERATOR_VERSION, "spec": spec.model_dump(mode="json")}
+    if manifest.exists() and json.loads(manifest.read_text()) != wanted:
+        raise InvalidInputError(
+            f"{folder} already holds a simulated hospital made with other settings; "
+            "choose another folder or delete it"
+        )
+    manifest.write_text(json.dumps(wanted, indent=2))
+    todo = [i for i in range(spec.patients) if not _complete(spec, folder, i)]
+    done = spec.patients - len(todo)
+    for _ in range(done):
+        if on_patient:
+            on_patient(1)
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(_write_patient, [(spec, folder, i) for i in todo]):
+                if on_patient:
+                    on_patient(1)
+    else:
+        for index in todo:
+            _write_patient((spec, folder, index))
+            if on_patient:
+                on_patient(1)
+    counts = _write_labels(spec, folder)
+    return HospitalSummary(folder, spec.patients, counts, spec)
+
+
+def _series_folder(spec: HospitalSpec, folder: Path, index: int) -> Path:
+    return folder / "dicom" / patient_id(spec, index)
+
+
+def _complete(spec: HospitalSpec, folder: Path, index: int) -> bool:
+    series = _series_folder(spec, folder, index)
+    return series.is_dir() and len(list(series.glob("*.dcm"))) == spec.slices
+
+
+def _write_patient(job: tuple[HospitalSpec, Path, int]) -> None:
+    spec, folder, index = job
+    scanned = scan_patient(spec, index)
+    scanner = spec.scanner_preset()
+    target = _series_folder(spec, folder, index)
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    study_uid, series_uid = _uid(spec, index, "study"), _uid(spec, index, "series")
+    origin = spec.grid_origin()
+    stored = np.clip(np.rint(scanned.hu - _INTERCEPT), -32768, 32767).astype(np.int16)
+    attributes = {
+        "PatientName": f"PHANTOM^SYNTHETIC^{index:04d}",
+        "PatientBirthDate": "",
+        "PatientSex": "O",
+        "StudyDate": "20000101",
+        "StudyDescription": "medadapt simulated hospital",
+        "SeriesDescription": f"{spec.body_region} {scanner.kernel} {scanner.ctdi_vol_mgy:g} mGy",
+        "BodyPartExamined": spec.body_region.upper(),
+        "Manufacturer": scanner.manufacturer,
+        "ManufacturerModelName": scanner.model,
+        "ConvolutionKernel": scanner.kernel,
+        "KVP": scanner.kvp,
+        "CTDIvol": scanner.ctdi_vol_mgy,
+        "SpacingBetweenSlices": scanner.slice_thickness_mm,
+    }
+    for k, z in enumerate(spec.slice_positions()):
+        ds = ct_slice(
+            stored[k],
+            patient_id=patient_id(spec, index),
+            study_uid=study_uid,
+            series_uid=series_uid,
+            position=(origin, origin, float(z)),
+            pixel_spacing=(spec.pixel_mm, spec.pixel_mm),
+            slice_thickness=scanner.slice_thickness_mm,
+            instance=k + 1,
+            sop_uid=_uid(spec, index, "image", k),
+            intercept=_INTERCEPT,
+            attributes=attributes,
+        )
+        ds.save_as(staging / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+
+
+def _write_labels(spec: HospitalSpec, folder: Path) -> dict[str, int]:
+    counts = {"benign": 0, "malignant": 0}
+    rows = []
+    for index in range(spec.patients):
+        patient = draw(spec, index)
+        for number, lesion in enumerate(patient.lesions, start=1):
+            counts[lesion.label] += 1
+            x, y, z = lesion.centre
+            rows.append(
+                {
+                    "patient_id": patient_id(spec, index),
+                    "series_uid": _uid(spec, index, "series"),
+                    "label": lesion.label,
+                    "x_mm": f"{x:.2f}",
+                    "y_mm": f"{y:.2f}",
+                    "z_mm": f"{z:.2f}",
+                    "lesion_id": f"{patient_id(spec, index)}-L{number}",
+                }
+            )
+    labels = folder / "labels.csv"
+    temporary = labels.with_suffix(".csv.partial")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(
+            handle,
+            fieldnames=["patient_id", "series_uid", "label", "x_mm", "y_mm", "z_mm", "lesion_id"],
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, labels)
+    return counts
