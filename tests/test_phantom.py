@@ -301,3 +301,22 @@ def test_a_phantom_profile_gives_patches_without_any_file(tmp_path):
     sample = data.loader.sample(data.records[0])
     assert sample.patch.shape == (3, 48, 48)
     assert sample.attributes["convolution_kernel"] == "LUNG"
+
+
+def test_thick_slices_average_a_small_lesion_into_its_surroundings():
+    from medadapt.plugins.phantom.anatomy import render_volume
+
+    spec = HospitalSpec(patients=30, seed=9, difficulty=0.0)
+    patient, lesion = next(
+        (p, lesion)
+        for p in (draw(spec, i) for i in range(30))
+        for lesion in p.lesions
+        if lesion.label == "benign" and lesion.radius < 4 and lesion.calcification is None
+    )
+    at = np.array([lesion.centre[2]])
+    thin = render_volume(patient, 0.5, 512, at, thickness_mm=1.0)[0]
+    thick = render_volume(patient, 0.5, 512, at, thickness_mm=5.0 * lesion.radius)[0]
+    row = round(lesion.centre[1] / 0.5 + 255.5)
+    column = round(lesion.centre[0] / 0.5 + 255.5)
+    assert thin[row, column] > -200  # the lesion itself
+    assert thick[row, column] < thin[row, column] - 200  # mixed with the lung around it
