@@ -4,18 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-BENCH_STAMP := $(VENV)/.installed-bench
-
 .PHONY: test lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet --editable '.[dev]'
 	touch $(STAMP)
-
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --disable-pip-version-check --quiet --editable '.[dev,bench]'
-	touch $(BENCH_STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -24,10 +18,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(BENCH_STAMP)
+bench: $(STAMP)
 	$(BIN)/python benchmarks/dicom_loading.py
 	$(BIN)/python benchmarks/dicom_scan.py
 	$(BIN)/python benchmarks/phantom_generation.py
+	$(BIN)/python benchmarks/training_loop.py
+	$(BIN)/python benchmarks/source_model.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -181,6 +181,69 @@ def profile_check_command(ctx: click.Context, files: tuple[Path, ...], as_json: 
         ctx.exit(ExitCode.INVALID_INPUT)
 
 
+@cli.command("train")
+@click.option(
+    "-p",
+    "--profile",
+    "profile_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The hospital profile: data, backbone, training.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder (default: runs/<site>-train).",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.pass_context
+def train_command(
+    ctx: click.Context, profile_path: Path, out: Path | None, resume: bool, as_json: bool
+) -> None:
+    """Train a source model on the profile's labelled data.
+
+    Splits patients into train, validation and test; validates every epoch; keeps the best
+    epoch; writes OUT/model (weights.safetensors and card.json), OUT/run.json and a
+    checkpoint after every epoch, so --resume continues after an interruption.
+    Under torchrun, trains on every process with DistributedDataParallel.
+    """
+    from medadapt.engine.train import train
+
+    host = get_plugin_host()
+    registry = host.registry()
+    profile = load_profile(profile_path, registry)
+    out = out or Path("runs") / f"{_slug(profile.site.name)}-train"
+    quiet = as_json or bool(ctx.find_root().obj["quiet"])
+    result = train(profile, registry, host, out, resume=resume, quiet=quiet)
+    summary = {
+        "model": str(result.model_dir),
+        "best_epoch": result.best_epoch,
+        "validation": {k: v for k, v in result.best.items() if k.startswith("val_")},
+        "stopped_early": result.stopped_early,
+        "diagnostics": result.diagnostics,
+        "samples": result.counts,
+    }
+    if as_json:
+        _emit_json(summary)
+        return
+    auroc = summary["validation"].get("val_auroc")
+    click.echo(
+        f"model written to {result.model_dir}\n"
+        f"  best epoch {result.best_epoch}: validation AUROC "
+        f"{'n/a' if auroc is None else f'{auroc:.3f}'}, "
+        f"loss {summary['validation'].get('val_loss', float('nan')):.3f}"
+    )
+    if result.stopped_early:
+        click.echo(f"  stopped early: {result.stopped_early}")
+    for note in result.diagnostics:
+        _stderr().print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split()) or "site"
+
+
 def _summary_text(summary: dict[str, Any]) -> str:
     window = summary["window"]
     components = summary["components"]

@@ -279,19 +279,37 @@ class Backbone(Component):
     kind = ComponentKind.BACKBONES
     #: 2 for slice (2D and 2.5D) patches, 3 for volume patches.
     spatial_dims: ClassVar[frozenset[int]]
+    #: The stages a profile may freeze (``training.freeze``), from input to output.
+    stage_names: ClassVar[tuple[str, ...]] = ()
+    #: Where torchvision publishes this backbone's ImageNet weights; ``None`` when there are
+    #: none. The engine only ever reads the file from the torch hub cache.
+    imagenet_url: ClassVar[str | None] = None
+    #: The smallest patch side (in voxels) the backbone's downsampling can take.
+    min_patch_size: ClassVar[int] = 1
 
     @abstractmethod
-    def build(self, in_channels: int, weights: Path | None) -> tuple[nn.Module, int]:
-        """Build the feature extractor.
+    def build(
+        self,
+        in_channels: int,
+        spatial_dims: int,
+        state_dict: Mapping[str, Tensor] | None = None,
+    ) -> tuple[nn.Module, int]:
+        """Build the feature extractor, with pretrained weights when given.
 
         Args:
             in_channels: channels of the input patch (1 for 2D and 3D, 3 for 2.5D).
-            weights: a local pretrained-weights file, or ``None`` for random initialisation.
-                Nothing is downloaded; a missing file is an error that says where to put it.
+            spatial_dims: 2 or 3.
+            state_dict: pretrained weights in the layout the backbone publishes (for
+                torchvision backbones, torchvision's); ``None`` for random initialisation.
+                Weights for three input channels are adapted to ``in_channels``.
 
         Returns:
             The module mapping a batch of patches to feature vectors, and the vector length.
         """
+
+    def stages(self, features: nn.Module) -> dict[str, list[nn.Module]]:
+        """The modules of each stage in :attr:`stage_names`, for freezing."""
+        return {}
 
 
 class AdaptationMethod(Component):

@@ -21,10 +21,13 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -153,9 +156,23 @@ class BackboneChoice(_Section):
 
     name: str = Field(description="the backbone component, e.g. resnet18")
     params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
-    weights: ProfilePath | None = Field(
-        default=None, description="local pretrained weights; null for random initialisation"
+    weights: str = Field(
+        default="none",
+        description="imagenet (torchvision's, from the torch hub cache), none, or a local file",
     )
+
+    @field_validator("weights")
+    @classmethod
+    def _resolve_weights_path(cls, value: str, info: ValidationInfo) -> str:
+        if value in ("imagenet", "none") or Path(value).is_absolute():
+            return value
+        base_dir = (info.context or {}).get("base_dir")
+        return str(Path(base_dir) / value) if base_dir is not None else value
+
+    @property
+    def weights_file(self) -> Path | None:
+        """The local weights file, when ``weights`` names one."""
+        return None if self.weights in ("imagenet", "none") else Path(self.weights)
 
 
 class AdaptationChoice(_Section):
@@ -173,6 +190,48 @@ class SelectionChoice(_Section):
 
     score: str = Field(description="the selection score component, e.g. entropy")
     params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
+
+
+class OptimizerChoice(_Section):
+    """How weights are updated."""
+
+    name: Literal["adamw", "sgd"] = Field(default="adamw", description="adamw or sgd")
+    lr: PositiveFloat = Field(default=1e-3, description="learning rate of the new layers")
+    weight_decay: NonNegativeFloat = Field(default=1e-4)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="for sgd")
+    backbone_lr_factor: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="the backbone learns at lr x this (e.g. 0.1 for pretrained weights)",
+    )
+
+
+class Training(_Section):
+    """How a model is trained: the loop, the optimiser, stopping and the hardware."""
+
+    epochs: PositiveInt = Field(default=20, description="the most epochs to train")
+    batch_size: PositiveInt = Field(default=32)
+    optimizer: OptimizerChoice = Field(default_factory=OptimizerChoice)
+    schedule: Literal["cosine", "constant"] = Field(
+        default="cosine", description="learning rate over the epochs"
+    )
+    early_stopping_patience: PositiveInt | None = Field(
+        default=5, description="stop after this many epochs without improvement; null never"
+    )
+    selection_metric: Literal["auroc", "loss"] = Field(
+        default="auroc", description="what picks the best epoch on the validation split"
+    )
+    freeze: list[str] = Field(
+        default_factory=list, description="backbone stages kept as loaded, e.g. [stem, stage1]"
+    )
+    class_weights: Literal["balanced", "none"] = Field(
+        default="balanced", description="weigh the loss so each class counts equally"
+    )
+    workers: NonNegativeInt = Field(default=0, description="data loader processes")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto")
+    amp: bool = Field(default=True, description="mixed precision on a GPU")
+    channels_last: bool = Field(default=True, description="channels-last memory on a GPU")
 
 
 class Acceptance(_Section):
@@ -238,6 +297,7 @@ class Profile(_Section):
     backbone: BackboneChoice | None = None
     adaptation: AdaptationChoice | None = None
     selection: SelectionChoice | None = None
+    training: Training = Field(default_factory=Training)
     acceptance: Acceptance
     report: Report = Field(default_factory=Report)
 
@@ -557,6 +617,29 @@ def _unsuitable(component: object, profile: Profile) -> str | None:
                 f"the backbone {component.name!r} takes {_dims(component.spatial_dims)} input, "
                 f"and preprocessing.patch_mode {profile.preprocessing.patch_mode!r} gives "
                 f"{dims}D patches"
+            )
+        smallest = min(profile.preprocessing.patch_size)
+        if smallest < component.min_patch_size:
+            return (
+                f"the backbone {component.name!r} needs patches of at least "
+                f"{component.min_patch_size} voxels a side, and preprocessing.patch_size is "
+                f"{profile.preprocessing.patch_size}"
+            )
+        unknown = [stage for stage in profile.training.freeze if stage not in component.stage_names]
+        if unknown:
+            stages = ", ".join(component.stage_names) or "none"
+            return (
+                f"training.freeze names {', '.join(map(repr, unknown))}, which the backbone "
+                f"{component.name!r} does not have; its stages are: {stages}"
+            )
+        if (
+            profile.backbone is not None
+            and profile.backbone.weights == "imagenet"
+            and (component.imagenet_url is None)
+        ):
+            return (
+                f"the backbone {component.name!r} has no ImageNet weights; set backbone.weights "
+                "to none or to a local weights file"
             )
     if (
         isinstance(component, AdaptationMethod)

@@ -30,7 +30,7 @@ def test_a_registered_plugin_provides_components_of_every_kind(host, toy):
     registry = host.registry()
     assert registry.names(ComponentKind.DATA_SOURCES) == ["dicom-ct", "phantom", "toy-folder"]
     assert registry.names(ComponentKind.AUGMENTATIONS) == ["toy-mirror", "toy-noise"]
-    assert registry.names(ComponentKind.BACKBONES) == ["toy-volume-net"]
+    assert "toy-volume-net" in registry.names(ComponentKind.BACKBONES)
     assert registry.names(ComponentKind.ADAPTATION_METHODS) == ["toy-finetune"]
     assert "toy-confidence" in registry.names(SCORES)
     assert registry.provider(SCORES, "toy-confidence") == "toy"

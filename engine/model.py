@@ -1,0 +1,157 @@
+"""The classifier (backbone features + linear head) and models on disk.
+
+A model is a folder: ``weights.safetensors`` (never pickle) and ``card.json``, which says
+what the model is (classes, preprocessing, backbone), where it came from (profile and data
+hashes, engine and plugin versions, seed) and the SHA-256 of the weights. Loading checks
+that hash and refuses weights that do not match their card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from medadapt.engine.components import Backbone, ComponentKind
+from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.registry import ComponentRegistry
+
+WEIGHTS = "weights.safetensors"
+CARD = "card.json"
+CARD_FORMAT = 1
+
+
+class Classifier(nn.Module):
+    """Features from a backbone, then a linear layer to one logit per class."""
+
+    def __init__(self, features: nn.Module, feature_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = features
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def in_channels(patch_mode: str) -> int:
+    """Input channels of a patch: three adjacent slices for 2.5D, else one."""
+    return 3 if patch_mode == "2.5d" else 1
+
+
+def build_classifier(
+    backbone: Backbone,
+    patch_mode: str,
+    num_classes: int,
+    state_dict: Mapping[str, Tensor] | None = None,
+) -> Classifier:
+    """A classifier on ``backbone``, its features loaded from ``state_dict`` when given."""
+    spatial_dims = 3 if patch_mode == "3d" else 2
+    features, feature_dim = backbone.build(in_channels(patch_mode), spatial_dims, state_dict)
+    return Classifier(features, feature_dim, num_classes)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(folder: Path, model: nn.Module, card: Mapping[str, Any]) -> Path:
+    """Write a model folder atomically: weights first, then the card that names their hash."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(model.state_dict(), folder / WEIGHTS)
+    full_card = {"format": CARD_FORMAT, **card, "weights_sha256": file_sha256(folder / WEIGHTS)}
+    write_json_atomic(folder / CARD, full_card)
+    return folder
+
+
+def save_weights(state_dict: Mapping[str, Tensor], path: Path) -> None:
+    """Write weights as safetensors, atomically (a reader never sees half a file)."""
+    state = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(handle)
+    save_file(state, temporary)
+    os.replace(temporary, path)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model read back from its folder."""
+
+    model: Classifier
+    card: dict[str, Any]
+    backbone: Backbone
+
+
+def load_model(folder: Path, registry: ComponentRegistry) -> LoadedModel:
+    """Read a model folder, checking its weights against the card.
+
+    Raises:
+        InvalidInputError: the folder, card or weights are missing, the weights' hash does
+            not match the card, or the backbone is not installed.
+    """
+    card_file, weights_file = folder / CARD, folder / WEIGHTS
+    if not card_file.is_file() or not weights_file.is_file():
+        raise InvalidInputError(f"{folder}: not a medadapt model (expected {CARD} and {WEIGHTS})")
+    try:
+        card = json.loads(card_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{card_file}: not valid JSON ({exc})") from None
+    actual = file_sha256(weights_file)
+    if card.get("weights_sha256") != actual:
+        raise InvalidInputError(
+            f"{weights_file}: the weights do not match their card (sha256 {actual[:12]}..., "
+            f"the card says {str(card.get('weights_sha256'))[:12]}...): they were changed or "
+            "belong to another model; refusing to load them"
+        )
+    backbone = registry.create(
+        ComponentKind.BACKBONES, card["backbone"]["name"], card["backbone"].get("params", {})
+    )
+    assert isinstance(backbone, Backbone)
+    model = build_classifier(backbone, card["preprocessing"]["patch_mode"], len(card["classes"]))
+    model.load_state_dict(load_file(str(weights_file)))
+    return LoadedModel(model, card, backbone)
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON so that a reader never sees half a file."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(temporary, path)
+
+
+def state_to_cpu(state: Mapping[str, Any], copy: bool = False) -> dict[str, Any]:
+    """A (nested) state dict with every tensor on the CPU, for checkpoints.
+
+    Args:
+        state: a model's or optimiser's state dict.
+        copy: copy tensors already on the CPU too, so that training can go on changing
+            the originals while the copy is written.
+    """
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if isinstance(value, Tensor):
+            tensor = value.detach().cpu()
+            out[key] = tensor.clone() if copy and tensor.data_ptr() == value.data_ptr() else tensor
+        elif isinstance(value, Mapping):
+            out[key] = state_to_cpu(value, copy)
+        else:
+            out[key] = value
+    return out
+
+
+def torch_load_weights_only(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers (no code can run)."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,266 @@
+"""The ``train`` job: a source model at its home hospital, from its profile."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections import Counter
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from medadapt.engine.components import Backbone, ComponentKind, SampleRecord, Split
+from medadapt.engine.data import PatchDataset
+from medadapt.engine.diagnostics import diagnose
+from medadapt.engine.distributed import World, join_world, leave_world
+from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.hookspecs import RunInfo
+from medadapt.engine.loop import Trainer, seed_everything
+from medadapt.engine.model import build_classifier, save_model, write_json_atomic
+from medadapt.engine.plugins import PluginHost
+from medadapt.engine.profile import Profile
+from medadapt.engine.registry import ComponentRegistry
+from medadapt.engine.samples import open_site_data
+from medadapt.engine.splits import split_by_patient
+from medadapt.engine.weights import load_imagenet_weights, load_weights_file
+
+RUN = "run.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the model went and how it did."""
+
+    out_dir: Path
+    model_dir: Path
+    best_epoch: int
+    best: dict[str, Any]
+    diagnostics: list[str]
+    stopped_early: str | None
+    counts: dict[str, dict[str, int]]
+
+
+def train(
+    profile: Profile,
+    registry: ComponentRegistry,
+    host: PluginHost,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    cache_dir: Path | None = None,
+) -> TrainResult:
+    """Train a classifier on the profile's labelled data and write the model folder.
+
+    The data are split by patient with the profile's seed; the model is validated every
+    epoch on the validation split, the best epoch is kept, and ``out_dir/model`` gets its
+    weights and card. Under torchrun every process calls this; rank 0 writes.
+
+    Raises:
+        InvalidInputError: the profile lacks what training needs, the data are unusable,
+            or ``out_dir`` already holds another run (without ``resume``).
+    """
+    for section in ("data", "backbone"):
+        if getattr(profile, section) is None:
+            raise InvalidInputError(
+                f"the profile of {profile.site.name!r} has no {section!r} section; training "
+                "needs one (see hospital_profiles/template.yaml)"
+            )
+    world = join_world(profile.training.device)
+    try:
+        return _train(profile, registry, host, out_dir, world, resume, quiet, cache_dir)
+    finally:
+        leave_world()
+
+
+def _train(
+    profile: Profile,
+    registry: ComponentRegistry,
+    host: PluginHost,
+    out_dir: Path,
+    world: World,
+    resume: bool,
+    quiet: bool,
+    cache_dir: Path | None,
+) -> TrainResult:
+    assert profile.backbone is not None
+    assert profile.data is not None
+    classes = profile.task.classes
+    data = open_site_data(profile, registry, cache_dir)
+    labelled = [r for r in data.records if r.label is not None]
+    unknown = sorted({r.label for r in labelled} - set(classes))
+    if unknown:
+        raise InvalidInputError(
+            f"the data have labels {', '.join(map(repr, unknown))} that are not in "
+            f"task.classes {classes}; fix the label file or the profile"
+        )
+    records = split_by_patient(
+        labelled, profile.data.split, profile.seed, profile.task.positive_class
+    )
+    by_split = {split: [r for r in records if r.split is split] for split in Split}
+    counts = {split.value: dict(Counter(r.label for r in rs)) for split, rs in by_split.items()}
+    if not by_split[Split.TRAIN] or not by_split[Split.VALIDATION]:
+        raise InvalidInputError(
+            f"training needs samples in both the train and validation splits, got {counts}; "
+            "more patients or other data.split fractions are needed"
+        )
+    seed_everything(profile.seed)
+    backbone = registry.create(
+        ComponentKind.BACKBONES,
+        profile.backbone.name,
+        profile.backbone.params,
+        base_dir=profile.base_dir,
+    )
+    assert isinstance(backbone, Backbone)
+    model = build_classifier(
+        backbone, profile.preprocessing.patch_mode, len(classes), _pretrained(profile, backbone)
+    )
+    frozen = _freeze(model, backbone, profile.training.freeze)
+    train_data = PatchDataset(data.loader, by_split[Split.TRAIN], classes)
+    val_data = PatchDataset(data.loader, by_split[Split.VALIDATION], classes)
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    world.barrier()
+    trainer = Trainer(
+        model,
+        train_data,
+        val_data,
+        profile.training,
+        out_dir,
+        profile.seed,
+        world,
+        host,
+        RunInfo(job="train", site=profile.site.name, output_dir=out_dir, seed=profile.seed),
+        positive_index=classes.index(profile.task.positive_class),
+        param_groups=_param_groups(model, profile),
+        frozen=frozen,
+        class_weights=_class_weights(train_data.labels(), len(classes))
+        if profile.training.class_weights == "balanced"
+        else None,
+        quiet=quiet,
+    )
+    fit = trainer.fit(resume=resume)
+    notes = diagnose(fit.history, profile.training.selection_metric)
+    model_dir = out_dir / "model"
+    if world.is_main:
+        model.load_state_dict(load_file(str(fit.best_weights)))
+        card = _card(profile, backbone, records, fit.best_epoch, fit.best, world, host)
+        save_model(model_dir, model, card)
+        write_json_atomic(
+            out_dir / RUN,
+            {
+                "job": "train",
+                "site": profile.site.name,
+                "history": fit.history,
+                "best_epoch": fit.best_epoch,
+                "best": fit.best,
+                "stopped_early": fit.stopped_early,
+                "diagnostics": notes,
+                "samples": counts,
+                "rejected_inputs": len(data.rejections),
+                "world_size": world.size,
+            },
+        )
+    world.barrier()
+    return TrainResult(
+        out_dir, model_dir, fit.best_epoch, fit.best, notes, fit.stopped_early, counts
+    )
+
+
+def _pretrained(profile: Profile, backbone: Backbone) -> dict[str, Tensor] | None:
+    assert profile.backbone is not None
+    if profile.backbone.weights == "none":
+        return None
+    if profile.backbone.weights == "imagenet":
+        return load_imagenet_weights(backbone.name, backbone.imagenet_url)
+    assert profile.backbone.weights_file is not None
+    return load_weights_file(profile.backbone.weights_file)
+
+
+def _freeze(model: nn.Module, backbone: Backbone, names: list[str]) -> list[nn.Module]:
+    """Stop gradients into the named stages; returns their modules (kept in eval mode)."""
+    stages = backbone.stages(model.features)
+    frozen = [module for name in names for module in stages[name]]
+    for module in frozen:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+    return frozen
+
+
+def _param_groups(model: nn.Module, profile: Profile) -> list[dict[str, Any]]:
+    """The backbone learns at lr x backbone_lr_factor, the new head at lr."""
+    options = profile.training.optimizer
+    backbone = [p for p in model.features.parameters() if p.requires_grad]
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    groups = [{"params": head, "lr": options.lr}]
+    if backbone:
+        groups.insert(0, {"params": backbone, "lr": options.lr * options.backbone_lr_factor})
+    return groups
+
+
+def _class_weights(labels: list[int], num_classes: int) -> Tensor:
+    """Weights so that every class counts as much in the loss, whatever its share."""
+    counts = torch.bincount(torch.tensor([i for i in labels if i >= 0]), minlength=num_classes)
+    counts = counts.clamp(min=1).float()
+    return counts.sum() / (num_classes * counts)
+
+
+def data_manifest_hash(records: list[SampleRecord]) -> str:
+    """A hash of which samples (by pseudonym) went into which split with which label."""
+    rows = sorted(
+        (r.patient_key, r.series_key, str(r.label), str(r.centre), str(r.split)) for r in records
+    )
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def profile_hash(profile: Profile) -> str:
+    """A hash of everything the profile says."""
+    return hashlib.sha256(
+        json.dumps(profile.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()
+
+
+def _card(
+    profile: Profile,
+    backbone: Backbone,
+    records: list[SampleRecord],
+    best_epoch: int,
+    best: dict[str, Any],
+    world: World,
+    host: PluginHost,
+) -> dict[str, Any]:
+    assert profile.backbone is not None
+    weights = profile.backbone.weights
+    return {
+        "site": profile.site.name,
+        "intended_use": profile.intended_use,
+        "body_region": profile.body_region,
+        "classes": profile.task.classes,
+        "positive_class": profile.task.positive_class,
+        "preprocessing": profile.preprocessing.model_dump(mode="json"),
+        "backbone": {
+            "name": backbone.name,
+            "params": backbone.params.model_dump(mode="json"),
+            "pretrained": weights if weights in ("imagenet", "none") else Path(weights).name,
+        },
+        "training": profile.training.model_dump(mode="json"),
+        "seed": profile.seed,
+        "profile_sha256": profile_hash(profile),
+        "data_manifest_sha256": data_manifest_hash(records),
+        "best_epoch": best_epoch,
+        "validation": {k: v for k, v in best.items() if k.startswith("val_")},
+        "versions": {
+            "medadapt": metadata.version("medadapt"),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "plugins": {p.name: p.version for p in host.describe()},
+        },
+        "world_size": world.size,
+        "device": str(world.device),
+    }

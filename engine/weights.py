@@ -1,0 +1,108 @@
+"""Loading pretrained weights safely: safetensors, or PyTorch files that hold only weights.
+
+A pickled PyTorch file can run arbitrary code when it is loaded. medadapt loads
+``.safetensors`` files, and ``.pt``/``.pth`` files only through ``torch.load`` with
+``weights_only=True``, which refuses anything but tensors and plain containers. Nothing is
+ever downloaded: ImageNet weights are read from the torch hub cache, and a missing file
+gets a message saying where to put it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from medadapt.engine.errors import InvalidInputError
+
+
+def load_weights_file(path: Path) -> dict[str, Tensor]:
+    """The tensors of a weights file, refusing anything that could run code.
+
+    Raises:
+        InvalidInputError: the file is missing, pickled with code, or of an unknown format.
+    """
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: the weights file does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise InvalidInputError(f"{path}: not a readable safetensors file ({exc})") from None
+    if path.suffix not in (".pt", ".pth", ".bin"):
+        raise InvalidInputError(
+            f"{path}: unknown weights format {path.suffix!r}; expected .safetensors, or a "
+            ".pt/.pth file saved with weights only"
+        )
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+        raise InvalidInputError(
+            f"{path}: refused, the file holds pickled objects that could run code when loaded "
+            f"({str(exc).splitlines()[0][:160]}). Save only the weights where the file is "
+            "trusted: torch.save(model.state_dict(), 'weights.pt'), or better, "
+            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
+        ) from None
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
+        raise InvalidInputError(f"{path}: expected a mapping of names to tensors (a state dict)")
+    return {_strip(str(key)): value for key, value in loaded.items()}
+
+
+def hub_cache_file(url: str) -> Path:
+    """Where torch keeps the file downloaded from ``url``: $TORCH_HOME/hub/checkpoints/."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def load_imagenet_weights(backbone: str, url: str | None) -> dict[str, Tensor]:
+    """torchvision's ImageNet weights for a backbone, from the torch hub cache only.
+
+    Raises:
+        InvalidInputError: the backbone has no ImageNet weights, or the file is not cached;
+            the message says which file, where to put it and how to get it.
+    """
+    if url is None:
+        raise InvalidInputError(
+            f"the backbone {backbone!r} has no ImageNet weights; use weights: none, or a "
+            "local weights file"
+        )
+    file = hub_cache_file(url)
+    if not file.is_file():
+        raise InvalidInputError(
+            f"the ImageNet weights of {backbone!r} are not on this machine: {file} is missing, "
+            "and medadapt never downloads at run time. On a machine with internet, run\n"
+            f"    python -c \"import torch; torch.hub.load_state_dict_from_url('{url}')\"\n"
+            f"then copy {file.name} from that machine's ~/.cache/torch/hub/checkpoints/ into "
+            f"{file.parent}/ here (or set TORCH_HOME to a folder holding hub/checkpoints/"
+            f"{file.name}). Or use weights: none to train from scratch."
+        )
+    return load_weights_file(file)
+
+
+def adapt_input_channels(weight: Tensor, in_channels: int) -> Tensor:
+    """First-convolution weights for three channels, adapted to ``in_channels``.
+
+    One channel gets the sum over the three colour channels, so that a grey image gives the
+    same response as the same image repeated in red, green and blue; other counts get the
+    mean repeated and rescaled the same way.
+
+    Example:
+        >>> adapt_input_channels(torch.ones(4, 3, 3, 3), 1).shape
+        torch.Size([4, 1, 3, 3])
+    """
+    if weight.shape[1] == in_channels:
+        return weight
+    summed = weight.sum(dim=1, keepdim=True)
+    if in_channels == 1:
+        return summed
+    return summed.repeat(1, in_channels, *([1] * (weight.dim() - 2))) / in_channels
+
+
+def _strip(key: str) -> str:
+    """Drop the 'module.' prefix DistributedDataParallel adds to every name."""
+    return key.removeprefix("module.")

@@ -1,0 +1,204 @@
+"""Built-in backbones: torchvision ResNets, MONAI's DenseNet-121, and a small CNN.
+
+Every backbone returns a feature extractor ending in global average pooling, so the engine
+can put the same kind of head on any of them. CT patches have one channel (2D, 3D) or
+three (2.5D: adjacent slices); ImageNet weights have three, and the first convolution is
+adapted (see :func:`medadapt.engine.weights.adapt_input_channels`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from medadapt.engine import Backbone, InvalidInputError, hookimpl
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+# PyTorch, torchvision and MONAI are imported when a network is built, not when the plugin
+# loads, so that commands that train nothing start in a fraction of a second.
+
+
+def load_matching(
+    module: nn.Module, state_dict: Mapping[str, Tensor], what: str, skip: str = ""
+) -> None:
+    """Load weights into ``module``, refusing names or shapes that do not fit.
+
+    Args:
+        module: the network to load into.
+        state_dict: the weights.
+        what: the backbone's name, for messages.
+        skip: a name prefix to ignore (the pretrained network's own classifier).
+    """
+
+    def kept(name: str) -> bool:
+        return not (skip and name.startswith(skip))
+
+    wanted = {k: v for k, v in state_dict.items() if kept(k)}
+    own = {k: v for k, v in module.state_dict().items() if kept(k)}
+    missing = sorted(set(own) - set(wanted))
+    unexpected = sorted(set(wanted) - set(own))
+    wrong = sorted(k for k in set(own) & set(wanted) if own[k].shape != wanted[k].shape)
+    if missing or unexpected or wrong:
+        details = []
+        for label, names in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        ):
+            if names:
+                details.append(f"{label}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}")
+        raise InvalidInputError(
+            f"the weights do not fit the backbone {what!r} ({'; '.join(details)})"
+        )
+    module.load_state_dict(wanted, strict=not skip)
+
+
+class _ResNet(Backbone):
+    spatial_dims = frozenset({2})
+    stage_names = ("stem", "stage1", "stage2", "stage3", "stage4")
+    architecture: str
+
+    def build(
+        self,
+        in_channels: int,
+        spatial_dims: int,
+        state_dict: Mapping[str, Tensor] | None = None,
+    ) -> tuple[nn.Module, int]:
+        import torchvision
+        from torch import nn
+
+        from medadapt.engine.weights import adapt_input_channels
+
+        net = getattr(torchvision.models, self.architecture)(weights=None)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if state_dict is not None:
+            weights = dict(state_dict)
+            if "conv1.weight" in weights:
+                weights["conv1.weight"] = adapt_input_channels(weights["conv1.weight"], in_channels)
+            load_matching(net, weights, self.name, skip="fc.")
+        features = nn.Sequential(
+            OrderedDict(
+                stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
+                stage1=net.layer1,
+                stage2=net.layer2,
+                stage3=net.layer3,
+                stage4=net.layer4,
+                pool=nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(),
+            )
+        )
+        return features, net.fc.in_features
+
+    def stages(self, features: nn.Module) -> dict[str, list[nn.Module]]:
+        return {name: [getattr(features, name)] for name in self.stage_names}
+
+
+class ResNet18(_ResNet):
+    """ResNet-18 (torchvision): 11 M parameters, 512 features; a good default."""
+
+    name = "resnet18"
+    architecture = "resnet18"
+    imagenet_url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"  # IMAGENET1K_V1
+
+
+class ResNet50(_ResNet):
+    """ResNet-50 (torchvision): 24 M parameters, 2048 features."""
+
+    name = "resnet50"
+    architecture = "resnet50"
+    imagenet_url = "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"  # IMAGENET1K_V2
+
+
+class DenseNet121(Backbone):
+    """DenseNet-121 (MONAI) for 2D or 3D patches: 7 M parameters, 1024 features."""
+
+    name = "densenet121"
+    spatial_dims = frozenset({2, 3})
+    min_patch_size = 32
+    stage_names = ("stem", "stage1", "stage2", "stage3", "stage4")
+    _stage_modules = {
+        "stem": ("conv0", "norm0", "relu0", "pool0"),
+        "stage1": ("denseblock1", "transition1"),
+        "stage2": ("denseblock2", "transition2"),
+        "stage3": ("denseblock3", "transition3"),
+        "stage4": ("denseblock4", "norm5"),
+    }
+
+    def build(
+        self,
+        in_channels: int,
+        spatial_dims: int,
+        state_dict: Mapping[str, Tensor] | None = None,
+    ) -> tuple[nn.Module, int]:
+        from monai.networks.nets import DenseNet121 as MonaiDenseNet121
+        from torch import nn
+
+        from medadapt.engine.weights import adapt_input_channels
+
+        net = MonaiDenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=2)
+        if state_dict is not None:
+            weights = dict(state_dict)
+            first = "features.conv0.weight"
+            if first in weights:
+                weights[first] = adapt_input_channels(weights[first], in_channels)
+            load_matching(net, weights, self.name, skip="class_layers.")
+        pool = nn.AdaptiveAvgPool2d(1) if spatial_dims == 2 else nn.AdaptiveAvgPool3d(1)
+        features = nn.Sequential(
+            OrderedDict(features=net.features, relu=nn.ReLU(), pool=pool, flatten=nn.Flatten())
+        )
+        return features, net.class_layers.out.in_features
+
+    def stages(self, features: nn.Module) -> dict[str, list[nn.Module]]:
+        body = features.features
+        return {
+            stage: [getattr(body, name) for name in names]
+            for stage, names in self._stage_modules.items()
+        }
+
+
+class SmallCNN(Backbone):
+    """Four convolution blocks, 2D or 3D, 100 k parameters: for quick runs and tests."""
+
+    name = "small-cnn"
+    spatial_dims = frozenset({2, 3})
+    stage_names = ("stem", "stage1", "stage2", "stage3")
+
+    def build(
+        self,
+        in_channels: int,
+        spatial_dims: int,
+        state_dict: Mapping[str, Tensor] | None = None,
+    ) -> tuple[nn.Module, int]:
+        from torch import nn
+
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+        pool = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
+        widths = (in_channels, 16, 32, 64, 128)
+        blocks = OrderedDict()
+        for name, (c_in, c_out) in zip(self.stage_names, itertools.pairwise(widths), strict=True):
+            blocks[name] = nn.Sequential(
+                conv(c_in, c_out, 3, padding=1, bias=False),
+                norm(c_out),
+                nn.ReLU(inplace=True),
+                pool(2, ceil_mode=True) if name != "stage3" else nn.Identity(),
+            )
+        blocks["pool"] = nn.AdaptiveAvgPool2d(1) if spatial_dims == 2 else nn.AdaptiveAvgPool3d(1)
+        blocks["flatten"] = nn.Flatten()
+        features = nn.Sequential(blocks)
+        if state_dict is not None:
+            load_matching(features, state_dict, self.name)
+        return features, widths[-1]
+
+    def stages(self, features: nn.Module) -> dict[str, list[nn.Module]]:
+        return {name: [getattr(features, name)] for name in self.stage_names}
+
+
+@hookimpl
+def medadapt_backbones() -> Sequence[type[Backbone]]:
+    return [ResNet18, ResNet50, DenseNet121, SmallCNN]

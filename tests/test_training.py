@@ -1,0 +1,350 @@
+"""Backbones, weights, the training loop, resume after a kill, DDP, and the model folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from medadapt.engine import ComponentKind, InvalidInputError, Split
+from medadapt.engine.model import WEIGHTS, build_classifier, load_model
+from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.profile import ProfileError, load_profile
+from medadapt.engine.splits import check_patient_splits, split_by_patient
+from medadapt.engine.train import train
+from medadapt.engine.weights import hub_cache_file, load_imagenet_weights, load_weights_file
+
+QUICK = {
+    "site": {"name": "Quick Hospital"},
+    "intended_use": "tests",
+    "body_region": "chest",
+    "seed": 3,
+    "task": {
+        "classes": ["benign", "malignant"],
+        "positive_class": "malignant",
+        "label_depends_on": ["shape", "texture", "absolute-hu"],
+    },
+    "data": {
+        "source": "phantom",
+        "params": {"patients": 24, "seed": 3, "slices": 12, "size": 96},
+        "split": {"train": 0.5, "validation": 0.25, "test": 0.25},
+    },
+    "preprocessing": {
+        "window": {"level": -600, "width": 1500},
+        "spacing_mm": [2.0, 1.0, 1.0],
+        "patch_mode": "2d",
+        "patch_size": [24, 24],
+    },
+    "backbone": {"name": "small-cnn"},
+    "training": {"epochs": 3, "batch_size": 8, "early_stopping_patience": None},
+    "acceptance": {"min_auroc": 0.8},
+}
+
+
+@pytest.fixture
+def quick_profile(tmp_path, monkeypatch):
+    """A small phantom profile; the cache lives in the test's folder."""
+    monkeypatch.setenv("MEDADAPT_CACHE_DIR", str(tmp_path / "cache"))
+
+    def _write(**changes):
+        data = json.loads(json.dumps(QUICK))
+        for dotted, value in changes.items():
+            target = data
+            *path, last = dotted.split("__")
+            for key in path:
+                target = target[key]
+            target[last] = value
+        path = tmp_path / "quick.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return _write
+
+
+def run_train(profile_path: Path, out: Path):
+    host = get_plugin_host()
+    registry = host.registry()
+    return train(load_profile(profile_path, registry), registry, host, out, quiet=True)
+
+
+# --- backbones -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "shape"),
+    [
+        ("small-cnn", "2d", (2, 1, 32, 32)),
+        ("small-cnn", "3d", (2, 1, 8, 32, 32)),
+        ("resnet18", "2.5d", (2, 3, 32, 32)),
+        ("resnet50", "2d", (2, 1, 32, 32)),
+        ("densenet121", "2d", (2, 1, 32, 32)),
+        ("densenet121", "3d", (2, 1, 32, 32, 32)),
+    ],
+)
+def test_backbones_classify_patches_of_their_dimensions(name, mode, shape):
+    backbone = get_plugin_host().registry().create(ComponentKind.BACKBONES, name)
+    model = build_classifier(backbone, mode, num_classes=2).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(shape)).shape == (2, 2)
+    assert set(backbone.stages(model.features)) == set(backbone.stage_names)
+
+
+def test_imagenet_weights_are_read_from_the_hub_cache_and_adapted_to_one_channel(
+    tmp_path, monkeypatch
+):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    backbone = get_plugin_host().registry().create(ComponentKind.BACKBONES, "resnet18")
+    cached = hub_cache_file(backbone.imagenet_url)
+    cached.parent.mkdir(parents=True)
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(reference, cached)
+    model = build_classifier(
+        backbone, "2d", 2, load_imagenet_weights("resnet18", backbone.imagenet_url)
+    )
+    stem = model.features.stem[0].weight
+    assert stem.shape == (64, 1, 7, 7)
+    torch.testing.assert_close(stem, reference["conv1.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(
+        model.features.stage4[1].conv2.weight, reference["layer4.1.conv2.weight"]
+    )
+
+
+def test_missing_imagenet_weights_say_which_file_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    backbone = get_plugin_host().registry().create(ComponentKind.BACKBONES, "resnet18")
+    with pytest.raises(InvalidInputError) as caught:
+        load_imagenet_weights("resnet18", backbone.imagenet_url)
+    message = str(caught.value)
+    expected = tmp_path / "empty" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert f"{expected} is missing" in message
+    assert "never downloads" in message
+    assert "torch.hub.load_state_dict_from_url('https://download.pytorch.org" in message
+    assert "weights: none" in message
+
+
+class NotWeights:
+    """Anything pickled that is not a tensor: loading it could run code."""
+
+
+def test_a_pickled_file_that_is_not_weights_only_is_refused(tmp_path):
+    evil = tmp_path / "model.pt"
+    torch.save({"conv.weight": torch.zeros(1), "extra": NotWeights()}, evil)
+    with pytest.raises(InvalidInputError, match="refused, the file holds pickled objects"):
+        load_weights_file(evil)
+    plain = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.ones(2)}, plain)
+    assert load_weights_file(plain)["conv.weight"].tolist() == [1.0, 1.0]
+    other = tmp_path / "weights.pkl"
+    other.write_bytes(b"\x80\x04N.")
+    with pytest.raises(InvalidInputError, match=r"unknown weights format '\.pkl'"):
+        load_weights_file(other)
+
+
+def test_a_training_with_a_pickled_weights_file_fails_before_training(quick_profile, tmp_path):
+    evil = tmp_path / "weights.pt"
+    torch.save({"extra": NotWeights()}, evil)
+    profile = quick_profile(backbone={"name": "small-cnn", "weights": str(evil)})
+    with pytest.raises(InvalidInputError, match="refused"):
+        run_train(profile, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_profile_check_refuses_unknown_stages_and_missing_imagenet(quick_profile):
+    registry = get_plugin_host().registry()
+    frozen = quick_profile(training={"freeze": ["stem", "stage9"]})
+    with pytest.raises(
+        ProfileError, match="'stage9', which the backbone 'small-cnn' does not have"
+    ):
+        load_profile(frozen, registry)
+    dense = quick_profile(backbone={"name": "densenet121", "weights": "imagenet"})
+    with pytest.raises(ProfileError, match="needs patches of at least 32 voxels"):
+        load_profile(dense, registry)
+    big = quick_profile(
+        backbone={"name": "densenet121", "weights": "imagenet"},
+        preprocessing={**QUICK["preprocessing"], "patch_size": [32, 32]},
+    )
+    with pytest.raises(ProfileError, match="'densenet121' has no ImageNet weights"):
+        load_profile(big, registry)
+
+
+# --- splits ----------------------------------------------------------------------------------
+
+
+def test_splits_are_by_patient_and_keep_positive_patients_in_every_split():
+    from medadapt.engine import SampleRecord
+    from medadapt.engine.profile import SplitFractions
+
+    records = [
+        SampleRecord(f"p{i}", "s", "", label="malignant" if i % 3 == 0 else "benign")
+        for i in range(60)
+        for _ in range(2)
+    ]
+    fractions = SplitFractions(train=0.6, validation=0.2, test=0.2)
+    split = split_by_patient(records, fractions, seed=1, positive_class="malignant")
+    check_patient_splits(split)
+    for name in ("train", "validation", "test"):
+        in_split = [r for r in split if r.split.value == name]
+        assert any(r.label == "malignant" for r in in_split)
+    assert split == split_by_patient(records, fractions, seed=1, positive_class="malignant")
+    first, second = split[0], split[1]
+    assert first.patient_key == second.patient_key
+    other = next(s for s in Split if s is not first.split)
+    with pytest.raises(InvalidInputError, match="splits must be by patient"):
+        check_patient_splits([first, dataclasses.replace(second, split=other)])
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def test_training_writes_a_model_folder_whose_card_matches_its_weights(quick_profile, tmp_path):
+    result = run_train(quick_profile(), tmp_path / "run")
+    card = json.loads((result.model_dir / "card.json").read_text())
+    assert card["classes"] == ["benign", "malignant"]
+    assert card["backbone"]["name"] == "small-cnn"
+    assert card["seed"] == 3
+    assert len(card["profile_sha256"]) == 64
+    assert len(card["data_manifest_sha256"]) == 64
+    assert card["versions"]["plugins"]["backbones"]
+    assert 1 <= card["best_epoch"] <= 3
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert len(run["history"]) == 3
+    loaded = load_model(result.model_dir, get_plugin_host().registry())
+    assert loaded.card == card
+    weights = result.model_dir / WEIGHTS
+    tampered = load_file(str(weights))
+    tampered["head.bias"] += 1
+    from safetensors.torch import save_file
+
+    save_file(tampered, str(weights))
+    with pytest.raises(InvalidInputError, match="do not match their card"):
+        load_model(result.model_dir, get_plugin_host().registry())
+
+
+def test_frozen_stages_keep_their_weights(quick_profile, tmp_path):
+    result = run_train(quick_profile(training={"epochs": 1, "freeze": ["stem"]}), tmp_path / "r")
+    trained = load_file(str(result.model_dir / WEIGHTS))
+    backbone = get_plugin_host().registry().create(ComponentKind.BACKBONES, "small-cnn")
+    torch.manual_seed(3)
+    initial = build_classifier(backbone, "2d", 2).state_dict()
+    torch.testing.assert_close(trained["features.stem.0.weight"], initial["features.stem.0.weight"])
+    torch.testing.assert_close(
+        trained["features.stem.1.running_mean"], initial["features.stem.1.running_mean"]
+    )
+    assert not torch.equal(trained["features.stage1.0.weight"], initial["features.stage1.0.weight"])
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(quick_profile, tmp_path):
+    profile = quick_profile(training={"epochs": 1})
+    run_train(profile, tmp_path / "run")
+    with pytest.raises(InvalidInputError, match="already holds a run; add --resume"):
+        run_train(profile, tmp_path / "run")
+
+
+KILLER = """
+import os, signal
+from medadapt.engine import hookimpl
+
+@hookimpl
+def medadapt_epoch_end(run, epoch, metrics):
+    if str(epoch) == os.environ.get("KILL_AT_EPOCH"):
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_ends_with_the_same_weights(
+    quick_profile, tmp_path, install_distribution, run_medadapt
+):
+    site = install_distribution(
+        "thirdparty-killer", {"killer": "thirdparty_killer"}, {"thirdparty_killer": KILLER}
+    )
+    profile = quick_profile(
+        training={"epochs": 4, "batch_size": 8, "early_stopping_patience": None}
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    killed = run_medadapt(
+        "train", "-p", str(profile), "--out", str(tmp_path / "a"), env={**env, "KILL_AT_EPOCH": "2"}
+    )
+    assert killed.returncode == -9, killed.stderr
+    assert not (tmp_path / "a" / "model").exists()
+    resumed = run_medadapt(
+        "train", "-p", str(profile), "--out", str(tmp_path / "a"), "--resume", env=env
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    straight = run_medadapt("train", "-p", str(profile), "--out", str(tmp_path / "b"), env=env)
+    assert straight.returncode == 0, straight.stderr
+    a = load_file(str(tmp_path / "a" / "model" / WEIGHTS))
+    b = load_file(str(tmp_path / "b" / "model" / WEIGHTS))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    history_a = json.loads((tmp_path / "a" / "run.json").read_text())["history"]
+    history_b = json.loads((tmp_path / "b" / "run.json").read_text())["history"]
+    assert history_a == history_b
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_two_cpu_processes(quick_profile, tmp_path):
+    profile = quick_profile(training={"epochs": 2, "batch_size": 8, "device": "cpu"})
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            "--master_addr=127.0.0.1",
+            "-m",
+            "medadapt.engine",
+            "--quiet",
+            "train",
+            "-p",
+            str(profile),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["world_size"] == 2
+    assert len(run["history"]) == 2
+    card = json.loads((out / "model" / "card.json").read_text())
+    assert card["world_size"] == 2
+    assert np.isfinite(run["history"][-1]["val_loss"])
+    assert load_model(out / "model", get_plugin_host().registry()).card["classes"] == [
+        "benign",
+        "malignant",
+    ]
+
+
+def test_imagenet_addresses_are_torchvisions():
+    from torchvision.models import ResNet18_Weights, ResNet50_Weights
+
+    from medadapt.plugins.backbones import ResNet18, ResNet50
+
+    assert ResNet18.imagenet_url == ResNet18_Weights.IMAGENET1K_V1.url
+    assert ResNet50.imagenet_url == ResNet50_Weights.IMAGENET1K_V2.url
