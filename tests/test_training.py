@@ -348,3 +348,31 @@ def test_imagenet_addresses_are_torchvisions():
 
     assert ResNet18.imagenet_url == ResNet18_Weights.IMAGENET1K_V1.url
     assert ResNet50.imagenet_url == ResNet50_Weights.IMAGENET1K_V2.url
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused_on_resume(quick_profile, tmp_path):
+    profile = quick_profile(training={"epochs": 2})
+    run_train(profile, tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["smuggled"] = NotWeights()
+    torch.save(payload, checkpoint)
+    host = get_plugin_host()
+    registry = host.registry()
+    with pytest.raises(InvalidInputError, match="the checkpoint cannot be read"):
+        train(
+            load_profile(profile, registry),
+            registry,
+            host,
+            tmp_path / "run",
+            resume=True,
+            quiet=True,
+        )
+
+
+def test_data_loader_worker_processes_give_the_same_model(quick_profile, tmp_path):
+    alone = run_train(quick_profile(training={"epochs": 1}), tmp_path / "alone")
+    workers = run_train(quick_profile(training={"epochs": 1, "workers": 2}), tmp_path / "workers")
+    a = load_file(str(alone.model_dir / WEIGHTS))
+    b = load_file(str(workers.model_dir / WEIGHTS))
+    assert all(torch.equal(a[key], b[key]) for key in a)
