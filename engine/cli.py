@@ -240,6 +240,57 @@ def train_command(
         _stderr().print(f"[yellow]note:[/] {note}", highlight=False)
 
 
+@cli.command("augment-preview")
+@click.option(
+    "-p",
+    "--profile",
+    "profile_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The hospital profile: data and augmentations.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The PNG file to write.",
+)
+@click.option(
+    "--n",
+    "count",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="How many samples (rows).",
+)
+@click.option(
+    "--variants",
+    type=click.IntRange(1, 12),
+    default=4,
+    show_default=True,
+    help="Augmented versions per sample.",
+)
+def augment_preview_command(profile_path: Path, out: Path, count: int, variants: int) -> None:
+    """Write an image of samples and their augmented versions, in the profile's window.
+
+    Look at it before training: an augmentation that makes a lesion unrecognisable, or
+    that a clinician would not accept, shows here.
+    """
+    from medadapt.engine.augment import preview_grid
+    from medadapt.engine.samples import open_site_data
+
+    registry = get_plugin_host().registry()
+    profile = load_profile(profile_path, registry)
+    data = open_site_data(profile, registry)
+    labelled = [r for r in data.records if r.label is not None] or data.records
+    by_class: dict[str | None, list[Any]] = {}
+    for record in labelled:
+        by_class.setdefault(record.label, []).append(record)
+    chosen = [r for group in zip(*by_class.values(), strict=False) for r in group][:count]
+    preview_grid(profile, registry, data.loader, chosen, out, variants)
+    click.echo(f"wrote {out}: {len(chosen)} samples, {variants} augmented versions each")
+
+
 def _slug(text: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split()) or "site"
 

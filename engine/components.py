@@ -246,27 +246,31 @@ class LabelProperty(enum.StrEnum):
 class Augmentation(Component):
     """A random change applied to training patches only, with a declared safety contract.
 
-    ``preserves`` lists the image properties the augmentation never changes. The profile
-    says what its labels depend on; the engine refuses an augmentation that does not
-    preserve one of them, unless it shifts HU by no more than the profile tolerates.
+    ``preserves`` lists the image properties the augmentation never changes, whatever its
+    parameters; :meth:`changes` says what this instance may change, with a bound. The
+    profile says what its labels depend on and how much change they tolerate; the engine
+    refuses an augmentation whose bound exceeds that tolerance.
     """
 
     kind = ComponentKind.AUGMENTATIONS
     preserves: ClassVar[frozenset[LabelProperty]]
 
-    def max_hu_shift(self) -> float:
-        """The most this augmentation, with its parameters, moves any voxel's HU value.
+    def changes(self) -> dict[LabelProperty, float]:
+        """What this augmentation, with its parameters, may change, and by how much at most.
 
-        Zero when it preserves absolute HU; augmentations that change intensities override it.
+        Bounds are in HU for ``absolute-hu`` and a fraction for ``size`` (0.1 is 10%);
+        ``math.inf`` where there is no bound. By default: everything not in ``preserves``,
+        unbounded. Augmentations with parameter-dependent bounds override this.
         """
-        return 0.0 if LabelProperty.ABSOLUTE_HU in self.preserves else math.inf
+        return {p: math.inf for p in LabelProperty if p not in self.preserves}
 
     @abstractmethod
     def transform(self) -> Callable[[Any], Any]:
-        """The MONAI transform applied to a channel-first training patch.
+        """The MONAI transform applied to a channel-first training patch in HU.
 
-        Random transforms derive from ``monai.transforms.Randomizable`` so that the engine
-        seeds them from the profile's seed.
+        Random transforms have ``set_random_state(seed)`` (MONAI's ``Randomizable``), so
+        that the engine seeds every sample from the profile's seed: the same seed gives
+        the same augmented samples.
         """
 
 

@@ -240,6 +240,8 @@ class Trainer:
         self.wrapped.train()
         for module in self.frozen:
             module.eval()
+        if hasattr(self.train_data, "set_epoch"):
+            self.train_data.set_epoch(epoch)
         loader = self._loader(self.train_data, epoch, shuffle=True)
         progress.reset(task, total=len(loader))
         total, count = 0.0, 0

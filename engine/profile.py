@@ -8,6 +8,7 @@ job never starts on a profile that would fail half-way. Every problem becomes a
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ from medadapt.engine.components import (
     AdaptationMethod,
     Augmentation,
     Backbone,
+    Component,
     ComponentKind,
     LabelProperty,
     ProfilePath,
@@ -68,6 +70,20 @@ class Task(_Section):
         default=0.0,
         description="how many HU an intensity augmentation may shift without changing a label",
     )
+    size_tolerance: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="how much (a fraction) lesion size may change without changing a label",
+    )
+
+    def tolerance(self, needed: LabelProperty) -> float:
+        """How much change of a property the labels survive: HU, a fraction, or nothing."""
+        if needed is LabelProperty.ABSOLUTE_HU:
+            return self.hu_tolerance
+        if needed is LabelProperty.SIZE:
+            return self.size_tolerance
+        return 0.0
 
     @model_validator(mode="after")
     def _positive_class_is_a_class(self) -> Task:
@@ -588,28 +604,16 @@ def _check_components(
         except ValidationError as exc:
             issues.extend(document.issues_from(exc, cls.Params, params_loc))
             continue
-        problem = _unsuitable(component, profile)
+        problem = _unsuitable(component, profile, registry)
         if problem:
             issues.append(document.issue(name_loc, problem))
     return issues
 
 
-def _unsuitable(component: object, profile: Profile) -> str | None:
+def _unsuitable(component: object, profile: Profile, registry: ComponentRegistry) -> str | None:
     """Why a component cannot serve this profile's task, or None when it can."""
     if isinstance(component, Augmentation):
-        for needed in profile.task.label_depends_on:
-            if needed in component.preserves:
-                continue
-            if (
-                needed is LabelProperty.ABSOLUTE_HU
-                and component.max_hu_shift() <= profile.task.hu_tolerance
-            ):
-                continue
-            return (
-                f"the augmentation {component.name!r} changes {needed.value}, and this task's "
-                f"labels depend on it (task.label_depends_on); remove it, or choose one that "
-                f"preserves {needed.value}"
-            )
+        return unsafe_augmentation(component, profile.task, registry)
     if isinstance(component, Backbone):
         dims = profile.preprocessing.spatial_dims
         if dims not in component.spatial_dims:
@@ -651,6 +655,58 @@ def _unsuitable(component: object, profile: Profile) -> str | None:
             "and data.label_file is not set"
         )
     return None
+
+
+_UNITS = {
+    LabelProperty.ABSOLUTE_HU: ("HU", "task.hu_tolerance"),
+    LabelProperty.SIZE: ("", "task.size_tolerance"),
+}
+
+
+def unsafe_augmentation(
+    augmentation: Augmentation, task: Task, registry: ComponentRegistry
+) -> str | None:
+    """Why an augmentation would change what the task's labels depend on, or None if safe.
+
+    The message names the augmentation, the property, the bound against the tolerance, and
+    the installed augmentations that keep the property.
+    """
+    changes = augmentation.changes()
+    for needed in task.label_depends_on:
+        bound = changes.get(needed, 0.0)
+        tolerance = task.tolerance(needed)
+        if bound <= tolerance:
+            continue
+        unit, setting = _UNITS.get(needed, ("", ""))
+        amount = (
+            "without a bound"
+            if math.isinf(bound)
+            else f"by up to {bound:g}{' ' + unit if unit else ''}"
+        )
+        allowed = (
+            f"; the labels tolerate {tolerance:g}{' ' + unit if unit else ''} ({setting})"
+            if setting
+            else ""
+        )
+        safe = [
+            name
+            for name in registry.names(ComponentKind.AUGMENTATIONS)
+            if _within_tolerances(
+                registry.get(ComponentKind.AUGMENTATIONS, name).from_params({}), task
+            )
+        ]
+        return (
+            f"the augmentation {augmentation.name!r} changes {needed.value} {amount}, and this "
+            f"task's labels depend on {needed.value} (task.label_depends_on){allowed}. Remove "
+            "it, make its bound smaller than the tolerance, or use one that is safe for this "
+            f"task: {', '.join(safe) or 'none is installed'}"
+        )
+    return None
+
+
+def _within_tolerances(augmentation: Component, task: Task) -> bool:
+    changes = augmentation.changes() if isinstance(augmentation, Augmentation) else {}
+    return all(changes.get(p, 0.0) <= task.tolerance(p) for p in task.label_depends_on)
 
 
 def _dims(spatial_dims: frozenset[int]) -> str:

@@ -11,12 +11,12 @@ import numpy as np
 from medadapt.engine.cache import ArrayCache, cache_key, default_cache_dir
 from medadapt.engine.components import ComponentKind, DataSource, Image, Rejection, SampleRecord
 from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.patches import make_patch, preprocessing_key
+from medadapt.engine.patches import preprocessing_key, sample_patch_hu, window
 from medadapt.engine.profile import Preprocessing, Profile
 from medadapt.engine.registry import ComponentRegistry
 
 #: Bump when the way volumes or patches are computed changes, to retire old cache entries.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,11 @@ class PatchLoader:
             return image
         return Image(hu=hu, spacing_mm=tuple(float(s) for s in spacing))
 
-    def patch(self, record: SampleRecord) -> np.ndarray:
-        """The windowed, channel-first patch around the record's centre."""
+    def patch_hu(self, record: SampleRecord) -> np.ndarray:
+        """The channel-first patch around the record's centre, in HU, before the window."""
         fingerprint = self._fingerprint(record)
         if fingerprint is None:
-            return make_patch(self.source.load(record), record.centre, self.preprocessing)
+            return sample_patch_hu(self.source.load(record), record.centre, self.preprocessing)
         key = cache_key(
             "patch",
             CACHE_FORMAT,
@@ -92,8 +92,16 @@ class PatchLoader:
             self._preprocessing_key,
         )
         return self._patches.get_or_compute(
-            key, lambda: make_patch(self.volume(record), record.centre, self.preprocessing)
+            key, lambda: sample_patch_hu(self.volume(record), record.centre, self.preprocessing)
         )
+
+    def window(self, hu: np.ndarray) -> np.ndarray:
+        """The profile's HU window: values in [0, 1]."""
+        return window(hu, self.preprocessing.window.level, self.preprocessing.window.width)
+
+    def patch(self, record: SampleRecord) -> np.ndarray:
+        """The windowed, channel-first patch around the record's centre."""
+        return self.window(np.asarray(self.patch_hu(record)))
 
     def sample(self, record: SampleRecord) -> Sample:
         """The patch with the record's label and acquisition attributes."""

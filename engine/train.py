@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from medadapt.engine.augment import training_transform
 from medadapt.engine.components import Backbone, ComponentKind, SampleRecord, Split
 from medadapt.engine.data import PatchDataset
 from medadapt.engine.diagnostics import diagnose
@@ -122,7 +123,13 @@ def _train(
         backbone, profile.preprocessing.patch_mode, len(classes), _pretrained(profile, backbone)
     )
     frozen = _freeze(model, backbone, profile.training.freeze)
-    train_data = PatchDataset(data.loader, by_split[Split.TRAIN], classes)
+    train_data = PatchDataset(
+        data.loader,
+        by_split[Split.TRAIN],
+        classes,
+        transform=training_transform(profile, registry),
+        seed=profile.seed,
+    )
     val_data = PatchDataset(data.loader, by_split[Split.VALIDATION], classes)
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

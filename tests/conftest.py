@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -65,8 +66,8 @@ class GentleNoise(Augmentation):
         model_config = ConfigDict(extra="forbid")
         amplitude: float = Field(default=5.0, ge=0)
 
-    def max_hu_shift(self) -> float:
-        return self.params.amplitude
+    def changes(self):
+        return {LabelProperty.TEXTURE: math.inf, LabelProperty.ABSOLUTE_HU: self.params.amplitude}
 
     def transform(self):
         return lambda patch: patch

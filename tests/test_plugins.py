@@ -29,7 +29,7 @@ def test_a_registered_plugin_provides_components_of_every_kind(host, toy):
     host.register(toy, "toy")
     registry = host.registry()
     assert registry.names(ComponentKind.DATA_SOURCES) == ["dicom-ct", "phantom", "toy-folder"]
-    assert registry.names(ComponentKind.AUGMENTATIONS) == ["toy-mirror", "toy-noise"]
+    assert {"toy-mirror", "toy-noise"} <= set(registry.names(ComponentKind.AUGMENTATIONS))
     assert "toy-volume-net" in registry.names(ComponentKind.BACKBONES)
     assert registry.names(ComponentKind.ADAPTATION_METHODS) == ["toy-finetune"]
     assert "toy-confidence" in registry.names(SCORES)

@@ -1,0 +1,94 @@
+"""Training augmentations from a profile, checked against the task before they run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medadapt.engine.components import Augmentation, ComponentKind, SampleRecord
+from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.profile import Profile, unsafe_augmentation
+from medadapt.engine.registry import ComponentRegistry
+from medadapt.engine.samples import PatchLoader
+
+
+def training_transform(
+    profile: Profile, registry: ComponentRegistry
+) -> Callable[[Any], Any] | None:
+    """The profile's augmentations as one MONAI transform, or None when there are none.
+
+    Raises:
+        InvalidInputError: an augmentation would change what the labels depend on (the same
+            check as ``medadapt profile check``, repeated here so no job can skip it).
+    """
+    if not profile.augmentations:
+        return None
+    from monai.transforms import Compose
+
+    transforms = []
+    for choice in profile.augmentations:
+        augmentation = registry.create(
+            ComponentKind.AUGMENTATIONS, choice.name, choice.params, base_dir=profile.base_dir
+        )
+        assert isinstance(augmentation, Augmentation)
+        problem = unsafe_augmentation(augmentation, profile.task, registry)
+        if problem:
+            raise InvalidInputError(problem)
+        transforms.append(augmentation.transform())
+    return Compose(transforms)
+
+
+def preview_grid(
+    profile: Profile,
+    registry: ComponentRegistry,
+    loader: PatchLoader,
+    records: list[SampleRecord],
+    out: Path,
+    variants: int = 4,
+) -> Path:
+    """A PNG grid: each row a sample, the original then augmented versions, in the window.
+
+    Slices shown are the patch's middle slice (2D: the slice; 2.5D: the middle channel;
+    3D: the middle z). Each row is labelled with the sample's class.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    transform = training_transform(profile, registry)
+    columns = 1 + (variants if transform is not None else 0)
+    figure, axes = plt.subplots(
+        len(records), columns, figsize=(1.6 * columns, 1.6 * len(records)), squeeze=False
+    )
+    for row, record in enumerate(records):
+        original = np.array(loader.patch_hu(record), dtype=np.float32)
+        shown = [original]
+        for variant in range(columns - 1):
+            assert transform is not None
+            transform.set_random_state(seed=profile.seed * 1_000 + row * 10 + variant)
+            shown.append(np.asarray(transform(original.copy()), dtype=np.float32))
+        for column, hu in enumerate(shown):
+            axis = axes[row][column]
+            axis.imshow(_middle_slice(loader.window(hu)), cmap="gray", vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title("original" if column == 0 else f"augmented {column}", fontsize=8)
+        axes[row][0].set_ylabel(record.label or "unlabelled", fontsize=8)
+    names = ", ".join(choice.name for choice in profile.augmentations) or "no augmentation"
+    figure.suptitle(f"{profile.site.name}: {names}", fontsize=9)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def _middle_slice(patch: np.ndarray) -> np.ndarray:
+    if patch.ndim == 4:  # (1, z, y, x)
+        return patch[0, patch.shape[1] // 2]
+    return patch[patch.shape[0] // 2]  # (channels, y, x)
