@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/phantom_generation.py
 	$(BIN)/python benchmarks/training_loop.py
 	$(BIN)/python benchmarks/source_model.py
+	$(BIN)/python benchmarks/augmentation_effect.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
