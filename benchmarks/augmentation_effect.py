@@ -77,7 +77,7 @@ def profile(
             "split": {"train": 0.75, "validation": 0.2, "test": 0.05},
         },
         "preprocessing": {
-            "window": {"level": -600, "width": 1500},
+            "window": {"level": -200, "width": 1800},
             "spacing_mm": [2.0, 1.0, 1.0],
             "patch_mode": "2d",
             "patch_size": [48, 48],

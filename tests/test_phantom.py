@@ -120,7 +120,7 @@ def test_lesion_classes_differ_in_size_shape_and_calcification():
     rng = np.random.default_rng(0)
     lesions = [
         lesion
-        for i in range(60)
+        for i in range(80)
         for lesion in draw_patient(i, "chest", rng, (-30.0, 30.0), difficulty=0.3).lesions
     ]
     benign = [lesion for lesion in lesions if lesion.label == "benign"]
@@ -130,11 +130,21 @@ def test_lesion_classes_differ_in_size_shape_and_calcification():
     assert np.mean([lesion.radius for lesion in malignant]) > np.mean(
         [lesion.radius for lesion in benign]
     )
-    assert all(any(sharp > 30 for _, _, sharp in lesion.lobes) for lesion in malignant)
-    assert not any(any(sharp > 30 for _, _, sharp in lesion.lobes) for lesion in benign)
-    assert any(lesion.calcification and lesion.calcification[1] > 200 for lesion in benign)
+
+    def spiculated(lesion):
+        return any(sharp > 30 for _, _, sharp in lesion.lobes)
+
+    assert not any(spiculated(lesion) for lesion in benign)
+    assert 0.4 < np.mean([spiculated(lesion) for lesion in malignant]) < 0.8
     assert not any(lesion.calcification for lesion in malignant)
-    assert min(lesion.texture for lesion in malignant) > max(lesion.texture for lesion in benign)
+    assert np.mean([lesion.texture for lesion in malignant]) > np.mean(
+        [lesion.texture for lesion in benign]
+    )
+    # Hamartomas: benign, large and lobulated like malignant lesions, told apart by calcium
+    # only, so that the class depends on absolute HU.
+    hamartomas = [b for b in benign if b.radius > 5 and b.lobes and b.calcification]
+    assert hamartomas
+    assert all(calcium >= 300 for _, calcium in (h.calcification for h in hamartomas))
 
 
 def test_the_same_seed_gives_the_same_patients_and_another_seed_other_ones():

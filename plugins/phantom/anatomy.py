@@ -380,18 +380,29 @@ def _lesion(
 ) -> Lesion:
     organ = patient.hosts[len(patient.lesions) % len(patient.hosts)]
     lo, hi = patient.z_extent
+    # Large, lobulated and heterogeneous: most malignant lesions, and the benign hamartomas.
+    large = rng.uniform(6.0 - 3.0 * difficulty, 13.0 - 3.0 * difficulty)
+    lobulation = tuple(
+        (_unit(rng), rng.uniform(0.15, 0.35) * (1 - 0.6 * difficulty), rng.uniform(2, 4))
+        for _ in range(int(rng.integers(2, 5)))
+    )
+    heterogeneous = 30.0 * (1 - 0.6 * difficulty)
     if malignant:
-        radius = rng.uniform(6.0 - 3.0 * difficulty, 13.0 - 3.0 * difficulty)
-        lobes = tuple(
-            (_unit(rng), rng.uniform(0.15, 0.35) * (1 - 0.6 * difficulty), rng.uniform(2, 4))
-            for _ in range(int(rng.integers(2, 5)))
-        ) + tuple(
+        radius, texture, calcification = large, heterogeneous, None
+        spicules = tuple(
             (_unit(rng), rng.uniform(0.6, 1.4) * (1 - 0.6 * difficulty), rng.uniform(40, 90))
             for _ in range(int(rng.integers(3, 9)))
         )
+        # Some malignant lesions are lobulated without spicules: then only the absence of
+        # calcium tells them from a hamartoma.
+        lobes = lobulation + (spicules if rng.random() < 0.6 else ())
         hu = rng.uniform(25, 50)
-        texture = 30.0 * (1 - 0.6 * difficulty)
-        calcification = None
+    elif rng.random() < 0.35 * (1 - 0.5 * difficulty):
+        # A hamartoma: benign, yet large and lobulated like a malignant lesion; its
+        # "popcorn" calcification, an absolute-HU feature, is what shows it is benign.
+        radius, lobes, texture = large, lobulation, heterogeneous
+        hu = rng.uniform(25, 50)
+        calcification = (rng.uniform(0.5, 0.8), rng.uniform(300, 600))
     else:
         radius = rng.uniform(2.5, 6.0 + 4.0 * difficulty)
         lobes = tuple(

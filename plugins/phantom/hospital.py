@@ -23,7 +23,7 @@ from medadapt.plugins.phantom.anatomy import BODY_REGIONS, Patient, draw_patient
 from medadapt.plugins.phantom.scanner import ScannerPreset, acquire, check_kernel, preset
 
 #: Bump when the same settings would give different images, to retire cached volumes.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _INTERCEPT = -1024.0
 _MANIFEST = "phantom.json"
 
