@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from results import RESULTS, machine, write_section
+from results import machine, publish
 
 SECTION = "## Augmentation: safe, unsafe, and scanner randomisation"
 SAFE = [
@@ -216,10 +216,7 @@ def main() -> None:
         "Command: `.venv/bin/python benchmarks/augmentation_effect.py` (or `make bench`).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(RESULTS, text, SECTION)
+    publish(lines, SECTION, write=not args.no_write)
 
 
 def _travel_finding(travel: dict[str, dict[str, list[float]]]) -> str:

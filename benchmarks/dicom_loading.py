@@ -41,7 +41,7 @@ from medadapt.plugins.dicom_ct import DicomCT
 from medadapt.plugins.dicom_ct.pixels import load_hu
 from medadapt.plugins.dicom_ct.scan import scan_folder
 from medadapt.plugins.dicom_ct.writer import ct_slice
-from results import RESULTS, machine, write_section
+from results import machine, publish
 
 SECTION = "## DICOM CT loading"
 
@@ -215,10 +215,7 @@ def main() -> None:
         f"--repeats {args.repeats}` (or `make bench`).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(RESULTS, text, SECTION)
+    publish(lines, SECTION, write=not args.no_write)
 
 
 if __name__ == "__main__":

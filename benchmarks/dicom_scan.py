@@ -23,7 +23,7 @@ from pydicom.uid import generate_uid
 from medadapt.engine.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.scan import scan_folder
 from medadapt.plugins.dicom_ct.writer import ct_slice
-from results import RESULTS, machine, write_section
+from results import machine, publish
 
 SECTION = "## DICOM folder scan"
 SIZE = 128
@@ -101,10 +101,7 @@ def main() -> None:
         "Command: `.venv/bin/python benchmarks/dicom_scan.py` (or `make bench`).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(RESULTS, text, SECTION)
+    publish(lines, SECTION, write=not args.no_write)
 
 
 if __name__ == "__main__":

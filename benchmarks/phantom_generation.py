@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from medadapt.plugins.phantom.hospital import HospitalSpec, write_hospital
-from results import RESULTS, machine, write_section
+from results import machine, publish
 
 SECTION = "## Simulated hospital generation"
 
@@ -57,10 +57,7 @@ def main() -> None:
         "(or `make bench`).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(RESULTS, text, SECTION)
+    publish(lines, SECTION, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -33,3 +33,11 @@ def machine(*versions: str) -> str:
         time.strftime("%Y-%m-%d"),
     ]
     return f"Machine: {', '.join(parts)}."
+
+
+def publish(lines: list[str], heading: str, write: bool) -> None:
+    """Print a benchmark's section and, unless told not to, put it in RESULTS.md."""
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        write_section(RESULTS, text, heading)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import RESULTS, machine, write_section
+from results import machine, publish
 
 SECTION = "## Source model on a simulated hospital"
 PROFILE = Path(__file__).resolve().parent.parent / "hospital_profiles" / "phantom-hospital-a.yaml"
@@ -66,10 +66,7 @@ def main() -> None:
         "Command: `.venv/bin/python benchmarks/source_model.py` (or `make bench`).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(RESULTS, text, SECTION)
+    publish(lines, SECTION, write=not args.no_write)
 
 
 if __name__ == "__main__":

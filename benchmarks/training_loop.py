@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from results import RESULTS, machine, write_section
+from results import machine, publish
 
 SECTION = "## Training loop overhead and memory"
 
@@ -224,10 +224,7 @@ def main() -> None:
         "Command: `.venv/bin/python benchmarks/training_loop.py` (or `make bench`).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(RESULTS, text, SECTION)
+    publish(lines, SECTION, write=not args.no_write)
 
 
 if __name__ == "__main__":

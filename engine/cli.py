@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -181,15 +182,20 @@ def profile_check_command(ctx: click.Context, files: tuple[Path, ...], as_json: 
         ctx.exit(ExitCode.INVALID_INPUT)
 
 
+def profile_option(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``-p/--profile FILE`` option every job takes; ``purpose`` says what it must hold."""
+    return click.option(
+        "-p",
+        "--profile",
+        "profile_path",
+        required=True,
+        type=click.Path(path_type=Path),
+        help=f"The hospital profile: {purpose}.",
+    )
+
+
 @cli.command("train")
-@click.option(
-    "-p",
-    "--profile",
-    "profile_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="The hospital profile: data, backbone, training.",
-)
+@profile_option("data, backbone, training")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -241,14 +247,7 @@ def train_command(
 
 
 @cli.command("augment-preview")
-@click.option(
-    "-p",
-    "--profile",
-    "profile_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="The hospital profile: data and augmentations.",
-)
+@profile_option("data and augmentations")
 @click.option(
     "--out",
     required=True,

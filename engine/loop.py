@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
@@ -34,6 +33,7 @@ from medadapt.engine.hookspecs import RunInfo
 from medadapt.engine.model import save_weights, state_to_cpu, torch_load_weights_only
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Training
+from medadapt.engine.progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
@@ -347,15 +347,7 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
 
     def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            disable=self.quiet,
-            transient=False,
-        )
+        return progress_bar(self.quiet, transient=False)
 
     def _write_epoch(self, path: Path, state: dict[str, Any], improved: bool) -> None:
         """Snapshot this epoch's state, then write it while the next epoch trains."""

@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from medadapt.engine import ExitCode, InvalidInputError, Rejection
+from medadapt.engine.progress import progress_bar
 from medadapt.engine.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.pixels import load_hu
 from medadapt.plugins.dicom_ct.scan import iter_files, scan_folder
@@ -55,15 +55,7 @@ def inspect_command(ctx: click.Context, path: Path, as_json: bool, no_recursive:
     pseudonymizer = Pseudonymizer.from_settings(None, allow_ephemeral=True)
     err = Console(stderr=True)
     total = sum(1 for _ in iter_files(path, not no_recursive))
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        disable=quiet,
-        transient=True,
-    ) as progress:
+    with progress_bar(quiet) as progress:
         task = progress.add_task("reading headers", total=total)
         found = scan_folder(
             path,

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from medadapt.engine import (
     DataSource,
@@ -25,6 +23,7 @@ from medadapt.engine import (
     ScanResult,
     hookimpl,
 )
+from medadapt.engine.progress import progress_bar
 from medadapt.plugins.phantom.hospital import (
     GENERATOR_VERSION,
     HospitalSpec,
@@ -169,16 +168,8 @@ def phantom_command(
         difficulty=options["difficulty"],
     )
     quiet = as_json or bool((ctx.find_root().obj or {}).get("quiet"))
-    with Progress(
-        TextColumn("simulating patients"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=quiet,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("patients", total=spec.patients)
+    with progress_bar(quiet) as progress:
+        task = progress.add_task("simulating patients", total=spec.patients)
         summary = write_hospital(
             spec, out, workers=workers, on_patient=lambda n: progress.advance(task, n)
         )
