@@ -272,42 +272,45 @@ class _BySpatialDims:
         return (self.three if np.ndim(patch) == 4 else self.two)(patch)
 
 
-class _ClippedNoise:
-    """Gaussian noise of a random standard deviation, clipped at +-3 standard deviations."""
+class _Seeded:
+    """A transform with its own random state, seeded the way MONAI's Randomizable is."""
 
-    def __init__(self, probability: float, max_sd: float) -> None:
+    def __init__(self, probability: float) -> None:
         self.probability = probability
-        self.max_sd = max_sd
         self.R = np.random.RandomState()
 
-    def set_random_state(self, seed: int | None = None, state: Any = None) -> _ClippedNoise:
+    def set_random_state(self, seed: int | None = None, state: Any = None) -> _Seeded:
         self.R = state if state is not None else np.random.RandomState(seed)
         return self
 
+    def _skip(self) -> bool:
+        """Whether this sample is left as it is (drawn with the probability)."""
+        return bool(self.R.rand() >= self.probability)
+
+
+class _ClippedNoise(_Seeded):
+    """Gaussian noise of a random standard deviation, clipped at +-3 standard deviations."""
+
+    def __init__(self, probability: float, max_sd: float) -> None:
+        super().__init__(probability)
+        self.max_sd = max_sd
+
     def __call__(self, patch: Any) -> Any:
-        if self.R.rand() >= self.probability:
+        if self._skip():
             return patch
         sd = self.R.uniform(0.0, self.max_sd)
         noise = np.clip(self.R.standard_normal(np.shape(patch)), -3.0, 3.0) * sd
         return patch + noise.astype(np.float32)
 
 
-class _ThickerSlices:
+class _ThickerSlices(_Seeded):
     """Averages each slice with its neighbours along the slice axis."""
-
-    def __init__(self, probability: float) -> None:
-        self.probability = probability
-        self.R = np.random.RandomState()
-
-    def set_random_state(self, seed: int | None = None, state: Any = None) -> _ThickerSlices:
-        self.R = state if state is not None else np.random.RandomState(seed)
-        return self
 
     def __call__(self, patch: Any) -> Any:
         from scipy.ndimage import uniform_filter1d
 
         array = np.asarray(patch)
-        if self.R.rand() >= self.probability:
+        if self._skip():
             return patch
         axis = 1 if array.ndim == 4 else 0  # 3D: the z axis; 2.5D: the slice channels
         if array.shape[axis] < 2:
