@@ -30,10 +30,11 @@ from medadapt.engine.data import UNLABELLED
 from medadapt.engine.distributed import World
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine.model import save_weights, state_to_cpu, torch_load_weights_only
+from medadapt.engine.model import save_weights, state_to_cpu
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Training
 from medadapt.engine.progress import progress_bar
+from medadapt.engine.weights import torch_load_weights_only
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -150,8 +149,3 @@ def state_to_cpu(state: Mapping[str, Any], copy: bool = False) -> dict[str, Any]
         else:
             out[key] = value
     return out
-
-
-def torch_load_weights_only(path: Path) -> Any:
-    """torch.load restricted to tensors and plain containers (no code can run)."""
-    return torch.load(path, map_location="cpu", weights_only=True)

@@ -67,14 +67,6 @@ def sample_patch_hu(
     return patch[np.newaxis] if preprocessing.patch_mode == "3d" else patch
 
 
-def make_patch(
-    image: Image, centre: tuple[float, float, float] | None, preprocessing: Preprocessing
-) -> np.ndarray:
-    """The windowed patch the model sees, values in [0, 1], channel first."""
-    hu = sample_patch_hu(image, centre, preprocessing)
-    return window(hu, preprocessing.window.level, preprocessing.window.width)
-
-
 def preprocessing_key(preprocessing: Preprocessing) -> dict[str, Any]:
     """The part of the profile a patch depends on, for cache keys."""
     return preprocessing.model_dump(mode="json")

@@ -12,12 +12,18 @@ from __future__ import annotations
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
 from medadapt.engine.errors import InvalidInputError
+
+
+def torch_load_weights_only(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers (no code can run)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_weights_file(path: Path) -> dict[str, Tensor]:
@@ -39,7 +45,7 @@ def load_weights_file(path: Path) -> dict[str, Tensor]:
             ".pt/.pth file saved with weights only"
         )
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch_load_weights_only(path)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
         raise InvalidInputError(
             f"{path}: refused, the file holds pickled objects that could run code when loaded "

@@ -11,7 +11,7 @@ import pytest
 
 from medadapt.engine import Image
 from medadapt.engine.cache import ArrayCache, cache_key
-from medadapt.engine.patches import make_patch, sample_patch_hu, window
+from medadapt.engine.patches import sample_patch_hu, window
 from medadapt.engine.profile import Preprocessing
 from medadapt.engine.samples import PatchLoader
 from medadapt.plugins.dicom_ct import DicomCT
@@ -79,7 +79,7 @@ def test_window_maps_hu_to_the_unit_range():
 
 
 def test_patch_without_a_centre_is_taken_at_the_middle(volume):
-    patch = make_patch(volume, None, preprocessing("2d", [2, 2], level=0, width=4000))
+    patch = window(sample_patch_hu(volume, None, preprocessing("2d", [2, 2])), level=0, width=4000)
     assert patch.shape == (1, 2, 2)
     assert 0.0 < float(patch.mean()) < 1.0
 
