@@ -257,6 +257,84 @@ class HUScale(Augmentation):
         return RandScaleIntensity(factors=self.params.max_change, prob=self.params.probability)
 
 
+class WindowJitter(Augmentation):
+    """Moves the display window a little: level by a few HU, width by a few per cent.
+
+    What the model sees through the window at level ``L`` and width ``W`` after this
+    transform is what it would see through a window at ``L + d`` and width ``W / s``; the
+    transform maps ``hu`` to ``L + s (hu - L) + d``. Set ``level_hu`` to the profile's
+    window level.
+    """
+
+    name = "window-jitter"
+    preserves: ClassVar = EVERYTHING - {LabelProperty.ABSOLUTE_HU}
+
+    class Params(_Params):
+        level_hu: float = Field(default=40.0, description="the profile's window level")
+        max_level_hu: float = Field(default=10.0, ge=0.0, le=500.0)
+        max_width_change: float = Field(default=0.05, ge=0.0, le=0.5, description="0.05 is 5%")
+
+    def changes(self) -> dict[LabelProperty, float]:
+        """For values within +-1000 HU, like ``hu-scale``."""
+        p = self.params
+        return {
+            LabelProperty.ABSOLUTE_HU: p.max_level_hu
+            + p.max_width_change * (1000.0 + abs(p.level_hu))
+        }
+
+    def transform(self) -> Callable[[Any], Any]:
+        p = self.params
+        return _WindowJitter(p.probability, p.level_hu, p.max_level_hu, p.max_width_change)
+
+
+class ContrastJitter(Augmentation):
+    """Bends the grey scale with a gamma curve over the patch's own HU range.
+
+    The bound on the HU change holds for patches within +-1000 HU (a range of 2000 HU),
+    like ``hu-scale``: ``max |x^gamma - x|`` over the unit range, times 2000.
+    """
+
+    name = "contrast-jitter"
+    preserves: ClassVar = EVERYTHING - {LabelProperty.ABSOLUTE_HU, LabelProperty.TEXTURE}
+
+    class Params(_Params):
+        max_gamma_change: float = Field(
+            default=0.1, gt=0.0, le=1.0, description="gamma drawn in [1/(1+g), 1+g]"
+        )
+
+    def gammas(self) -> tuple[float, float]:
+        g = self.params.max_gamma_change
+        return 1.0 / (1.0 + g), 1.0 + g
+
+    def changes(self) -> dict[LabelProperty, float]:
+        unit = np.linspace(0.0, 1.0, 10_001)
+        worst = max(float(np.abs(unit**gamma - unit).max()) for gamma in self.gammas())
+        return {LabelProperty.ABSOLUTE_HU: worst * 2000.0, LabelProperty.TEXTURE: math.inf}
+
+    def transform(self) -> Callable[[Any], Any]:
+        from monai.transforms import RandAdjustContrast
+
+        return RandAdjustContrast(prob=self.params.probability, gamma=self.gammas())
+
+
+class RandomCrop(Augmentation):
+    """Keeps a random window of the patch in place and fills the rest with air.
+
+    The window covers at least ``min_fraction`` of each in-plane side and always the
+    patch centre, where the lesion is; a large lesion can be cut, so size and shape are
+    not kept.
+    """
+
+    name = "random-crop"
+    preserves: ClassVar = EVERYTHING - {LabelProperty.SIZE, LabelProperty.SHAPE}
+
+    class Params(_Params):
+        min_fraction: float = Field(default=0.75, ge=0.5, le=1.0)
+
+    def transform(self) -> Callable[[Any], Any]:
+        return _ContextCrop(self.params.probability, self.params.min_fraction)
+
+
 class _BySpatialDims:
     """One transform for slice patches (channel, y, x), another for volumes."""
 
@@ -320,6 +398,40 @@ class _ThickerSlices(_Seeded):
         )
 
 
+class _WindowJitter(_Seeded):
+    def __init__(self, probability: float, level: float, shift: float, change: float) -> None:
+        super().__init__(probability)
+        self.level, self.shift, self.change = level, shift, change
+
+    def __call__(self, patch: Any) -> Any:
+        if self._skip():
+            return patch
+        scale = 1.0 + self.R.uniform(-self.change, self.change)
+        offset = self.R.uniform(-self.shift, self.shift)
+        return (self.level + scale * (np.asarray(patch) - self.level) + offset).astype(np.float32)
+
+
+class _ContextCrop(_Seeded):
+    def __init__(self, probability: float, min_fraction: float) -> None:
+        super().__init__(probability)
+        self.min_fraction = min_fraction
+
+    def __call__(self, patch: Any) -> Any:
+        if self._skip():
+            return patch
+        array = np.asarray(patch)
+        kept = np.full_like(array, AIR_HU)
+        window: list[slice] = [slice(None)] * (array.ndim - 2)
+        for side in array.shape[-2:]:
+            width = int(round(side * self.R.uniform(self.min_fraction, 1.0)))
+            width = min(side, max(width, (side + 1) // 2 + 1))
+            # Any start from 0 to side - width keeps the centre voxel inside the window.
+            start = int(self.R.randint(0, side - width + 1))
+            window.append(slice(start, start + width))
+        kept[tuple(window)] = array[tuple(window)]
+        return kept
+
+
 @hookimpl
 def medadapt_augmentations() -> Sequence[type[Augmentation]]:
     return [
@@ -334,4 +446,7 @@ def medadapt_augmentations() -> Sequence[type[Augmentation]]:
         ThickerSlices,
         HUShift,
         HUScale,
+        WindowJitter,
+        ContrastJitter,
+        RandomCrop,
     ]

@@ -50,6 +50,9 @@ def test_the_built_in_set_is_complete():
         "thicker-slices",
         "hu-shift",
         "hu-scale",
+        "window-jitter",
+        "contrast-jitter",
+        "random-crop",
     }
 
 
@@ -113,6 +116,42 @@ def test_noise_is_clipped_at_three_standard_deviations():
     assert aug.changes()[LabelProperty.ABSOLUTE_HU] == 30.0
     patch = np.zeros((1, 64, 64), dtype=np.float32)
     assert np.abs(apply(aug, patch, 4)).max() <= 30.0
+
+
+def test_window_jitter_is_a_window_moved_and_widened_about_its_level():
+    aug = augmentation("window-jitter", level_hu=40.0, max_level_hu=20.0, max_width_change=0.1)
+    patch = random_patch(SHAPES["2d"], 6)
+    out = apply(aug, patch, 2)
+    # An affine map in HU that keeps the order of values: a window, not a new image.
+    slope, offset = np.polyfit(patch.ravel(), out.ravel(), 1)
+    assert 0.9 - 1e-6 <= slope <= 1.1 + 1e-6
+    assert abs(offset - 40.0 * (1 - slope)) <= 20.0 + 1e-3
+    np.testing.assert_allclose(out, slope * patch + offset, atol=1e-2)
+    assert aug.changes() == {LabelProperty.ABSOLUTE_HU: 20.0 + 0.1 * 1040.0}
+
+
+def test_contrast_jitter_keeps_the_patch_range_and_the_order_of_values():
+    aug = augmentation("contrast-jitter", max_gamma_change=0.3)
+    patch = random_patch(SHAPES["2d"], 7)
+    out = apply(aug, patch, 3)
+    assert out.min() == pytest.approx(patch.min(), abs=1e-2)
+    assert out.max() == pytest.approx(patch.max(), abs=1e-2)
+    order = np.argsort(patch.ravel())
+    assert np.all(np.diff(out.ravel()[order]) >= -1e-3)
+    assert not np.allclose(out, patch)
+
+
+@pytest.mark.parametrize("mode", list(SHAPES))
+def test_random_crop_keeps_the_centre_in_place_and_fills_the_rest_with_air(mode):
+    aug = augmentation("random-crop", min_fraction=0.5)
+    patch = random_patch(SHAPES[mode], 8)
+    for seed in range(20):
+        out = apply(aug, patch, seed)
+        kept = out != -1000.0
+        np.testing.assert_array_equal(out[kept], patch[kept])
+        centre = (..., patch.shape[-2] // 2, patch.shape[-1] // 2)
+        np.testing.assert_array_equal(out[centre], patch[centre])
+        assert kept.mean() >= 0.5**2 - 1e-6
 
 
 # --- the contract in profiles ----------------------------------------------------------------
