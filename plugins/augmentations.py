@@ -423,7 +423,7 @@ class _ContextCrop(_Seeded):
         kept = np.full_like(array, AIR_HU)
         window: list[slice] = [slice(None)] * (array.ndim - 2)
         for side in array.shape[-2:]:
-            width = int(round(side * self.R.uniform(self.min_fraction, 1.0)))
+            width = round(side * self.R.uniform(self.min_fraction, 1.0))
             width = min(side, max(width, (side + 1) // 2 + 1))
             # Any start from 0 to side - width keeps the centre voxel inside the window.
             start = int(self.R.randint(0, side - width + 1))
