@@ -26,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
+from medadapt.engine.batchnorm import recompute_batch_norm
 from medadapt.engine.data import UNLABELLED
 from medadapt.engine.distributed import World
 from medadapt.engine.errors import InvalidInputError
@@ -202,6 +203,7 @@ class Trainer:
                 if stopped:
                     break
                 train_loss = self._train_epoch(epoch, progress, steps)
+                self._recompute_batch_norm(epoch)
                 result = self.world.broadcast(
                     self._validate(epoch, train_loss) if self.world.is_main else None
                 )
@@ -265,6 +267,19 @@ class Trainer:
             count += len(labels)
             progress.update(task, advance=1, description=f"step  loss {float(loss.detach()):.3f}")
         return total / max(count, 1)
+
+    def _recompute_batch_norm(self, epoch: int) -> None:
+        """Exact batch-norm statistics for this epoch's weights (engine/batchnorm.py)."""
+        if self.training.batch_norm_batches == 0:
+            return
+        loader = self._loader(self.train_data, epoch, shuffle=True)
+        recompute_batch_norm(
+            self.model,
+            loader,
+            max_batches=self.training.batch_norm_batches,
+            skip=self.frozen,
+            prepare=self._to_device,
+        )
 
     def _supervised_step(
         self, model: nn.Module, patches: Tensor, labels: Tensor

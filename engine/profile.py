@@ -244,6 +244,11 @@ class Training(_Section):
     class_weights: Literal["balanced", "none"] = Field(
         default="balanced", description="weigh the loss so each class counts equally"
     )
+    batch_norm_batches: NonNegativeInt = Field(
+        default=50,
+        description="after each epoch, recompute batch-norm statistics over this many "
+        "training batches with the weights fixed (0: keep the running averages)",
+    )
     workers: NonNegativeInt = Field(default=0, description="data loader processes")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto")
     amp: bool = Field(default=True, description="mixed precision on a GPU")

@@ -245,6 +245,25 @@ def test_frozen_stages_keep_their_weights(quick_profile, tmp_path):
     assert not torch.equal(trained["features.stage1.0.weight"], initial["features.stage1.0.weight"])
 
 
+def test_training_saves_recomputed_batch_norm_statistics(quick_profile, tmp_path):
+    # The saved statistics come from one pass over an epoch's training batches with the
+    # weights fixed (engine/batchnorm.py), not from running averages over every step.
+    result = run_train(quick_profile(), tmp_path / "on")
+    run = json.loads((tmp_path / "on" / "run.json").read_text())
+    steps = -(-sum(run["samples"]["train"].values()) // 8)
+    saved = load_file(str(result.model_dir / WEIGHTS))
+    counts = {int(v) for k, v in saved.items() if k.endswith("num_batches_tracked")}
+    assert counts == {steps}
+    off = run_train(
+        quick_profile(training={**QUICK["training"], "batch_norm_batches": 0}), tmp_path / "off"
+    )
+    saved = load_file(str(off.model_dir / WEIGHTS))
+    counts = {int(v) for k, v in saved.items() if k.endswith("num_batches_tracked")}
+    assert counts == {
+        steps * load_model(off.model_dir, get_plugin_host().registry()).card["best_epoch"]
+    }
+
+
 def test_an_existing_run_is_not_overwritten_without_resume(quick_profile, tmp_path):
     profile = quick_profile(training={"epochs": 1})
     run_train(profile, tmp_path / "run")
