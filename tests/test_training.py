@@ -292,7 +292,10 @@ def test_resume_after_a_kill_ends_with_the_same_weights(
     profile = quick_profile(
         training={"epochs": 4, "batch_size": 8, "early_stopping_patience": None}
     )
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+    }
     killed = run_medadapt(
         "train", "-p", str(profile), "--out", str(tmp_path / "a"), env={**env, "KILL_AT_EPOCH": "2"}
     )
