@@ -10,8 +10,10 @@ initialisation, augmentation draws), with ResNet-18 from scratch on 2D 48 x 48 p
    same hospital.
 2. Scanner randomisation: trained at the smooth-kernel, standard-dose site (80 patients)
    with and without noise, kernel and calibration augmentations, then scored on 60 patients
-   of the same site and 60 of a sharp-kernel, ultra-low-dose (0.3 mGy) site whose water
-   reads +8 HU.
+   of the same site and 60 of each of two sharp-kernel sites whose water reads +8 HU: at
+   low dose (1.5 mGy) and ultra-low dose (0.3 mGy). The patches are seen in the
+   soft-tissue window (level 40, width 400) in which nodule density is read: there the
+   lung is clipped to one value, and scanner noise is large against what is left.
    This task declares labels that depend on size and shape only (the physicist's statement
    that fine texture and small HU changes do not decide the class), so those augmentations
    pass the check.
@@ -43,7 +45,7 @@ SAFE = [
 UNSAFE = [*SAFE, {"name": "hu-shift", "params": {"max_shift_hu": 300, "probability": 0.8}}]
 SCANNER = [
     *SAFE,
-    {"name": "gaussian-noise", "params": {"max_sd_hu": 120}},
+    {"name": "gaussian-noise", "params": {"max_sd_hu": 150}},
     {"name": "kernel-smooth", "params": {"max_sigma_voxels": 1.0}},
     {"name": "kernel-sharpen", "params": {"probability": 0.3}},
     {"name": "hu-shift", "params": {"max_shift_hu": 15}},
@@ -59,6 +61,7 @@ def profile(
     depends: list[str],
     hu_tolerance: float,
     scanner: str = "siemens-smooth-standard-dose",
+    window: tuple[float, float] = (-200, 1800),
 ) -> Path:
     data = {
         "site": {"name": name},
@@ -77,7 +80,7 @@ def profile(
             "split": {"train": 0.75, "validation": 0.2, "test": 0.05},
         },
         "preprocessing": {
-            "window": {"level": -200, "width": 1800},
+            "window": {"level": window[0], "width": window[1]},
             "spacing_mm": [2.0, 1.0, 1.0],
             "patch_mode": "2d",
             "patch_size": [48, 48],
@@ -92,9 +95,14 @@ def profile(
     return path
 
 
-#: The other site: GE's sharp lung kernel at an ultra-low dose (0.3 mGy), water at +8 HU.
-OTHER_SITE = {"scanner": "ge-sharp-low-dose", "dose_mgy": 0.3}
 HOME_SITE = {"scanner": "siemens-smooth-standard-dose"}
+#: The other sites: GE's sharp lung kernel, water at +8 HU, at 1.5 and 0.3 mGy.
+OTHER_SITES = {
+    "sharp kernel, 1.5 mGy": {"scanner": "ge-sharp-low-dose"},
+    "sharp kernel, 0.3 mGy": {"scanner": "ge-sharp-low-dose", "dose_mgy": 0.3},
+}
+SOFT_TISSUE_WINDOW = (40.0, 400.0)
+SITE_NAMES = ["home", *OTHER_SITES]
 
 
 def held_out_auroc(model_dir: Path, site: dict[str, Any], work: Path) -> float:
@@ -147,8 +155,8 @@ def main() -> None:
     honest = ["size", "shape", "texture", "absolute-hu"]
     small: dict[str, list[float]] = {"none": [], "safe default set": [], "unsafe HU shift": []}
     travel: dict[str, dict[str, list[float]]] = {
-        "without": {"home": [], "other": []},
-        "with scanner randomisation": {"home": [], "other": []},
+        "without": {site: [] for site in SITE_NAMES},
+        "with scanner randomisation": {site: [] for site in SITE_NAMES},
     }
     refusal = ""
     with tempfile.TemporaryDirectory() as folder:
@@ -173,12 +181,20 @@ def main() -> None:
                 )
                 small[label].append(held_out_auroc(model, HOME_SITE, work))
             for label, augs in (("without", SAFE), ("with scanner randomisation", SCANNER)):
-                model = run(
+                path = profile(
                     work,
-                    profile(work, label.replace(" ", "-"), seed, 80, augs, ["size", "shape"], 20),
+                    label.replace(" ", "-"),
+                    seed,
+                    80,
+                    augs,
+                    ["size", "shape"],
+                    20,
+                    window=SOFT_TISSUE_WINDOW,
                 )
+                model = run(work, path)
                 travel[label]["home"].append(held_out_auroc(model, HOME_SITE, work))
-                travel[label]["other"].append(held_out_auroc(model, OTHER_SITE, work))
+                for site, params in OTHER_SITES.items():
+                    travel[label][site].append(held_out_auroc(model, params, work))
 
     def fmt(values: list[float]) -> str:
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -199,15 +215,20 @@ def main() -> None:
         "",
         f'The profile check refuses the unsafe set for the honest task: "{refusal[:220]}..."',
         "",
-        "Scanner randomisation: 80 patients at the smooth-kernel, 12 mGy site; scored there and "
-        "at a sharp-kernel, ultra-low-dose (0.3 mGy) site whose water reads +8 HU.",
+        "Scanner randomisation: 80 patients at the smooth-kernel (B30f), 12 mGy site, patches "
+        "in the soft-tissue window (level 40, width 400); scored there and at two sites with "
+        "GE's sharp LUNG kernel whose water reads +8 HU, at 1.5 and 0.3 mGy. Scanner "
+        "randomisation: the safe set plus Gaussian noise up to 150 HU, smoothing, sharpening "
+        "and an HU shift up to 15 HU. Loss: home AUROC minus the other site's, mean over seeds.",
         "",
-        "| training | AUROC at home | AUROC at the other site | loss |",
+        "| training | site | AUROC | loss |",
         "|---|---|---|---|",
         *[
-            f"| {label} | {fmt(v['home'])} | {fmt(v['other'])} | "
-            f"{statistics.mean(a - b for a, b in zip(v['home'], v['other'], strict=True)):+.3f} |"
+            f"| {label} | {site} | {fmt(v[site])} | "
+            + ("" if site == "home" else f"{statistics.mean(_losses(v['home'], v[site])):+.3f}")
+            + " |"
             for label, v in travel.items()
+            for site in SITE_NAMES
         ],
         "",
         _travel_finding(travel),
@@ -219,17 +240,34 @@ def main() -> None:
     publish(lines, SECTION, write=not args.no_write)
 
 
+def _losses(home: list[float], other: list[float]) -> list[float]:
+    return [a - b for a, b in zip(home, other, strict=True)]
+
+
 def _travel_finding(travel: dict[str, dict[str, list[float]]]) -> str:
-    without = travel["without"]
-    loss = statistics.mean(a - b for a, b in zip(without["home"], without["other"], strict=True))
-    if loss <= 0.01:
-        return (
-            f"Finding: without randomisation the model loses {loss:+.3f} AUROC at the other "
-            "site, nothing beyond seed-to-seed variation: these two simulated sites do not "
-            "differ in a way this task is sensitive to, so this run cannot show whether "
-            "scanner randomisation reduces a loss. The comparison is inconclusive, not a success."
+    """What the table shows, worded from the numbers: a loss must exceed the seed spread."""
+    sentences = []
+    for site in OTHER_SITES:
+        without = _losses(travel["without"]["home"], travel["without"][site])
+        with_ = _losses(
+            travel["with scanner randomisation"]["home"], travel["with scanner randomisation"][site]
         )
-    return f"Finding: without randomisation the model loses {loss:+.3f} AUROC at the other site."
+        spread = max(statistics.stdev(without), statistics.stdev(with_), 0.01)
+        mean_without, mean_with = statistics.mean(without), statistics.mean(with_)
+        if mean_without <= spread:
+            verdict = (
+                "no loss beyond seed-to-seed variation without randomisation, so this site "
+                "cannot show whether randomisation reduces one (inconclusive)"
+            )
+        elif mean_without - mean_with > spread:
+            verdict = f"randomisation reduces the loss from {mean_without:+.3f} to {mean_with:+.3f}"
+        else:
+            verdict = (
+                f"the loss is {mean_without:+.3f} without and {mean_with:+.3f} with "
+                "randomisation: no reduction beyond seed-to-seed variation"
+            )
+        sentences.append(f"At the {site} site: {verdict}.")
+    return "Finding: " + " ".join(sentences)
 
 
 if __name__ == "__main__":

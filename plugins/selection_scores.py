@@ -79,6 +79,47 @@ class InformationMaximization(SelectionScore):
         return float(diversity - normalised_entropy(p).mean())
 
 
+class SoftNeighborhoodDensity(SelectionScore):
+    """Soft neighbourhood density (SND, Saito et al., 2021): higher is better.
+
+    Each target prediction's neighbours are weighed by a softmax over its similarity to every
+    other prediction (cosine similarity of the probability vectors, temperature 0.05). A
+    model whose predictions form tight groups, as when similar patients get similar
+    outputs, has neighbourhoods spread over many close points: a high entropy of those
+    weights. Predictions scattered at random, or one class for everyone with varying
+    confidence, have sharper neighbourhoods. The score is the mean entropy, normalised by its
+    maximum (the log of the number of other samples).
+    """
+
+    name = "snd"
+    higher_is_better = True
+    #: The softmax temperature of the paper.
+    temperature = 0.05
+
+    def score(self, probabilities: np.ndarray, features: np.ndarray | None = None) -> float:
+        """Mean normalised entropy of each sample's soft neighbourhood, in [0, 1].
+
+        Example:
+            >>> clustered = np.array([[0.9, 0.1]] * 4 + [[0.1, 0.9]] * 4)
+            >>> scattered = np.array([[x, 1 - x] for x in np.linspace(0.0, 1.0, 8)])
+            >>> snd = SoftNeighborhoodDensity()
+            >>> snd.score(clustered) > snd.score(scattered)
+            True
+        """
+        p = check_probabilities(probabilities)
+        n = p.shape[0]
+        if n < 3:
+            raise ValueError(f"SND needs predictions for at least 3 samples, got {n}")
+        unit = p / np.linalg.norm(p, axis=1, keepdims=True)
+        logits = unit @ unit.T / self.temperature
+        np.fill_diagonal(logits, -np.inf)
+        logits -= logits.max(axis=1, keepdims=True)
+        weights = np.exp(logits)
+        weights /= weights.sum(axis=1, keepdims=True)
+        entropy = -(weights * np.log(np.where(weights > 0, weights, 1.0))).sum(axis=1)
+        return float(entropy.mean() / np.log(n - 1))
+
+
 @hookimpl
 def medadapt_selection_scores() -> Sequence[type[SelectionScore]]:
-    return [Entropy, InformationMaximization]
+    return [Entropy, InformationMaximization, SoftNeighborhoodDensity]

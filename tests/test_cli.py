@@ -48,7 +48,7 @@ def test_plugins_json_lists_every_plugin_with_what_it_provides():
         "adaptation_methods",
         "selection_scores",
     }
-    assert builtin["provides"]["selection_scores"] == ["entropy", "information-maximization"]
+    assert builtin["provides"]["selection_scores"] == ["entropy", "information-maximization", "snd"]
     assert listing["failed"] == []
     assert listing["error"] is None
 

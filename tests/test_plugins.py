@@ -21,7 +21,7 @@ def test_builtin_plugins_load_through_the_entry_point_group(host):
     assert builtin.module == "medadapt.plugins.selection_scores"
     assert builtin.distribution == "medadapt"
     assert builtin.version
-    assert builtin.provides["selection_scores"] == ["entropy", "information-maximization"]
+    assert builtin.provides["selection_scores"] == ["entropy", "information-maximization", "snd"]
     assert host.failures == []
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medadapt.plugins.selection_scores import Entropy, InformationMaximization
+from medadapt.plugins.selection_scores import (
+    Entropy,
+    InformationMaximization,
+    SoftNeighborhoodDensity,
+)
 
 
 def test_entropy_is_zero_for_certain_and_one_for_uniform_predictions():
@@ -27,6 +31,21 @@ def test_information_maximization_punishes_predicting_one_class_for_everyone():
     assert im.score(collapsed) == pytest.approx(0.0, abs=1e-9)
     assert im.score(diverse) > 0.9
     assert Entropy().score(collapsed) == pytest.approx(Entropy().score(diverse))
+
+
+def test_snd_prefers_a_model_whose_predictions_form_groups():
+    rng = np.random.default_rng(0)
+    # Two tight groups of predictions (a model that has found the classes) against the same
+    # number of predictions spread evenly (one that has not).
+    grouped = np.clip(np.repeat([[0.9], [0.1]], 50, axis=0) + rng.normal(0, 0.01, (100, 1)), 0, 1)
+    spread = rng.uniform(0, 1, (100, 1))
+    snd = SoftNeighborhoodDensity()
+    as_table = lambda p: np.hstack([p, 1 - p])  # noqa: E731
+    assert snd.score(as_table(grouped)) > snd.score(as_table(spread))
+    assert 0.0 <= snd.score(as_table(spread)) <= 1.0
+    assert SoftNeighborhoodDensity.higher_is_better
+    with pytest.raises(ValueError, match="at least 3 samples"):
+        snd.score(np.array([[0.5, 0.5], [0.2, 0.8]]))
 
 
 @pytest.mark.parametrize(
