@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
@@ -319,8 +319,14 @@ class Backbone(Component):
 class AdaptationMethod(Component):
     """One way to carry a model to a new site: a loss computed per training step.
 
-    The engine owns the loop, the optimiser and checkpoints; a method only says what it
-    needs and what to minimise.
+    The engine owns the loop, the optimiser, checkpoints and model selection; a method says
+    what data it needs, which parameters learn, and what to minimise. A batch is a mapping
+    with ``"patches"`` (a float tensor) and ``"labels"`` (class indices; ``-1`` where the
+    sample has no label, as on a target site without labels).
+
+    After every epoch the engine recomputes the batch-norm statistics on target training
+    patches (engine/batchnorm.py), so every adapted model is evaluated with target
+    statistics; ``adabn`` is exactly that and nothing else.
     """
 
     kind = ComponentKind.ADAPTATION_METHODS
@@ -328,16 +334,52 @@ class AdaptationMethod(Component):
     needs_source_data: ClassVar[bool]
     #: Whether the method needs labels at the target hospital.
     needs_target_labels: ClassVar[bool]
+    #: False for a method that takes no gradient step (``adabn``): the engine runs one
+    #: epoch start and no training.
+    trains: ClassVar[bool] = True
+    #: How far training is, from 0 at the first step to 1 at the last; the engine sets it
+    #: before every step (DANN's warm-up reads it).
+    progress: float = 0.0
 
-    @abstractmethod
     def setup(self, model: nn.Module, feature_dim: int, num_classes: int) -> None:
-        """Receive the model being adapted, before the first step."""
+        """Receive the model being adapted (``model.features``, ``model.head``) first.
+
+        Methods that build modules (a domain discriminator) or freeze layers extend this
+        and call ``super().setup(...)``.
+        """
+        self.model: nn.Module = model
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+
+    def parameter_groups(self, lr: float, backbone_lr: float) -> list[dict[str, Any]]:
+        """What the optimiser updates: by default the features at ``backbone_lr``, the
+        head and the method's own modules at ``lr``; parameters without gradient are left
+        out."""
+        extra = [p for m in self.extra_modules().values() for p in m.parameters()]
+        groups = [
+            {"params": list(self.model.features.parameters()), "lr": backbone_lr},
+            {"params": list(self.model.head.parameters()) + extra, "lr": lr},
+        ]
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+        return [g for g in groups if g["params"]]
+
+    def epoch_start(self, target_patches: Callable[[], Iterable[Tensor]]) -> None:
+        """Called before each epoch (and once for a method that does not train).
+
+        Args:
+            target_patches: returns an iterator over the target training patches, in
+                batches, in a fixed order, without augmentation. SHOT computes its class
+                centroids here; AdaBN its statistics.
+        """
 
     @abstractmethod
     def update(
         self, source_batch: Mapping[str, Tensor] | None, target_batch: Mapping[str, Tensor]
     ) -> dict[str, Tensor]:
-        """Compute this step's losses; the engine minimises the ``"loss"`` entry."""
+        """Compute this step's losses; the engine minimises the ``"loss"`` entry.
+
+        ``source_batch`` is None unless the method needs source data.
+        """
 
     def extra_modules(self) -> dict[str, nn.Module]:
         """Modules the method owns (a domain discriminator), checkpointed with the model."""

@@ -21,6 +21,8 @@ def diagnose(history: Sequence[Mapping[str, float | None]], selection_metric: st
     notes: list[str] = []
     if not history:
         return notes
+    if any(h.get("val_loss") is None for h in history):
+        return notes  # no labels on the validation split: nothing here to judge by
     train = [h["train_loss"] for h in history]
     val = [h["val_loss"] for h in history]
     rising = longest_rise(val, train)

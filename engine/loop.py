@@ -8,7 +8,6 @@ adaptation method supplies its own. The loop owns everything else.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import random
 import tempfile
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from medadapt.engine.batchnorm import recompute_batch_norm
+from medadapt.engine.components import SelectionScore
 from medadapt.engine.data import UNLABELLED
 from medadapt.engine.distributed import World
 from medadapt.engine.errors import InvalidInputError
@@ -65,10 +65,11 @@ class EpochResult:
 
     epoch: int
     train_loss: float
-    val_loss: float
+    val_loss: float | None
     val_auroc: float | None
-    val_accuracy: float
+    val_accuracy: float | None
     lr: float
+    val_score: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -106,6 +107,13 @@ class Trainer:
         class_weights: per-class loss weights, or None.
         step: the loss of a training batch; plain cross-entropy by default.
         quiet: no progress bar.
+        selection: a label-free score that picks the best epoch from the model's
+            predictions on the (unlabelled) validation data, instead of its labels.
+        before_epoch: called with the epoch number before each training epoch.
+        extra_modules: modules outside the model that train with it (a domain
+            discriminator): moved to the device and kept in the checkpoint.
+        trains: False for a job that takes no training step (AdaBN): each epoch is
+            ``before_epoch`` then validation.
     """
 
     def __init__(
@@ -125,6 +133,10 @@ class Trainer:
         class_weights: Tensor | None = None,
         step: StepFunction | None = None,
         quiet: bool = False,
+        selection: SelectionScore | None = None,
+        before_epoch: Callable[[int], None] | None = None,
+        extra_modules: dict[str, nn.Module] | None = None,
+        trains: bool = True,
     ) -> None:
         self.training = training
         self.out_dir = out_dir
@@ -149,8 +161,12 @@ class Trainer:
         weights = None if class_weights is None else class_weights.to(self.device)
         self.criterion = nn.CrossEntropyLoss(weight=weights, ignore_index=UNLABELLED)
         self.step = step or self._supervised_step
+        self.extra_modules = {k: m.to(self.device) for k, m in (extra_modules or {}).items()}
+        self.trains = trains
         groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        self.optimizer = _optimizer(groups, training)
+        # A job that takes no step still has an optimiser, over nothing that changes, so
+        # that the loop, its schedule and its checkpoints stay one code path.
+        self.optimizer = _optimizer(groups if trains else [{"params": [_idle()]}], training)
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=training.epochs)
             if training.schedule == "cosine"
@@ -159,6 +175,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.train_data = train_data
         self.val_data = val_data
+        self.selection = selection
+        self.before_epoch = before_epoch
         self._writer = _BackgroundWriter()
 
     # --- the loop ---------------------------------------------------------------------------
@@ -202,8 +220,13 @@ class Trainer:
             for epoch in range(state["epoch"] + 1, self.training.epochs + 1):
                 if stopped:
                     break
-                train_loss = self._train_epoch(epoch, progress, steps)
-                self._recompute_batch_norm(epoch)
+                if self.before_epoch is not None:
+                    self.before_epoch(epoch)
+                if self.trains:
+                    train_loss = self._train_epoch(epoch, progress, steps)
+                    self._recompute_batch_norm(epoch)
+                else:
+                    train_loss = 0.0
                 result = self.world.broadcast(
                     self._validate(epoch, train_loss) if self.world.is_main else None
                 )
@@ -241,6 +264,8 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, progress: Progress, task: Any) -> float:
         self.wrapped.train()
+        for module in self.extra_modules.values():
+            module.train()
         for module in self.frozen:
             module.eval()
         if hasattr(self.train_data, "set_epoch"):
@@ -290,36 +315,60 @@ class Trainer:
     def _validate(self, epoch: int, train_loss: float) -> EpochResult:
         self.model.eval()
         loader = self._loader(self.val_data, epoch, shuffle=False, distributed=False)
-        losses, probabilities, labels = [], [], []
+        probabilities, labels, features = [], [], []
         for patches, target in loader:
             with self._autocast():
-                logits = self.model(self._to_device(patches)).float()
-            target = target.to(self.device)
-            losses.append(float(self.criterion(logits, target)) * len(target))
+                if self.selection is None:
+                    logits = self.model(self._to_device(patches)).float()
+                else:
+                    feature = self.model.features(self._to_device(patches))
+                    logits = self.model.head(feature).float()
+                    features.append(feature.float().flatten(1).cpu())
             probabilities.append(logits.softmax(dim=1).cpu())
-            labels.append(target.cpu())
+            labels.append(target)
         p = torch.cat(probabilities).numpy()
         y = torch.cat(labels).numpy()
-        positive = (y == self.positive_index).astype(int)
-        auroc = (
-            float(roc_auc_score(positive, p[:, self.positive_index]))
-            if 0 < positive.sum() < len(y)
-            else None
-        )
+        score = None
+        if self.selection is not None:
+            score = float(self.selection.score(p, torch.cat(features).numpy()))
+        labelled = y != UNLABELLED
+        p, y = p[labelled], y[labelled]
+        loss = accuracy = auroc = None
+        if len(y):
+            weight = self.criterion.weight
+            loss = float(
+                nn.functional.nll_loss(
+                    torch.log(torch.from_numpy(p).clamp(min=1e-12)),
+                    torch.from_numpy(y).long(),
+                    weight=None if weight is None else weight.cpu().float(),
+                )
+            )
+            accuracy = float((p.argmax(axis=1) == y).mean())
+            positive = (y == self.positive_index).astype(int)
+            if 0 < positive.sum() < len(y):
+                auroc = float(roc_auc_score(positive, p[:, self.positive_index]))
         return EpochResult(
             epoch=epoch,
             train_loss=train_loss,
-            val_loss=sum(losses) / max(len(y), 1),
+            val_loss=loss,
             val_auroc=auroc,
-            val_accuracy=float((p.argmax(axis=1) == y).mean()) if len(y) else math.nan,
+            val_accuracy=accuracy,
             lr=float(self.optimizer.param_groups[-1]["lr"]),
+            val_score=score,
         )
 
     def _improved(self, result: EpochResult, best: dict[str, Any] | None) -> bool:
         if best is None:
             return True
+        if self.selection is not None:
+            assert result.val_score is not None
+            if self.selection.higher_is_better:
+                return result.val_score > best["val_score"]
+            return result.val_score < best["val_score"]
         if self.training.selection_metric == "auroc" and result.val_auroc is not None:
             return best["val_auroc"] is None or result.val_auroc > best["val_auroc"]
+        if result.val_loss is None or best["val_loss"] is None:
+            return False
         return result.val_loss < best["val_loss"]
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -371,6 +420,10 @@ class Trainer:
         payload = {
             **copy.deepcopy(state),
             "model": model,
+            "extra": {
+                name: state_to_cpu(module.state_dict(), copy=True)
+                for name, module in self.extra_modules.items()
+            },
             "optimizer": state_to_cpu(self.optimizer.state_dict(), copy=True),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -393,6 +446,8 @@ class Trainer:
         except Exception as exc:
             raise InvalidInputError(f"{path}: the checkpoint cannot be read ({exc})") from None
         self.model.load_state_dict(payload["model"])
+        for name, module in self.extra_modules.items():
+            module.load_state_dict(payload["extra"][name])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
@@ -428,6 +483,10 @@ def _optimizer(groups: Sequence[dict[str, Any]], training: Training) -> torch.op
     return torch.optim.AdamW(groups, lr=options.lr, weight_decay=options.weight_decay)
 
 
+def _idle() -> nn.Parameter:
+    return nn.Parameter(torch.zeros(1), requires_grad=False)
+
+
 def _is_2d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
@@ -437,8 +496,13 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _describe(result: EpochResult) -> str:
-    auroc = "n/a" if result.val_auroc is None else f"{result.val_auroc:.3f}"
-    return (
-        f"epoch {result.epoch}  train loss {result.train_loss:.3f}  "
-        f"val loss {result.val_loss:.3f}  val AUROC {auroc}"
-    )
+    text = f"epoch {result.epoch}  train loss {result.train_loss:.3f}"
+    if result.val_loss is not None:
+        text += f"  val loss {result.val_loss:.3f}"
+    if result.val_auroc is not None:
+        text += f"  val AUROC {result.val_auroc:.3f}"
+    elif result.val_score is None:
+        text += "  val AUROC n/a"
+    if result.val_score is not None:
+        text += f"  val score {result.val_score:.3f}"
+    return text

@@ -67,10 +67,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_model(folder: Path, model: nn.Module, card: Mapping[str, Any]) -> Path:
-    """Write a model folder atomically: weights first, then the card that names their hash."""
+def save_model(
+    folder: Path, model: nn.Module | Mapping[str, Tensor], card: Mapping[str, Any]
+) -> Path:
+    """Write a model folder atomically: weights first, then the card that names their hash.
+
+    ``model`` is the network or its state dict.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    save_weights(model.state_dict(), folder / WEIGHTS)
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    save_weights(state, folder / WEIGHTS)
     full_card = {"format": CARD_FORMAT, **card, "weights_sha256": file_sha256(folder / WEIGHTS)}
     write_json_atomic(folder / CARD, full_card)
     return folder

@@ -191,13 +191,32 @@ class BackboneChoice(_Section):
         return None if self.weights in ("imagenet", "none") else Path(self.weights)
 
 
-class AdaptationChoice(_Section):
-    """How the model is carried to this site."""
+AUTO = "auto"
 
-    method: str = Field(description="the adaptation method component, e.g. tent")
+
+class AdaptationChoice(_Section):
+    """How the model is carried to this site, and which of its labels may be used."""
+
+    method: str = Field(
+        default=AUTO,
+        description="an adaptation method component (e.g. tent), or auto: try every "
+        "candidate the data allow and keep the best by the selection score",
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
     source_model: ProfilePath | None = Field(
         default=None, description="the model folder trained at the source site"
+    )
+    target_labels: Literal["none", "few", "all"] = Field(
+        default="none",
+        description="which labels of this site adaptation may use: none, a few per class "
+        "(labels_per_class, drawn from training patients) or all training labels",
+    )
+    labels_per_class: PositiveInt = Field(
+        default=10, description="with target_labels: few, the labelled samples per class"
+    )
+    candidates: list[str] = Field(
+        default_factory=list,
+        description="the methods auto tries; empty: every installed method the data allow",
     )
 
 
@@ -573,14 +592,19 @@ def _chosen_components(profile: Profile) -> list[tuple[ComponentKind, Loc, str, 
             )
         )
     if profile.adaptation is not None:
-        chosen.append(
-            (
-                ComponentKind.ADAPTATION_METHODS,
-                ("adaptation", "method"),
-                profile.adaptation.method,
-                profile.adaptation.params,
+        if profile.adaptation.method != AUTO:
+            chosen.append(
+                (
+                    ComponentKind.ADAPTATION_METHODS,
+                    ("adaptation", "method"),
+                    profile.adaptation.method,
+                    profile.adaptation.params,
+                )
             )
-        )
+        for index, name in enumerate(profile.adaptation.candidates):
+            chosen.append(
+                (ComponentKind.ADAPTATION_METHODS, ("adaptation", "candidates", index), name, {})
+            )
     if profile.selection is not None:
         chosen.append(
             (
@@ -653,11 +677,12 @@ def _unsuitable(component: object, profile: Profile, registry: ComponentRegistry
     if (
         isinstance(component, AdaptationMethod)
         and component.needs_target_labels
-        and (profile.data is None or profile.data.label_file is None)
+        and (profile.adaptation is None or profile.adaptation.target_labels == "none")
     ):
         return (
-            f"the adaptation method {component.name!r} needs labels at this site, "
-            "and data.label_file is not set"
+            f"the adaptation method {component.name!r} needs labels at this site, and "
+            "adaptation.target_labels is none; set it to few or all, or choose a method "
+            "that needs no target labels"
         )
     return None
 

@@ -39,11 +39,13 @@ def test_modes_weights_and_skipped_layers_are_left_as_they_were():
     assert used == 0  # the only batch-norm layer is skipped: nothing to do
     for key, value in net.state_dict().items():
         torch.testing.assert_close(value, before[key])
-    assert net.training and not net[3].training
+    assert net.training
+    assert not net[3].training
     assert batch_norm_layers(net) == [net[1]]
     assert recompute_batch_norm(net, [torch.randn(4, 1, 6, 6)] * 5, max_batches=2) == 2
     assert int(net[1].num_batches_tracked) == 2
-    assert net.training and not net[3].training
+    assert net.training
+    assert not net[3].training
     torch.testing.assert_close(net[0].weight, before["0.weight"])
 
 

@@ -168,9 +168,19 @@ def test_a_backbone_must_take_the_patches_the_profile_makes(write_profile, toy_p
     assert "'2.5d' gives 2D patches" in issue
 
 
-def test_a_method_that_needs_target_labels_needs_a_label_file(write_profile, toy_plugin):
-    [issue] = issues_of(write_profile(data=None, adaptation={"method": "toy-finetune"}))
-    assert "'toy-finetune' needs labels at this site, and data.label_file is not set" in issue
+def test_a_method_that_needs_target_labels_needs_them_allowed(write_profile, toy_plugin):
+    [issue] = issues_of(write_profile(adaptation={"method": "toy-finetune"}))
+    assert "'toy-finetune' needs labels at this site, and adaptation.target_labels is none" in issue
+    allowed = {"method": "toy-finetune", "target_labels": "few"}
+    assert load_profile(write_profile(adaptation=allowed), get_plugin_host().registry())
+
+
+def test_auto_and_its_candidates_are_checked(write_profile, toy_plugin):
+    registry = get_plugin_host().registry()
+    assert load_profile(write_profile(adaptation={"method": "auto"}), registry)
+    [issue] = issues_of(write_profile(adaptation={"candidates": ["toy-finetun"]}))
+    assert "adaptation.candidates[0]" in issue
+    assert "did you mean 'toy-finetune'" in issue
 
 
 def test_relative_paths_are_taken_from_the_profile_folder(write_profile, toy_plugin, tmp_path):
