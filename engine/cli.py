@@ -238,12 +238,92 @@ def train_command(
         f"model written to {result.model_dir}\n"
         f"  best epoch {result.best_epoch}: validation AUROC "
         f"{'n/a' if auroc is None else f'{auroc:.3f}'}, "
-        f"loss {summary['validation'].get('val_loss', float('nan')):.3f}"
+        f"loss {summary['validation'].get('val_loss') or float('nan'):.3f}"
     )
     if result.stopped_early:
         click.echo(f"  stopped early: {result.stopped_early}")
     for note in result.diagnostics:
         _stderr().print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+@cli.command("adapt")
+@profile_option("the target site: data, adaptation, selection, training")
+@click.option(
+    "--from",
+    "source_model",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The source model folder (default: the profile's adaptation.source_model).",
+)
+@click.option(
+    "--source-profile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The source site's profile, for methods that need labelled source data.",
+)
+@click.option("--method", help="An adaptation method, or auto (default: the profile's).")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder (default: runs/<site>-adapt).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.pass_context
+def adapt_command(
+    ctx: click.Context,
+    profile_path: Path,
+    source_model: Path | None,
+    source_profile: Path | None,
+    method: str | None,
+    seeds: int,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Carry a source model to the target site of the profile.
+
+    Without target labels, every epoch and every method is judged by the profile's
+    label-free selection score on the target validation split; the target test split is
+    set aside unread. --method auto tries every method the available data allow, and the
+    unadapted model, and keeps the best. Writes OUT/model and OUT/adapt.json; running the
+    same command again reuses finished runs and resumes an interrupted one.
+    """
+    from medadapt.engine.adapt import adapt
+
+    host = get_plugin_host()
+    registry = host.registry()
+    profile = load_profile(profile_path, registry)
+    model = source_model or (profile.adaptation.source_model if profile.adaptation else None)
+    if model is None:
+        raise click.UsageError(
+            "no source model: give --from MODEL_FOLDER or set adaptation.source_model"
+        )
+    source = load_profile(source_profile, registry) if source_profile else None
+    out = out or Path("runs") / f"{_slug(profile.site.name)}-adapt"
+    quiet = as_json or bool(ctx.find_root().obj["quiet"])
+    result = adapt(
+        profile,
+        registry,
+        host,
+        model,
+        out,
+        method=method,
+        source_profile=source,
+        seeds=seeds,
+        quiet=quiet,
+    )
+    if as_json:
+        _emit_json(result.summary)
+        return
+    summary = result.summary
+    click.echo(f"model written to {result.model_dir}  (selection: {summary['selection']})")
+    for name, figures in summary["methods"].items():
+        click.echo(
+            f"  {name:<12} score {figures['score_mean']:.3f} ± {figures['score_sd']:.3f} "
+            f"over {len(figures['runs'])} seed(s)"
+        )
+    if summary["adaptation_helped"] is False:
+        click.echo("  adaptation did not help: the unadapted source model is kept")
+    else:
+        click.echo(f"  kept: {result.kept}")
 
 
 @cli.command("augment-preview")

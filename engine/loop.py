@@ -230,7 +230,8 @@ class Trainer:
                 result = self.world.broadcast(
                     self._validate(epoch, train_loss) if self.world.is_main else None
                 )
-                self.scheduler.step()
+                if self.trains:
+                    self.scheduler.step()
                 state["history"].append(result.as_dict())
                 improved = self._improved(result, state["best"])
                 if improved:

@@ -1,0 +1,37 @@
+"""Losses the adaptation methods share: entropy, diversity, and supervised source loss."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medadapt.engine.data import UNLABELLED
+
+
+def features_and_logits(model: nn.Module, patches: Tensor) -> tuple[Tensor, Tensor]:
+    """The classifier's feature vectors and logits for a batch."""
+    features = model.features(patches)
+    return features, model.head(features)
+
+
+def mean_entropy(logits: Tensor) -> Tensor:
+    """Mean Shannon entropy of the predictions (nats): low when the model is confident."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def diversity(logits: Tensor) -> Tensor:
+    """Entropy of the mean prediction: high when the batch uses every class."""
+    mean = F.softmax(logits, dim=1).mean(dim=0)
+    return -(mean * torch.log(mean + 1e-8)).sum()
+
+
+def supervised(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+    """Cross-entropy on the labelled samples of a batch (0 when none is labelled)."""
+    labels = batch["labels"]
+    if not bool((labels != UNLABELLED).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=UNLABELLED)

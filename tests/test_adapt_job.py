@@ -1,0 +1,195 @@
+"""The adapt job on simulated hospitals: what it may see, what it keeps, what it refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from medadapt.engine import InvalidInputError, Split
+from medadapt.engine.adapt import SOURCE_ONLY, SUMMARY, adapt, target_split
+from medadapt.engine.cli import cli
+from medadapt.engine.errors import ExitCode
+from medadapt.engine.model import load_model
+from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.profile import load_profile
+from medadapt.engine.samples import PatchLoader, open_site_data
+from medadapt.engine.splits import split_by_patient
+from medadapt.engine.train import train
+
+SOURCE = {
+    "site": {"name": "Source Hospital"},
+    "intended_use": "tests",
+    "body_region": "chest",
+    "seed": 3,
+    "task": {
+        "classes": ["benign", "malignant"],
+        "positive_class": "malignant",
+        "label_depends_on": ["shape", "texture", "absolute-hu"],
+    },
+    "data": {
+        "source": "phantom",
+        "params": {"patients": 24, "seed": 3, "slices": 12, "size": 96},
+        "split": {"train": 0.5, "validation": 0.25, "test": 0.25},
+    },
+    "preprocessing": {
+        "window": {"level": 40, "width": 400},
+        "spacing_mm": [2.0, 1.0, 1.0],
+        "patch_mode": "2d",
+        "patch_size": [24, 24],
+    },
+    "backbone": {"name": "small-cnn"},
+    "training": {"epochs": 2, "batch_size": 8, "early_stopping_patience": None},
+    "acceptance": {"min_auroc": 0.8},
+}
+
+
+def target_profile(**adaptation) -> dict:
+    profile = json.loads(json.dumps(SOURCE))
+    profile["site"] = {"name": "Target Hospital"}
+    profile["data"]["params"] = {
+        "patients": 24,
+        "seed": 8,
+        "slices": 12,
+        "size": 96,
+        "scanner": "ge-sharp-low-dose",
+    }
+    profile["adaptation"] = {"candidates": ["adabn", "tent"], **adaptation}
+    return profile
+
+
+def write(folder: Path, name: str, data: dict) -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    """A source model trained at the source hospital, and the two profiles."""
+    folder = tmp_path_factory.mktemp("sites")
+    host = get_plugin_host()
+    registry = host.registry()
+    source = write(folder, "source.yaml", SOURCE)
+    run = train(load_profile(source, registry), registry, host, folder / "source-run", quiet=True)
+    return {"folder": folder, "source": source, "model": run.model_dir}
+
+
+def load(path: Path):
+    return load_profile(path, get_plugin_host().registry())
+
+
+def run_adapt(sites, out: Path, profile: dict, **options):
+    host = get_plugin_host()
+    target = write(out.parent, f"{out.name}.yaml", profile)
+    return adapt(
+        load(target), host.registry(), host, sites["model"], out, quiet=True, **options
+    )
+
+
+def test_auto_scores_the_source_model_and_each_method_and_keeps_the_best(sites, tmp_path):
+    result = run_adapt(sites, tmp_path / "auto", target_profile())
+    summary = json.loads((tmp_path / "auto" / SUMMARY).read_text())
+    assert set(summary["methods"]) == {SOURCE_ONLY, "adabn", "tent"}
+    assert summary["selection"] == "information-maximization"
+    assert summary["target_labels"] == "none"
+    assert summary["samples"]["labelled"] == {}
+    assert summary["samples"]["test_set_aside"] > 0
+    means = {m: f["score_mean"] for m, f in summary["methods"].items()}
+    assert summary["kept"] == max(means, key=means.get)
+    assert summary["adaptation_helped"] == (summary["kept"] != SOURCE_ONLY)
+    loaded = load_model(result.model_dir, get_plugin_host().registry())
+    if result.helped:
+        assert loaded.card["site"] == "Target Hospital"
+        assert loaded.card["adaptation"]["method"] == summary["kept"]
+        assert loaded.card["adaptation"]["source_site"] == "Source Hospital"
+    else:
+        assert loaded.card["site"] == "Source Hospital"
+
+
+def test_the_target_test_split_is_never_read(sites, tmp_path, monkeypatch):
+    profile = target_profile(method="tent")
+    path = write(tmp_path, "target.yaml", profile)
+    target = load(path)
+    site = open_site_data(target, get_plugin_host().registry())
+    assigned = split_by_patient(site.records, target.data.split, target.seed, "malignant")
+    test_patients = {r.patient_key for r in assigned if r.split is Split.TEST}
+    assert test_patients
+    read: list[str] = []
+    original = PatchLoader.patch_hu
+
+    def spy(self, record):
+        read.append(record.patient_key)
+        return original(self, record)
+
+    monkeypatch.setattr(PatchLoader, "patch_hu", spy)
+    run_adapt(sites, tmp_path / "run", profile)
+    assert read
+    assert not set(read) & test_patients
+    split = target_split(site.records, target)
+    assert split.set_aside == sum(r.split is Split.TEST for r in assigned)
+    assert all(r.label is None for r in split.train + split.validation)
+
+
+def test_few_labels_keep_that_many_per_class_and_no_validation_label(tmp_path):
+    path = write(tmp_path, "t.yaml", target_profile(target_labels="few", labels_per_class=2))
+    target = load(path)
+    site = open_site_data(target, get_plugin_host().registry())
+    split = target_split(site.records, target)
+    assert split.labelled == {"benign": 2, "malignant": 2}
+    assert all(r.label is None for r in split.validation)
+
+
+def test_a_method_needing_source_data_is_refused_without_a_source_profile(sites, tmp_path):
+    with pytest.raises(InvalidInputError, match="'coral' needs labelled source data"):
+        run_adapt(sites, tmp_path / "coral", target_profile(method="coral"))
+
+
+def test_a_rerun_reuses_finished_runs(sites, tmp_path):
+    profile = target_profile(method="adabn")
+    first = run_adapt(sites, tmp_path / "again", profile)
+    marker = tmp_path / "again" / "runs" / "adabn-seed3" / "candidate.json"
+    stamp = marker.stat().st_mtime_ns
+    second = run_adapt(sites, tmp_path / "again", profile)
+    assert marker.stat().st_mtime_ns == stamp
+    assert second.summary["methods"] == first.summary["methods"]
+
+
+def test_coral_with_the_source_profile_and_two_seeds(sites, tmp_path):
+    result = run_adapt(
+        sites,
+        tmp_path / "coral",
+        target_profile(method="coral"),
+        source_profile=load(sites["source"]),
+        seeds=2,
+    )
+    runs = result.summary["methods"]["coral"]["runs"]
+    assert [r["seed"] for r in runs] == [3, 4]
+    assert result.summary["methods"]["coral"]["score_sd"] >= 0.0
+    assert result.kept == "coral"
+
+
+def test_the_command_line_adapts_and_explains_refusals(sites, tmp_path):
+    target = write(tmp_path, "target.yaml", target_profile(method="adabn"))
+    runner = CliRunner()
+    ok = runner.invoke(
+        cli, ["adapt", "-p", str(target), "--from", str(sites["model"]), "--out", str(tmp_path / "o")]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "model written to" in ok.output
+    assert "adabn" in ok.output
+    refused = runner.invoke(
+        cli,
+        ["adapt", "-p", str(target), "--from", str(sites["model"]), "--method", "finetune"],
+    )
+    assert refused.exit_code == ExitCode.INVALID_INPUT
+    assert "adaptation.target_labels is none" in refused.output
+    other = json.loads(json.dumps(target_profile()))
+    other["preprocessing"]["window"] = {"level": -600, "width": 1500}
+    mismatched = write(tmp_path, "mismatch.yaml", other)
+    refused = runner.invoke(cli, ["adapt", "-p", str(mismatched), "--from", str(sites["model"])])
+    assert refused.exit_code == ExitCode.INVALID_INPUT
+    assert "preprocessing.window: the model expects" in refused.output
