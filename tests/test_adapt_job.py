@@ -85,9 +85,7 @@ def load(path: Path):
 def run_adapt(sites, out: Path, profile: dict, **options):
     host = get_plugin_host()
     target = write(out.parent, f"{out.name}.yaml", profile)
-    return adapt(
-        load(target), host.registry(), host, sites["model"], out, quiet=True, **options
-    )
+    return adapt(load(target), host.registry(), host, sites["model"], out, quiet=True, **options)
 
 
 def test_auto_scores_the_source_model_and_each_method_and_keeps_the_best(sites, tmp_path):
@@ -176,7 +174,8 @@ def test_the_command_line_adapts_and_explains_refusals(sites, tmp_path):
     target = write(tmp_path, "target.yaml", target_profile(method="adabn"))
     runner = CliRunner()
     ok = runner.invoke(
-        cli, ["adapt", "-p", str(target), "--from", str(sites["model"]), "--out", str(tmp_path / "o")]
+        cli,
+        ["adapt", "-p", str(target), "--from", str(sites["model"]), "--out", str(tmp_path / "o")],
     )
     assert ok.exit_code == 0, ok.output
     assert "model written to" in ok.output
