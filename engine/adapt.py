@@ -249,11 +249,11 @@ def adapt(
                         source_train=source_train,
                         selection=selection,
                         quiet=quiet,
+                        source_model=source_model,
+                        split=split,
                     )
                 )
-        return _conclude(
-            out_dir, runs, selection, source_model, loaded.card, target, split, name, seeds
-        )
+        return _conclude(out_dir, runs, selection, loaded.card, target, split, name, seeds)
     finally:
         leave_world()
 
@@ -388,7 +388,10 @@ def _run_candidate(
     source_train: Dataset | None,
     selection: SelectionScore | None,
     quiet: bool,
+    source_model: Path,
+    split: TargetSplit,
 ) -> CandidateRun:
+    """Run one method at one seed, and write its model to ``folder/model``."""
     finished = folder / "candidate.json"
     if finished.is_file():
         saved = json.loads(finished.read_text())
@@ -424,9 +427,22 @@ def _run_candidate(
         folder=folder,
     )
     if world.is_main:
+        if name == SOURCE_ONLY:
+            _copy_model(source_model, folder / "model")
+        else:
+            _write_adapted(folder / "model", run, card, target, split, source_model, selection)
         write_json_atomic(folder / "history.json", {"history": fit.history})
         write_json_atomic(finished, run.as_dict())
     return run
+
+
+def _copy_model(source: Path, destination: Path) -> None:
+    """Copy a model folder; a reader never finds half of it at ``destination``."""
+    temporary = destination.with_name(destination.name + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    shutil.copytree(source, temporary)
+    shutil.rmtree(destination, ignore_errors=True)
+    temporary.rename(destination)
 
 
 def _fresh_model(
@@ -554,7 +570,6 @@ def _conclude(
     out_dir: Path,
     runs: list[CandidateRun],
     selection: SelectionScore | None,
-    source_model: Path,
     card: Mapping[str, Any],
     target: Profile,
     split: TargetSplit,
@@ -571,12 +586,7 @@ def _conclude(
     best_run = max(by_method[best_method], key=key)
     helped = best_method != SOURCE_ONLY
     model_dir = out_dir / "model"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    if helped:
-        _write_adapted(model_dir, best_run, card, target, split, source_model, selection)
-    else:
-        shutil.copytree(source_model, model_dir)
+    _copy_model(best_run.folder / "model", model_dir)
     summary = {
         "job": "adapt",
         "site": target.site.name,

@@ -13,6 +13,7 @@ from medadapt.engine import InvalidInputError, Split
 from medadapt.engine.adapt import SOURCE_ONLY, SUMMARY, adapt, target_split
 from medadapt.engine.cli import cli
 from medadapt.engine.errors import ExitCode
+from medadapt.engine.evaluate import predict
 from medadapt.engine.model import load_model
 from medadapt.engine.plugins import get_plugin_host
 from medadapt.engine.profile import load_profile
@@ -106,6 +107,13 @@ def test_auto_scores_the_source_model_and_each_method_and_keeps_the_best(sites, 
         assert loaded.card["adaptation"]["source_site"] == "Source Hospital"
     else:
         assert loaded.card["site"] == "Source Hospital"
+    for name in summary["methods"]:
+        assert (tmp_path / "auto" / "runs" / f"{name}-seed3" / "model" / "card.json").is_file()
+    # Only now, with the model final, is the test split read: by evaluate.predict.
+    target = load(tmp_path / "auto.yaml")
+    predictions = predict(result.model_dir, target, get_plugin_host().registry())
+    assert len(predictions.scores) == summary["samples"]["test_set_aside"]
+    assert predictions.auroc is None or 0.0 <= predictions.auroc <= 1.0
 
 
 def test_the_target_test_split_is_never_read(sites, tmp_path, monkeypatch):

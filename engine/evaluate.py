@@ -1,0 +1,92 @@
+"""A model's predictions on one split of a site, and the AUROC they reach.
+
+This is the only place that reads a site's **test** split, and only after a model is final:
+``adapt`` sets that split aside, ``train`` never looks at it. The split is recomputed here
+from the profile exactly as those jobs computed it (by patient, with the profile's seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader
+
+from medadapt.engine.components import Split
+from medadapt.engine.data import PatchDataset
+from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.model import load_model
+from medadapt.engine.profile import Preprocessing, Profile
+from medadapt.engine.registry import ComponentRegistry
+from medadapt.engine.samples import PatchLoader, open_site_data
+from medadapt.engine.splits import split_by_patient
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What a model said about the labelled samples of one split."""
+
+    scores: np.ndarray  # probability of the positive class, one per sample
+    labels: np.ndarray  # 1 for the positive class, else 0
+    patients: list[str]  # the pseudonymised patient of each sample
+
+    @property
+    def auroc(self) -> float | None:
+        """The AUROC, or None when the split holds one class only."""
+        if 0 < self.labels.sum() < len(self.labels):
+            return float(roc_auc_score(self.labels, self.scores))
+        return None
+
+
+def predict(
+    model_dir: Path,
+    profile: Profile,
+    registry: ComponentRegistry,
+    split: Split = Split.TEST,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+) -> Predictions:
+    """Run the model in ``model_dir`` on the labelled samples of ``split`` at the profile's site.
+
+    The patches are made with the model's own preprocessing (from its card).
+
+    Raises:
+        InvalidInputError: the model's classes lack the profile's positive class, or the
+            split holds no labelled sample.
+    """
+    loaded = load_model(model_dir, registry)
+    classes = list(loaded.card["classes"])
+    positive = profile.task.positive_class
+    if positive not in classes:
+        raise InvalidInputError(
+            f"{model_dir}: the model's classes {classes} do not include the profile's "
+            f"positive class {positive!r}"
+        )
+    assert profile.data is not None
+    site = open_site_data(profile, registry, cache_dir)
+    labelled = [r for r in site.records if r.label is not None]
+    records = [
+        r
+        for r in split_by_patient(labelled, profile.data.split, profile.seed, positive)
+        if r.split is split and r.label in classes
+    ]
+    if not records:
+        raise InvalidInputError(
+            f"{profile.site.name}: the {split.value} split holds no labelled sample"
+        )
+    spec = Preprocessing.model_validate(loaded.card["preprocessing"])
+    loader = PatchLoader(site.source, spec, cache_dir)
+    data = PatchDataset(loader, records, classes)
+    model = loaded.model.eval()
+    scores = []
+    with torch.no_grad():
+        for patches, _ in DataLoader(data, batch_size=batch_size):
+            scores.append(model(patches).softmax(dim=1)[:, classes.index(positive)].numpy())
+    return Predictions(
+        scores=np.concatenate(scores),
+        labels=np.array([int(r.label == positive) for r in records]),
+        patients=[r.patient_key for r in records],
+    )
