@@ -22,6 +22,7 @@ from medadapt.engine.components import (
     SampleRecord,
     ScanResult,
     SelectionScore,
+    SourceValidation,
     Split,
 )
 from medadapt.engine.errors import ExitCode, InvalidInputError, MedadaptError, PluginError
@@ -50,6 +51,7 @@ __all__ = [
     "SampleRecord",
     "ScanResult",
     "SelectionScore",
+    "SourceValidation",
     "Split",
     "__version__",
     "hookimpl",

@@ -218,11 +218,18 @@ def adapt(
                 f"{target.site.name}: adaptation needs target patients in both the train and "
                 "validation splits; more patients or other data.split fractions are needed"
             )
-        source_train = None
-        if any(_method_class(registry, m).needs_source_data for m in methods):
-            assert source_profile is not None
-            source_train = _source_training_data(source_profile, registry, cache_dir)
         selection = _selection(target, registry, split)
+        if selection is not None and selection.needs_source_data and source_profile is None:
+            raise InvalidInputError(
+                f"the selection score {selection.name!r} needs the source site's validation "
+                "data: give the source site's profile with --source-profile"
+            )
+        source_train = source_validation = None
+        if source_profile is not None and (
+            any(_method_class(registry, m).needs_source_data for m in methods)
+            or (selection is not None and selection.needs_source_data)
+        ):
+            source_train, source_validation = _source_data(source_profile, registry, cache_dir)
         classes = target.task.classes
         transform = training_transform(target, registry)
         runs: list[CandidateRun] = []
@@ -247,6 +254,7 @@ def adapt(
                         plain=PatchDataset(site.loader, split.train, classes),
                         validation=PatchDataset(site.loader, split.validation, classes),
                         source_train=source_train,
+                        source_validation=source_validation,
                         selection=selection,
                         quiet=quiet,
                         source_model=source_model,
@@ -349,10 +357,10 @@ def _selection(
     return score
 
 
-def _source_training_data(
+def _source_data(
     profile: Profile, registry: ComponentRegistry, cache_dir: Path | None
-) -> Dataset:
-    """The source site's labelled training split (its own seed and fractions)."""
+) -> tuple[Dataset, Dataset]:
+    """The source site's labelled training and validation splits (its seed and fractions)."""
     assert profile.data is not None
     site = open_site_data(profile, registry, cache_dir)
     labelled = [r for r in site.records if r.label is not None]
@@ -360,14 +368,21 @@ def _source_training_data(
         labelled, profile.data.split, profile.seed, profile.task.positive_class
     )
     train = [r for r in records if r.split is Split.TRAIN]
-    if not train:
-        raise InvalidInputError(f"{profile.site.name}: no labelled source training samples")
-    return PatchDataset(
-        site.loader,
-        train,
-        profile.task.classes,
-        transform=training_transform(profile, registry),
-        seed=profile.seed,
+    validation = [r for r in records if r.split is Split.VALIDATION]
+    if not train or not validation:
+        raise InvalidInputError(
+            f"{profile.site.name}: the source site needs labelled samples in its train and "
+            "validation splits"
+        )
+    return (
+        PatchDataset(
+            site.loader,
+            train,
+            profile.task.classes,
+            transform=training_transform(profile, registry),
+            seed=profile.seed,
+        ),
+        PatchDataset(site.loader, validation, profile.task.classes),
     )
 
 
@@ -386,6 +401,7 @@ def _run_candidate(
     plain: Dataset,
     validation: Dataset,
     source_train: Dataset | None,
+    source_validation: Dataset | None,
     selection: SelectionScore | None,
     quiet: bool,
     source_model: Path,
@@ -416,6 +432,7 @@ def _run_candidate(
         selection=selection,
         plain=plain,
         source_train=source_train,
+        source_validation=source_validation,
         quiet=quiet,
     )
     run = CandidateRun(
@@ -478,6 +495,7 @@ def run_method(
     selection: SelectionScore | None = None,
     plain: Dataset | None = None,
     source_train: Dataset | None = None,
+    source_validation: Dataset | None = None,
     quiet: bool = True,
 ) -> Any:
     """Adapt ``model`` in place with ``method``, with the engine's training loop.
@@ -488,6 +506,8 @@ def run_method(
         plain: the target training data without augmentation (for the method's epoch
             start); default ``train``.
         source_train: labelled source data, for methods that need it.
+        source_validation: the source validation split, for a selection score that needs
+            it (DEV).
 
     Returns:
         The loop's :class:`~medadapt.engine.loop.FitResult`; ``folder/best.safetensors``
@@ -549,6 +569,7 @@ def run_method(
         before_epoch=before_epoch,
         extra_modules=method.extra_modules(),
         trains=method.trains,
+        source_validation=source_validation,
     )
     fit = trainer.fit(resume=(folder / "checkpoint.pt").is_file())
     model.load_state_dict(load_file(str(fit.best_weights)))

@@ -389,12 +389,28 @@ class AdaptationMethod(Component):
 # --- model selection ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SourceValidation:
+    """A model's predictions on the source site's labelled validation split.
+
+    Only scores that declare ``needs_source_data`` receive it, and only when the source
+    site's profile was given.
+    """
+
+    probabilities: np.ndarray  # (samples, classes)
+    features: np.ndarray  # (samples, feature_dim)
+    labels: np.ndarray  # (samples,) class indices
+
+
 class SelectionScore(Component):
     """A label-free score of how well a model fits the target site, for model selection."""
 
     kind = ComponentKind.SELECTION_SCORES
     #: Whether a larger score means a better model.
     higher_is_better: ClassVar[bool]
+    #: Whether the score also needs the model's predictions on labelled source validation
+    #: data (DEV does); then ``score`` receives them as ``source``.
+    needs_source_data: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, probabilities: np.ndarray, features: np.ndarray | None = None) -> float:
@@ -403,6 +419,9 @@ class SelectionScore(Component):
         Args:
             probabilities: shape (samples, classes); each row sums to 1.
             features: shape (samples, feature_dim), for scores that look at features.
+
+        A score with ``needs_source_data`` takes a third argument, ``source``
+        (:class:`SourceValidation`).
         """
 
 

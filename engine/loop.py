@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from medadapt.engine.batchnorm import recompute_batch_norm
-from medadapt.engine.components import SelectionScore
+from medadapt.engine.components import SelectionScore, SourceValidation
 from medadapt.engine.data import UNLABELLED
 from medadapt.engine.distributed import World
 from medadapt.engine.errors import InvalidInputError
@@ -112,6 +112,7 @@ class Trainer:
         before_epoch: called with the epoch number before each training epoch.
         extra_modules: modules outside the model that train with it (a domain
             discriminator): moved to the device and kept in the checkpoint.
+        source_validation: labelled source data, for a selection score that needs them.
         trains: False for a job that takes no training step (AdaBN): each epoch is
             ``before_epoch`` then validation.
     """
@@ -137,6 +138,7 @@ class Trainer:
         before_epoch: Callable[[int], None] | None = None,
         extra_modules: dict[str, nn.Module] | None = None,
         trains: bool = True,
+        source_validation: Dataset | None = None,
     ) -> None:
         self.training = training
         self.out_dir = out_dir
@@ -176,6 +178,12 @@ class Trainer:
         self.train_data = train_data
         self.val_data = val_data
         self.selection = selection
+        self.source_validation = source_validation
+        if selection is not None and selection.needs_source_data and source_validation is None:
+            raise InvalidInputError(
+                f"the selection score {selection.name!r} needs the source site's validation "
+                "data: give the source profile"
+            )
         self.before_epoch = before_epoch
         self._writer = _BackgroundWriter()
 
@@ -313,9 +321,10 @@ class Trainer:
         return {"loss": self.criterion(model(patches), labels)}
 
     @torch.no_grad()
-    def _validate(self, epoch: int, train_loss: float) -> EpochResult:
+    def _predict(self, data: Dataset, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Probabilities, features (empty without a selection score) and labels."""
         self.model.eval()
-        loader = self._loader(self.val_data, epoch, shuffle=False, distributed=False)
+        loader = self._loader(data, epoch, shuffle=False, distributed=False)
         probabilities, labels, features = [], [], []
         for patches, target in loader:
             with self._autocast():
@@ -327,11 +336,23 @@ class Trainer:
                     features.append(feature.float().flatten(1).cpu())
             probabilities.append(logits.softmax(dim=1).cpu())
             labels.append(target)
-        p = torch.cat(probabilities).numpy()
-        y = torch.cat(labels).numpy()
+        return (
+            torch.cat(probabilities).numpy(),
+            torch.cat(features).numpy() if features else np.empty((0, 0)),
+            torch.cat(labels).numpy(),
+        )
+
+    def _validate(self, epoch: int, train_loss: float) -> EpochResult:
+        p, f, y = self._predict(self.val_data, epoch)
         score = None
         if self.selection is not None:
-            score = float(self.selection.score(p, torch.cat(features).numpy()))
+            if self.selection.needs_source_data:
+                assert self.source_validation is not None
+                sp, sf, sy = self._predict(self.source_validation, epoch)
+                source = SourceValidation(sp, sf, sy)
+                score = float(self.selection.score(p, f, source=source))  # type: ignore[call-arg]
+            else:
+                score = float(self.selection.score(p, f))
         labelled = y != UNLABELLED
         p, y = p[labelled], y[labelled]
         loss = accuracy = auroc = None

@@ -66,7 +66,7 @@ class PluginHost:
         >>> host = PluginHost()
         >>> host.load_entry_points(only={"selection-scores"})
         >>> host.registry().names(ComponentKind.SELECTION_SCORES)
-        ['entropy', 'information-maximization', 'snd']
+        ['dev', 'entropy', 'information-maximization', 'snd']
     """
 
     def __init__(self) -> None:

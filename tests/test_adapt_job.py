@@ -154,6 +154,16 @@ def test_a_method_needing_source_data_is_refused_without_a_source_profile(sites,
         run_adapt(sites, tmp_path / "coral", target_profile(method="coral"))
 
 
+def test_dev_selection_needs_and_uses_the_source_profile(sites, tmp_path):
+    profile = target_profile(method="adabn")
+    profile["selection"] = {"score": "dev"}
+    with pytest.raises(InvalidInputError, match="'dev' needs the source site's validation"):
+        run_adapt(sites, tmp_path / "no-source", profile)
+    result = run_adapt(sites, tmp_path / "dev", profile, source_profile=load(sites["source"]))
+    assert result.summary["selection"] == "dev"
+    assert result.summary["methods"]["adabn"]["score_mean"] > 0
+
+
 def test_a_rerun_reuses_finished_runs(sites, tmp_path):
     profile = target_profile(method="adabn")
     first = run_adapt(sites, tmp_path / "again", profile)

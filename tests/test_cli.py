@@ -48,7 +48,12 @@ def test_plugins_json_lists_every_plugin_with_what_it_provides():
         "adaptation_methods",
         "selection_scores",
     }
-    assert builtin["provides"]["selection_scores"] == ["entropy", "information-maximization", "snd"]
+    assert builtin["provides"]["selection_scores"] == [
+        "dev",
+        "entropy",
+        "information-maximization",
+        "snd",
+    ]
     assert listing["failed"] == []
     assert listing["error"] is None
 
@@ -57,7 +62,7 @@ def test_plugins_json_lists_every_plugin_with_what_it_provides():
 def test_plugins_table_shows_components_per_kind():
     result = CliRunner().invoke(cli, ["plugins"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    assert "selection scores: entropy, information-maximization" in result.output
+    assert "selection scores: dev, entropy, information-maximization, snd" in result.output
     assert "data sources: toy-folder" in result.output
     assert "(registered in code)" in result.output
 

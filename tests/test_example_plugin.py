@@ -107,7 +107,7 @@ def test_without_the_example_the_profile_names_the_missing_component(
     assert result.returncode == 2
     assert str(profile_using_example) in result.stdout
     assert "selection.score: unknown selection score 'prevalence-match'" in result.stdout
-    assert "Installed: 'entropy', 'information-maximization', 'snd'" in result.stdout
+    assert "Installed: 'dev', 'entropy', 'information-maximization', 'snd'" in result.stdout
 
 
 @pytest.fixture

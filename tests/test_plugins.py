@@ -21,7 +21,12 @@ def test_builtin_plugins_load_through_the_entry_point_group(host):
     assert builtin.module == "medadapt.plugins.selection_scores"
     assert builtin.distribution == "medadapt"
     assert builtin.version
-    assert builtin.provides["selection_scores"] == ["entropy", "information-maximization", "snd"]
+    assert builtin.provides["selection_scores"] == [
+        "dev",
+        "entropy",
+        "information-maximization",
+        "snd",
+    ]
     assert host.failures == []
 
 
@@ -31,7 +36,7 @@ def test_a_registered_plugin_provides_components_of_every_kind(host, toy):
     assert registry.names(ComponentKind.DATA_SOURCES) == ["dicom-ct", "phantom", "toy-folder"]
     assert {"toy-mirror", "toy-noise"} <= set(registry.names(ComponentKind.AUGMENTATIONS))
     assert "toy-volume-net" in registry.names(ComponentKind.BACKBONES)
-    assert registry.names(ComponentKind.ADAPTATION_METHODS) == ["toy-finetune"]
+    assert "toy-finetune" in registry.names(ComponentKind.ADAPTATION_METHODS)
     assert "toy-confidence" in registry.names(SCORES)
     assert registry.provider(SCORES, "toy-confidence") == "toy"
     host.unregister("toy")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from medadapt.engine import SourceValidation
 from medadapt.plugins.selection_scores import (
+    DeepEmbeddedValidation,
     Entropy,
     InformationMaximization,
     SoftNeighborhoodDensity,
@@ -46,6 +48,32 @@ def test_snd_prefers_a_model_whose_predictions_form_groups():
     assert SoftNeighborhoodDensity.higher_is_better
     with pytest.raises(ValueError, match="at least 3 samples"):
         snd.score(np.array([[0.5, 0.5], [0.2, 0.8]]))
+
+
+def test_dev_counts_source_errors_where_the_target_patients_are():
+    rng = np.random.default_rng(1)
+    # Source patients in two groups; the target site only sees patients like group "near".
+    far = rng.normal(-3.0, 0.5, (60, 2))
+    near = rng.normal(3.0, 0.5, (60, 2))
+    source_features = np.vstack([far, near])
+    target_features = rng.normal(3.0, 0.5, (80, 2))
+    labels = np.zeros(120, dtype=int)
+    right, wrong = [0.95, 0.05], [0.05, 0.95]
+    wrong_near = np.array([right] * 60 + [wrong] * 60)
+    wrong_far = np.array([wrong] * 60 + [right] * 60)
+    target = np.full((80, 2), 0.5)
+    dev = DeepEmbeddedValidation()
+
+    def risk(probabilities):
+        source = SourceValidation(probabilities, source_features, labels)
+        return dev.score(target, target_features, source=source)
+
+    # Both models are wrong on half the source patients; only one is wrong where it matters.
+    assert risk(wrong_near) > risk(wrong_far)
+    assert DeepEmbeddedValidation.needs_source_data
+    assert not DeepEmbeddedValidation.higher_is_better
+    with pytest.raises(ValueError, match="needs target features"):
+        dev.score(target, target_features)
 
 
 @pytest.mark.parametrize(
