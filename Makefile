@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/training_loop.py
 	$(BIN)/python benchmarks/source_model.py
 	$(BIN)/python benchmarks/augmentation_effect.py
+	$(BIN)/python benchmarks/adaptation.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

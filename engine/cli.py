@@ -388,6 +388,14 @@ def _summary_text(summary: dict[str, Any]) -> str:
             or "none chosen yet"
         ),
         f"augmentations: {', '.join(summary['augmentations']) or 'none'}",
+        *(
+            [
+                f"adaptation: {summary['adaptation']['method']}, target labels "
+                f"{summary['adaptation']['target_labels']}"
+            ]
+            if summary.get("adaptation")
+            else []
+        ),
         "acceptance: "
         + ", ".join(f"{key} {value:g}" for key, value in summary["acceptance"].items()),
         f"seed: {summary['seed']}",

@@ -768,9 +768,15 @@ def summarize(profile: Profile) -> dict[str, Any]:
         "components": {
             kind.label.replace(" ", "_"): name
             for kind, _, name, _ in _chosen_components(profile)
-            if kind is not ComponentKind.AUGMENTATIONS
+            if kind not in (ComponentKind.AUGMENTATIONS, ComponentKind.ADAPTATION_METHODS)
         },
         "augmentations": [augmentation.name for augmentation in profile.augmentations],
+        "adaptation": None
+        if profile.adaptation is None
+        else {
+            "method": profile.adaptation.method,
+            "target_labels": profile.adaptation.target_labels,
+        },
         "acceptance": acceptance,
         "seed": profile.seed,
     }
