@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.transforms import Compose
+from monai.utils import MAX_SEED
 
 from medadapt.engine.components import Augmentation, ComponentKind, SampleRecord
 from medadapt.engine.errors import InvalidInputError
@@ -26,8 +28,6 @@ def training_transform(
     """
     if not profile.augmentations:
         return None
-    from monai.transforms import Compose
-
     transforms = []
     for choice in profile.augmentations:
         augmentation = registry.create(
@@ -38,7 +38,24 @@ def training_transform(
         if problem:
             raise InvalidInputError(problem)
         transforms.append(augmentation.transform())
-    return Compose(transforms)
+    return SeededCompose(transforms)
+
+
+class SeededCompose(Compose):
+    """MONAI's Compose, seeding every transform that has ``set_random_state``.
+
+    MONAI's own Compose seeds only subclasses of its ``Randomizable``; a plugin's transform
+    that merely has the method (as the contract asks) would keep drawing from an unseeded
+    state, and the same seed would not give the same augmented samples.
+    """
+
+    def set_random_state(self, seed: int | None = None, state: Any = None) -> SeededCompose:
+        super().set_random_state(seed=seed, state=state)
+        draw = np.random.RandomState(seed) if state is None else state
+        for transform in self.transforms:
+            if hasattr(transform, "set_random_state"):
+                transform.set_random_state(seed=int(draw.randint(MAX_SEED, dtype="uint32")))
+        return self
 
 
 def preview_grid(

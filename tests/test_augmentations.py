@@ -83,6 +83,23 @@ def test_the_same_seed_gives_the_same_augmented_sample(name):
     np.testing.assert_array_equal(apply(aug, patch, 11), apply(aug, patch, 11))
 
 
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_the_same_seed_gives_the_same_sample_through_the_training_composition(name):
+    # As the engine runs them: composed, then seeded per sample through the composition.
+    from medadapt.engine.augment import SeededCompose
+
+    composed = SeededCompose([augmentation(name).transform()])
+    patch = random_patch(SHAPES["3d"] if name == "thicker-slices" else SHAPES["2d"], 5)
+
+    def draw(seed):
+        composed.set_random_state(seed=seed)
+        return np.asarray(composed(patch.copy()), dtype=np.float32)
+
+    np.testing.assert_array_equal(draw(11), draw(11))
+    if name not in ("random-flip",):  # a flip has only two outcomes
+        assert any(not np.array_equal(draw(11), draw(s)) for s in range(12, 16))
+
+
 def test_a_flip_is_an_exact_mirror_and_only_left_right_changes_laterality():
     patch = random_patch(SHAPES["2d"], 3)
     left_right = augmentation("random-flip", axis="left-right")
