@@ -55,6 +55,14 @@ step "3D DenseNet-121, CUDA, mixed precision"
 profile amp3d 3d "[32, 32, 32]" densenet121 true 1
 run "$py" -m medadapt.engine train -p "$WORK/amp3d.yaml" --out "$WORK/amp3d"
 
+step "adapt on CUDA with mixed precision: every method, auto, DEV selection"
+profile target 2d "[48, 48]" resnet18 true 2
+sed -i 's/scanner: siemens-smooth-standard-dose/scanner: ge-sharp-low-dose/; s/seed: 3, slices/seed: 4, slices/' "$WORK/target.yaml"
+printf 'selection: {score: dev}\n' >>"$WORK/target.yaml"
+run "$py" -m medadapt.engine adapt -p "$WORK/target.yaml" --from "$WORK/amp2d/model" \
+  --source-profile "$WORK/amp2d.yaml" --method auto --out "$WORK/adapt"
+run "$py" -c "import json,sys; s=json.load(open('$WORK/adapt/adapt.json')); print(s['kept'], {m: round(f['score_mean'], 4) for m, f in s['methods'].items()})"
+
 step "NCCL: torchrun, one process per GPU"
 profile nccl 2d "[48, 48]" small-cnn true 1
 run "$py" -m torch.distributed.run --standalone --nproc_per_node=1 -m medadapt.engine train \
@@ -63,6 +71,6 @@ run grep -h '"world_size"' "$WORK/nccl/run.json"
 
 step "the test suite with the GPU visible"
 run "$py" -m pytest -q -x -p no:cacheprovider tests/test_training.py tests/test_batchnorm.py \
-  tests/test_augmentations.py
+  tests/test_augmentations.py tests/test_adaptation_methods.py tests/test_adapt_job.py
 step "done: status $status"
 exit $status

@@ -68,8 +68,11 @@ from medadapt.engine.train import data_manifest_hash, profile_hash
 
 SUMMARY = "adapt.json"
 SOURCE_ONLY = "source-only"
-#: The selection score when the target profile names none.
+#: The selection score when the target profile names none: DEV when the source site's
+#: profile is given (it is no method's training objective, so it favours none of them),
+#: else information maximisation, which SHOT maximises and so tends to favour SHOT.
 DEFAULT_SCORE = "information-maximization"
+DEFAULT_SCORE_WITH_SOURCE = "dev"
 
 
 class Unadapted(AdaptationMethod):
@@ -218,7 +221,7 @@ def adapt(
                 f"{target.site.name}: adaptation needs target patients in both the train and "
                 "validation splits; more patients or other data.split fractions are needed"
             )
-        selection = _selection(target, registry, split)
+        selection = _selection(target, registry, split, source_profile is not None)
         if selection is not None and selection.needs_source_data and source_profile is None:
             raise InvalidInputError(
                 f"the selection score {selection.name!r} needs the source site's validation "
@@ -341,15 +344,16 @@ def _candidates(
 
 
 def _selection(
-    target: Profile, registry: ComponentRegistry, split: TargetSplit
+    target: Profile, registry: ComponentRegistry, split: TargetSplit, has_source: bool
 ) -> SelectionScore | None:
     """The label-free score, unless the validation split keeps its labels."""
     if any(r.label is not None for r in split.validation):
         return None
     choice = target.selection
+    default = DEFAULT_SCORE_WITH_SOURCE if has_source else DEFAULT_SCORE
     score = registry.create(
         ComponentKind.SELECTION_SCORES,
-        choice.score if choice else DEFAULT_SCORE,
+        choice.score if choice else default,
         choice.params if choice else {},
         base_dir=target.base_dir,
     )
@@ -614,6 +618,7 @@ def _conclude(
         "source_model": {"site": card["site"], "weights_sha256": card["weights_sha256"]},
         "method": name,
         "selection": _selection_name(selection),
+        "selection_higher_is_better": True if selection is None else selection.higher_is_better,
         "target_labels": (target.adaptation or AdaptationChoice()).target_labels,
         "samples": {
             "train": len(split.train),

@@ -314,7 +314,11 @@ def adapt_command(
         _emit_json(result.summary)
         return
     summary = result.summary
-    click.echo(f"model written to {result.model_dir}  (selection: {summary['selection']})")
+    better = "higher" if summary["selection_higher_is_better"] else "lower"
+    click.echo(
+        f"model written to {result.model_dir}\n"
+        f"  selection: {summary['selection']} ({better} is better)"
+    )
     for name, figures in summary["methods"].items():
         click.echo(
             f"  {name:<12} score {figures['score_mean']:.3f} ± {figures['score_sd']:.3f} "

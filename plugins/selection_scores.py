@@ -171,10 +171,13 @@ class DeepEmbeddedValidation(SelectionScore):
 def density_ratio(source: np.ndarray, target: np.ndarray, folds: int = 5) -> np.ndarray:
     """p_target(x) / p_source(x) at each source sample, from a domain classifier.
 
-    A logistic regression on standardised features tells the sites apart; each source
-    sample's probability comes from a model that did not see it (cross-fitting), so the
-    weights are not overconfident. Weights are clipped to [0.01, 100].
+    A regularised logistic regression tells the sites apart on the features' leading
+    principal components (at most 16: a validation split has tens of patients, and a
+    classifier on hundreds of dimensions would separate them perfectly and give extreme
+    weights). Each source sample's probability comes from a model that did not see it
+    (cross-fitting). Weights are clipped to [0.01, 100].
     """
+    from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
@@ -183,7 +186,12 @@ def density_ratio(source: np.ndarray, target: np.ndarray, folds: int = 5) -> np.
     x = np.vstack([source, target])
     domain = np.r_[np.zeros(len(source)), np.ones(len(target))]
     folds = max(2, min(folds, len(source), len(target)))
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    components = max(1, min(16, x.shape[1], len(x) // folds - 1))
+    classifier = make_pipeline(
+        StandardScaler(),
+        PCA(n_components=components, random_state=0),
+        LogisticRegression(C=0.1, max_iter=1000),
+    )
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
     p_target = cross_val_predict(classifier, x, domain, cv=split, method="predict_proba")[
         : len(source), 1
