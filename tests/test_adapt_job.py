@@ -184,6 +184,9 @@ def test_coral_with_the_source_profile_and_two_seeds(sites, tmp_path):
     )
     runs = result.summary["methods"]["coral"]["runs"]
     assert [r["seed"] for r in runs] == [3, 4]
+    # With the source profile and no selection.score in the profile, DEV chooses.
+    assert result.summary["selection"] == "dev"
+    assert result.summary["selection_higher_is_better"] is False
     assert result.summary["methods"]["coral"]["score_sd"] >= 0.0
     assert result.kept == "coral"
 
