@@ -213,3 +213,21 @@ def test_the_command_line_adapts_and_explains_refusals(sites, tmp_path):
     refused = runner.invoke(cli, ["adapt", "-p", str(mismatched), "--from", str(sites["model"])])
     assert refused.exit_code == ExitCode.INVALID_INPUT
     assert "preprocessing.window: the model expects" in refused.output
+
+
+def test_other_classes_get_a_new_head_and_only_finetune(sites, tmp_path):
+    from medadapt.engine.adapt import _candidates, _fresh_model
+    from medadapt.engine.profile import AdaptationChoice
+
+    registry = get_plugin_host().registry()
+    loaded = load_model(sites["model"], registry)
+    model = _fresh_model(registry, loaded.card, loaded.model.state_dict(), 3)
+    assert model.head.out_features == 3
+    for key, value in loaded.model.features.state_dict().items():
+        assert (model.features.state_dict()[key] == value).all()
+    few = AdaptationChoice(target_labels="few")
+    assert _candidates("auto", few, registry, False, same_classes=False) == ["finetune"]
+    with pytest.raises(InvalidInputError, match="keeps the source model's classes"):
+        _candidates("tent", few, registry, False, same_classes=False)
+    with pytest.raises(InvalidInputError, match="only finetune"):
+        _candidates("auto", AdaptationChoice(), registry, False, same_classes=False)
