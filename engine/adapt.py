@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
@@ -67,6 +68,8 @@ from medadapt.engine.splits import split_by_patient
 from medadapt.engine.train import data_manifest_hash, profile_hash
 
 SUMMARY = "adapt.json"
+#: Each run's predictions on the target validation split (numbers only), for EnsV.
+PROBABILITIES = "validation-probabilities.npy"
 SOURCE_ONLY = "source-only"
 #: The selection score when the target profile names none: DEV when the source site's
 #: profile is given (it is no method's training objective, so it favours none of them),
@@ -158,6 +161,9 @@ class CandidateRun:
     val_auroc: float | None
     best_epoch: int
     folder: Path
+    #: Under auto: the share of target validation samples on which this run's prediction
+    #: agrees with the mean prediction of every candidate at its seed (EnsV).
+    agreement: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "folder": str(self.folder)}
@@ -448,6 +454,7 @@ def _run_candidate(
         folder=folder,
     )
     if world.is_main:
+        np.save(folder / PROBABILITIES, _probabilities(model, validation, world.device))
         if name == SOURCE_ONLY:
             _copy_model(source_model, folder / "model")
         else:
@@ -455,6 +462,38 @@ def _run_candidate(
         write_json_atomic(folder / "history.json", {"history": fit.history})
         write_json_atomic(finished, run.as_dict())
     return run
+
+
+@torch.no_grad()
+def _probabilities(model: nn.Module, data: Dataset, device: torch.device) -> np.ndarray:
+    """The model's class probabilities on ``data``, in order."""
+    model.eval()
+    return np.concatenate(
+        [
+            model(patches.to(device)).float().softmax(dim=1).cpu().numpy()
+            for patches, _ in DataLoader(data, batch_size=64)
+        ]
+    )
+
+
+def ensemble_agreement(probabilities: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Each candidate's agreement with the candidates' mean prediction (EnsV).
+
+    The mean of every candidate's probabilities is a better labeller of the target than most
+    candidates alone (Hu et al., 2023, "Mitigating the bias in the model selection of
+    unsupervised domain adaptation" / EnsV); each candidate is scored by the share of
+    samples whose predicted class matches the ensemble's. No candidate's training
+    objective is the criterion, so none is favoured for optimising it.
+
+    Example:
+        >>> p = {"a": np.array([[0.9, 0.1], [0.2, 0.8]]), "b": np.array([[0.8, 0.2], [0.3, 0.7]]),
+        ...      "c": np.array([[0.4, 0.6], [0.4, 0.6]])}
+        >>> ensemble_agreement(p)
+        {'a': 1.0, 'b': 1.0, 'c': 0.5}
+    """
+    mean = np.mean(list(probabilities.values()), axis=0)
+    pseudo = mean.argmax(axis=1)
+    return {name: float((p.argmax(axis=1) == pseudo).mean()) for name, p in probabilities.items()}
 
 
 def _copy_model(source: Path, destination: Path) -> None:
@@ -605,7 +644,17 @@ def _conclude(
     by_method: dict[str, list[CandidateRun]] = {}
     for run in runs:
         by_method.setdefault(run.method, []).append(run)
-    key = _ranking(selection)
+    choice = target.adaptation or AdaptationChoice()
+    ensemble = name == AUTO and selection is not None and choice.auto_selection == "ensemble"
+    if ensemble:
+        for seed in {run.seed for run in runs}:
+            at_seed = [run for run in runs if run.seed == seed]
+            agreement = ensemble_agreement(
+                {run.method: np.load(run.folder / PROBABILITIES) for run in at_seed}
+            )
+            for run in at_seed:
+                run.agreement = agreement[run.method]
+    key = _agreement if ensemble else _ranking(selection)
     means = {m: statistics.mean(key(r) for r in rs) for m, rs in by_method.items()}
     best_method = max(means, key=lambda m: means[m])
     best_run = max(by_method[best_method], key=key)
@@ -619,6 +668,9 @@ def _conclude(
         "method": name,
         "selection": _selection_name(selection),
         "selection_higher_is_better": True if selection is None else selection.higher_is_better,
+        "methods_compared_by": "agreement with the ensemble of candidates (EnsV)"
+        if ensemble
+        else _selection_name(selection),
         "target_labels": (target.adaptation or AdaptationChoice()).target_labels,
         "samples": {
             "train": len(split.train),
@@ -631,6 +683,11 @@ def _conclude(
             m: {
                 "score_mean": statistics.mean(_value(r) for r in rs),
                 "score_sd": statistics.stdev([_value(r) for r in rs]) if len(rs) > 1 else 0.0,
+                **(
+                    {"agreement_mean": statistics.mean(_agreement(r) for r in rs)}
+                    if ensemble
+                    else {}
+                ),
                 "runs": [r.as_dict() for r in rs],
             }
             for m, rs in by_method.items()
@@ -641,6 +698,11 @@ def _conclude(
     }
     write_json_atomic(out_dir / SUMMARY, summary)
     return AdaptResult(out_dir, model_dir, best_method, helped, runs, summary)
+
+
+def _agreement(run: CandidateRun) -> float:
+    assert run.agreement is not None
+    return run.agreement
 
 
 def _value(run: CandidateRun) -> float:

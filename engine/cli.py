@@ -319,10 +319,13 @@ def adapt_command(
         f"model written to {result.model_dir}\n"
         f"  selection: {summary['selection']} ({better} is better)"
     )
+    click.echo(f"  methods compared by: {summary['methods_compared_by']}")
     for name, figures in summary["methods"].items():
+        agreement = figures.get("agreement_mean")
         click.echo(
             f"  {name:<12} score {figures['score_mean']:.3f} ± {figures['score_sd']:.3f} "
-            f"over {len(figures['runs'])} seed(s)"
+            + ("" if agreement is None else f"agreement {agreement:.3f} ")
+            + f"over {len(figures['runs'])} seed(s)"
         )
     if summary["adaptation_helped"] is False:
         click.echo("  adaptation did not help: the unadapted source model is kept")

@@ -218,6 +218,11 @@ class AdaptationChoice(_Section):
         default_factory=list,
         description="the methods auto tries; empty: every installed method the data allow",
     )
+    auto_selection: Literal["ensemble", "score"] = Field(
+        default="ensemble",
+        description="how auto compares methods without labels: ensemble (agreement with "
+        "the candidates' mean prediction, EnsV) or score (the selection score)",
+    )
 
 
 class SelectionChoice(_Section):

@@ -97,8 +97,11 @@ def test_auto_scores_the_source_model_and_each_method_and_keeps_the_best(sites, 
     assert summary["target_labels"] == "none"
     assert summary["samples"]["labelled"] == {}
     assert summary["samples"]["test_set_aside"] > 0
-    means = {m: f["score_mean"] for m, f in summary["methods"].items()}
-    assert summary["kept"] == max(means, key=means.get)
+    # Methods are compared by agreement with the candidates' mean prediction (EnsV).
+    assert "EnsV" in summary["methods_compared_by"]
+    agreement = {m: f["agreement_mean"] for m, f in summary["methods"].items()}
+    assert agreement[summary["kept"]] == max(agreement.values())
+    assert all(0.0 <= a <= 1.0 for a in agreement.values())
     assert summary["adaptation_helped"] == (summary["kept"] != SOURCE_ONLY)
     loaded = load_model(result.model_dir, get_plugin_host().registry())
     if result.helped:
