@@ -26,7 +26,7 @@ import random
 import shutil
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -427,6 +427,17 @@ def _run_candidate(
     method = cls.from_params(choice.params if name == choice.method else {})
     seed_everything(seed)
     model = _fresh_model(registry, card, source_state, len(target.task.classes))
+    backbone = registry.create(
+        ComponentKind.BACKBONES, card["backbone"]["name"], card["backbone"].get("params", {})
+    )
+    assert isinstance(backbone, Backbone)
+    stages = backbone.stages(model.features)
+    unknown = [name for name in target.training.freeze if name not in stages]
+    if unknown:
+        raise InvalidInputError(
+            f"training.freeze names {', '.join(map(repr, unknown))}, which the model's backbone "
+            f"{backbone.name!r} does not have; its stages are: {', '.join(stages) or 'none'}"
+        )
     fit = run_method(
         model,
         method,
@@ -444,6 +455,7 @@ def _run_candidate(
         source_train=source_train,
         source_validation=source_validation,
         quiet=quiet,
+        frozen=[m for name in target.training.freeze for m in stages[name]],
     )
     run = CandidateRun(
         method=name,
@@ -540,6 +552,7 @@ def run_method(
     source_train: Dataset | None = None,
     source_validation: Dataset | None = None,
     quiet: bool = True,
+    frozen: Sequence[nn.Module] = (),
 ) -> Any:
     """Adapt ``model`` in place with ``method``, with the engine's training loop.
 
@@ -551,6 +564,8 @@ def run_method(
         source_train: labelled source data, for methods that need it.
         source_validation: the source validation split, for a selection score that needs
             it (DEV).
+        frozen: modules kept as loaded (``training.freeze``): no gradient, and their
+            batch-norm statistics are not recomputed.
 
     Returns:
         The loop's :class:`~medadapt.engine.loop.FitResult`; ``folder/best.safetensors``
@@ -559,6 +574,9 @@ def run_method(
     if method.needs_source_data and source_train is None:
         raise InvalidInputError(f"{method.name!r} needs labelled source data")
     method.setup(model, model.head.in_features, model.head.out_features)
+    for module in frozen:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
     options = training.optimizer
     batches = training.batch_size
     epochs = training.epochs if method.trains else 1
@@ -603,9 +621,10 @@ def run_method(
         host,
         run,
         positive_index=positive_index,
-        param_groups=method.parameter_groups(options.lr, options.lr * options.backbone_lr_factor)
+        param_groups=_learning(method, options.lr, options.lr * options.backbone_lr_factor)
         if method.trains
         else None,
+        frozen=frozen,
         step=step,
         quiet=quiet,
         selection=selection,
@@ -617,6 +636,21 @@ def run_method(
     fit = trainer.fit(resume=(folder / "checkpoint.pt").is_file())
     model.load_state_dict(load_file(str(fit.best_weights)))
     return fit
+
+
+def _learning(method: AdaptationMethod, lr: float, backbone_lr: float) -> list[dict[str, Any]]:
+    """The method's parameter groups without frozen parameters; an error when none is left."""
+    groups = [
+        {**group, "params": [p for p in group["params"] if p.requires_grad]}
+        for group in method.parameter_groups(lr, backbone_lr)
+    ]
+    groups = [group for group in groups if group["params"]]
+    if not groups:
+        raise InvalidInputError(
+            f"{method.name!r} has nothing left to learn: training.freeze froze every "
+            "parameter it trains"
+        )
+    return groups
 
 
 def _forever(data: Dataset, batch_size: int, seed: int) -> Iterator[Any]:

@@ -234,3 +234,21 @@ def test_other_classes_get_a_new_head_and_only_finetune(sites, tmp_path):
         _candidates("tent", few, registry, False, same_classes=False)
     with pytest.raises(InvalidInputError, match="only finetune"):
         _candidates("auto", AdaptationChoice(), registry, False, same_classes=False)
+
+
+def test_finetune_keeps_frozen_stages_as_loaded(sites, tmp_path):
+    from safetensors.torch import load_file
+
+    profile = target_profile(method="finetune", target_labels="all")
+    profile["training"] = {**profile["training"], "freeze": ["stem"]}
+    result = run_adapt(sites, tmp_path / "frozen", profile)
+    source = load_file(str(sites["model"] / "weights.safetensors"))
+    adapted = load_file(str(result.model_dir / "weights.safetensors"))
+    stem = [k for k in source if k.startswith("features.stem.")]
+    assert stem
+    for key in stem:
+        assert (adapted[key] == source[key]).all(), key
+    assert any(not (adapted[k] == source[k]).all() for k in source if k.startswith("head."))
+    profile["training"]["freeze"] = ["trunk"]
+    with pytest.raises(InvalidInputError, match="does not have; its stages are"):
+        run_adapt(sites, tmp_path / "unknown", profile)
