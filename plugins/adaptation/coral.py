@@ -10,7 +10,7 @@ from torch import Tensor
 
 from medadapt.engine import AdaptationMethod
 from medadapt.engine.components import NoParams
-from medadapt.plugins.adaptation.losses import features_and_logits, supervised
+from medadapt.plugins.adaptation.losses import source_task_and_features
 
 
 def coral_distance(source: Tensor, target: Tensor) -> Tensor:
@@ -40,9 +40,8 @@ class Coral(AdaptationMethod):
     def update(
         self, source_batch: Mapping[str, Tensor] | None, target_batch: Mapping[str, Tensor]
     ) -> dict[str, Tensor]:
-        assert source_batch is not None
-        source_features, source_logits = features_and_logits(self.model, source_batch["patches"])
-        target_features = self.model.features(target_batch["patches"])
-        task = supervised(source_logits, source_batch)
+        task, source_features, target_features = source_task_and_features(
+            self.model, source_batch, target_batch
+        )
         alignment = coral_distance(source_features, target_features)
         return {"loss": task + self.params.weight * alignment, "task": task, "coral": alignment}

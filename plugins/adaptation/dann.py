@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from medadapt.engine import AdaptationMethod
 from medadapt.engine.components import NoParams
-from medadapt.plugins.adaptation.losses import features_and_logits, supervised
+from medadapt.plugins.adaptation.losses import source_task_and_features
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -78,10 +78,9 @@ class DANN(AdaptationMethod):
     def update(
         self, source_batch: Mapping[str, Tensor] | None, target_batch: Mapping[str, Tensor]
     ) -> dict[str, Tensor]:
-        assert source_batch is not None
-        source_features, source_logits = features_and_logits(self.model, source_batch["patches"])
-        target_features = self.model.features(target_batch["patches"])
-        task = supervised(source_logits, source_batch)
+        task, source_features, target_features = source_task_and_features(
+            self.model, source_batch, target_batch
+        )
         coefficient = warm_up(self.progress)
         features = torch.cat([source_features, target_features])
         domains = torch.cat(

@@ -35,3 +35,14 @@ def supervised(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
     if not bool((labels != UNLABELLED).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits, labels, ignore_index=UNLABELLED)
+
+
+def source_task_and_features(
+    model: nn.Module, source_batch: Mapping[str, Tensor] | None, target_batch: Mapping[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The supervised loss on the source batch, and both sites' feature vectors."""
+    if source_batch is None:
+        raise RuntimeError("this method needs a source batch at every step")
+    source_features, source_logits = features_and_logits(model, source_batch["patches"])
+    target_features = model.features(target_batch["patches"])
+    return supervised(source_logits, source_batch), source_features, target_features
