@@ -426,11 +426,7 @@ def _run_candidate(
     cls = _method_class(registry, name)
     method = cls.from_params(choice.params if name == choice.method else {})
     seed_everything(seed)
-    model = _fresh_model(registry, card, source_state, len(target.task.classes))
-    backbone = registry.create(
-        ComponentKind.BACKBONES, card["backbone"]["name"], card["backbone"].get("params", {})
-    )
-    assert isinstance(backbone, Backbone)
+    model, backbone = _fresh_model(registry, card, source_state, len(target.task.classes))
     stages = backbone.stages(model.features)
     unknown = [name for name in target.training.freeze if name not in stages]
     if unknown:
@@ -522,8 +518,9 @@ def _fresh_model(
     card: Mapping[str, Any],
     state: Mapping[str, Tensor],
     num_classes: int,
-) -> Classifier:
-    """The source model again, with a new classifier layer when the classes differ."""
+) -> tuple[Classifier, Backbone]:
+    """The source model again (and its backbone), with a new classifier layer when the
+    classes differ."""
     backbone = registry.create(
         ComponentKind.BACKBONES, card["backbone"]["name"], card["backbone"].get("params", {})
     )
@@ -532,7 +529,7 @@ def _fresh_model(
     model.load_state_dict(dict(state))
     if num_classes != len(card["classes"]):
         model.head = nn.Linear(model.head.in_features, num_classes)
-    return model
+    return model, backbone
 
 
 def run_method(
@@ -588,7 +585,9 @@ def run_method(
 
     def target_patches() -> Iterator[Tensor]:
         assert trainer is not None
-        loader = DataLoader(plain or train, batch_size=batches, shuffle=False)
+        loader = DataLoader(
+            plain if plain is not None else train, batch_size=batches, shuffle=False
+        )
         return (trainer._to_device(patches) for patches, _ in loader)
 
     def before_epoch(epoch: int) -> None:

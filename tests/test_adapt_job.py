@@ -224,7 +224,7 @@ def test_other_classes_get_a_new_head_and_only_finetune(sites, tmp_path):
 
     registry = get_plugin_host().registry()
     loaded = load_model(sites["model"], registry)
-    model = _fresh_model(registry, loaded.card, loaded.model.state_dict(), 3)
+    model, _ = _fresh_model(registry, loaded.card, loaded.model.state_dict(), 3)
     assert model.head.out_features == 3
     for key, value in loaded.model.features.state_dict().items():
         assert (model.features.state_dict()[key] == value).all()
