@@ -309,7 +309,7 @@ def test_a_phantom_profile_gives_patches_without_any_file(tmp_path):
     assert data.rejections == []
     assert len({record.patient_key for record in data.records}) == 40
     sample = data.loader.sample(data.records[0])
-    assert sample.patch.shape == (3, 48, 48)
+    assert sample.patch.shape == (1, 48, 48)
     assert sample.attributes["convolution_kernel"] == "LUNG"
 
 
