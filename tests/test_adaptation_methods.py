@@ -282,7 +282,7 @@ def test_l2_sp_keeps_finetuned_weights_near_the_source(source_model, tmp_path):
             positive_index=1,
         )
         return sum(
-            float(((a - b) ** 2).sum())
+            float(((a - b) ** 2).sum().detach())
             for a, b in zip(
                 model.features.parameters(), source_model.features.parameters(), strict=True
             )
