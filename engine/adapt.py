@@ -631,6 +631,7 @@ def run_method(
         extra_modules=method.extra_modules(),
         trains=method.trains,
         source_validation=source_validation,
+        label=f"{method.name} seed {seed}",
     )
     fit = trainer.fit(resume=(folder / "checkpoint.pt").is_file())
     model.load_state_dict(load_file(str(fit.best_weights)))

@@ -115,6 +115,7 @@ class Trainer:
         source_validation: labelled source data, for a selection score that needs them.
         trains: False for a job that takes no training step (AdaBN): each epoch is
             ``before_epoch`` then validation.
+        label: shown before the epoch line of the progress bar (which adaptation method).
     """
 
     def __init__(
@@ -139,6 +140,7 @@ class Trainer:
         extra_modules: dict[str, nn.Module] | None = None,
         trains: bool = True,
         source_validation: Dataset | None = None,
+        label: str = "",
     ) -> None:
         self.training = training
         self.out_dir = out_dir
@@ -178,6 +180,7 @@ class Trainer:
         self.train_data = train_data
         self.val_data = val_data
         self.selection = selection
+        self.label = f"{label}  " if label else ""
         self.source_validation = source_validation
         if selection is not None and selection.needs_source_data and source_validation is None:
             raise InvalidInputError(
@@ -222,7 +225,7 @@ class Trainer:
         stopped: str | None = state.get("stopped")
         with self._progress() as progress:
             epochs = progress.add_task(
-                "epoch", total=self.training.epochs, completed=state["epoch"]
+                f"{self.label}epoch", total=self.training.epochs, completed=state["epoch"]
             )
             steps = progress.add_task("step", total=None)
             for epoch in range(state["epoch"] + 1, self.training.epochs + 1):
@@ -260,7 +263,7 @@ class Trainer:
                 if self.world.is_main:
                     self._write_epoch(checkpoint_file, state, improved)
                 self.world.barrier()
-                progress.update(epochs, advance=1, description=_describe(result))
+                progress.update(epochs, advance=1, description=self.label + _describe(result))
         self._writer.wait()
         self.world.barrier()
         return FitResult(
