@@ -64,7 +64,7 @@ from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import AUTO, AdaptationChoice, Profile, Training
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.samples import open_site_data
-from medadapt.engine.splits import split_by_patient
+from medadapt.engine.splits import site_split
 from medadapt.engine.train import data_manifest_hash, profile_hash
 
 SUMMARY = "adapt.json"
@@ -122,9 +122,7 @@ def target_split(records: list[SampleRecord], profile: Profile) -> TargetSplit:
     """
     assert profile.data is not None
     choice = profile.adaptation or AdaptationChoice()
-    assigned = split_by_patient(
-        records, profile.data.split, profile.seed, profile.task.positive_class
-    )
+    assigned = site_split(records, profile)
     train = [r for r in assigned if r.split is Split.TRAIN]
     validation = [r for r in assigned if r.split is Split.VALIDATION]
     set_aside = sum(r.split is Split.TEST for r in assigned)
@@ -373,10 +371,7 @@ def _source_data(
     """The source site's labelled training and validation splits (its seed and fractions)."""
     assert profile.data is not None
     site = open_site_data(profile, registry, cache_dir)
-    labelled = [r for r in site.records if r.label is not None]
-    records = split_by_patient(
-        labelled, profile.data.split, profile.seed, profile.task.positive_class
-    )
+    records = [r for r in site_split(site.records, profile) if r.label is not None]
     train = [r for r in records if r.split is Split.TRAIN]
     validation = [r for r in records if r.split is Split.VALIDATION]
     if not train or not validation:

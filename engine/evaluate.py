@@ -22,7 +22,7 @@ from medadapt.engine.model import load_model
 from medadapt.engine.profile import Preprocessing, Profile
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.samples import PatchLoader, open_site_data
-from medadapt.engine.splits import split_by_patient
+from medadapt.engine.splits import site_split
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,8 @@ def predict(
         )
     assert profile.data is not None
     site = open_site_data(profile, registry, cache_dir)
-    labelled = [r for r in site.records if r.label is not None]
     records = [
-        r
-        for r in split_by_patient(labelled, profile.data.split, profile.seed, positive)
-        if r.split is split and r.label in classes
+        r for r in site_split(site.records, profile) if r.split is split and r.label in classes
     ]
     if not records:
         raise InvalidInputError(

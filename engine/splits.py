@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from medadapt.engine.components import SampleRecord, Split
 from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.profile import SplitFractions
+from medadapt.engine.profile import Profile, SplitFractions
 
 
 def split_by_patient(
@@ -50,6 +50,17 @@ def split_by_patient(
     assigned = [dataclasses.replace(r, split=assignment[r.patient_key]) for r in records]
     check_patient_splits(assigned)
     return assigned
+
+
+def site_split(records: Sequence[SampleRecord], profile: Profile) -> list[SampleRecord]:
+    """Every record of a site with its patient's split, as every job sees it.
+
+    All records are split, labelled or not, with the profile's fractions, seed and positive
+    class, so that ``train``, ``adapt`` and ``evaluate`` agree on which patients are test
+    patients even where some records have no label (and ``adapt`` may see no label at all).
+    """
+    assert profile.data is not None
+    return split_by_patient(records, profile.data.split, profile.seed, profile.task.positive_class)
 
 
 def _counts(n: int, fractions: SplitFractions) -> tuple[int, int, int]:

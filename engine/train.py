@@ -28,7 +28,7 @@ from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Profile
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.samples import open_site_data
-from medadapt.engine.splits import split_by_patient
+from medadapt.engine.splits import site_split
 from medadapt.engine.weights import load_imagenet_weights, load_weights_file
 
 RUN = "run.json"
@@ -101,9 +101,7 @@ def _train(
             f"the data have labels {', '.join(map(repr, unknown))} that are not in "
             f"task.classes {classes}; fix the label file or the profile"
         )
-    records = split_by_patient(
-        labelled, profile.data.split, profile.seed, profile.task.positive_class
-    )
+    records = [r for r in site_split(data.records, profile) if r.label is not None]
     by_split = {split: [r for r in records if r.split is split] for split in Split}
     counts = {split.value: dict(Counter(r.label for r in rs)) for split, rs in by_split.items()}
     if not by_split[Split.TRAIN] or not by_split[Split.VALIDATION]:
