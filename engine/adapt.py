@@ -54,7 +54,7 @@ from medadapt.engine.loop import Trainer, seed_everything
 from medadapt.engine.model import (
     CARD,
     Classifier,
-    build_classifier,
+    build_from_card,
     file_sha256,
     load_model,
     save_model,
@@ -516,11 +516,7 @@ def _fresh_model(
 ) -> tuple[Classifier, Backbone]:
     """The source model again (and its backbone), with a new classifier layer when the
     classes differ."""
-    backbone = registry.create(
-        ComponentKind.BACKBONES, card["backbone"]["name"], card["backbone"].get("params", {})
-    )
-    assert isinstance(backbone, Backbone)
-    model = build_classifier(backbone, card["preprocessing"]["patch_mode"], len(card["classes"]))
+    model, backbone = build_from_card(card, registry)
     model.load_state_dict(dict(state))
     if num_classes != len(card["classes"]):
         model.head = nn.Linear(model.head.in_features, num_classes)

@@ -121,13 +121,21 @@ def load_model(folder: Path, registry: ComponentRegistry) -> LoadedModel:
             f"the card says {str(card.get('weights_sha256'))[:12]}...): they were changed or "
             "belong to another model; refusing to load them"
         )
+    model, backbone = build_from_card(card, registry)
+    model.load_state_dict(load_file(str(weights_file)))
+    return LoadedModel(model, card, backbone)
+
+
+def build_from_card(
+    card: Mapping[str, Any], registry: ComponentRegistry
+) -> tuple[Classifier, Backbone]:
+    """The untrained network a model card describes, and its backbone component."""
     backbone = registry.create(
         ComponentKind.BACKBONES, card["backbone"]["name"], card["backbone"].get("params", {})
     )
     assert isinstance(backbone, Backbone)
     model = build_classifier(backbone, card["preprocessing"]["patch_mode"], len(card["classes"]))
-    model.load_state_dict(load_file(str(weights_file)))
-    return LoadedModel(model, card, backbone)
+    return model, backbone
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
