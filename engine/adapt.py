@@ -623,6 +623,7 @@ def run_method(
         trains=method.trains,
         source_validation=source_validation,
         label=f"{method.name} seed {seed}",
+        batch_norm_pass="always",
     )
     fit = trainer.fit(resume=(folder / "checkpoint.pt").is_file())
     model.load_state_dict(load_file(str(fit.best_weights)))

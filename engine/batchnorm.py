@@ -8,6 +8,12 @@ on: its predictions collapse to one class. A narrow HU window (most of the patch
 one value) makes the gap largest. Recomputing the statistics with the weights fixed, as an
 average over real batches ("precise batch norm", Wu and Johnson, 2021), removes the gap.
 
+The pass costs up to one forward pass over the training data, so training runs it only
+when it matters: when an epoch took too few steps for the running averages to forget what
+they held before it (:func:`stale_fraction` above 1%: fewer than 44 steps at the default
+momentum 0.1). Larger data sets keep PyTorch's running averages, which then describe the
+epoch's own batches.
+
 The same computation on target-site data is AdaBN (Li et al., 2016): the adaptation method
 of that name calls :func:`recompute_batch_norm` with unlabelled target batches.
 """
@@ -29,6 +35,26 @@ def batch_norm_layers(model: nn.Module, skip: Sequence[nn.Module] = ()) -> list[
         for layer in model.modules()
         if isinstance(layer, _BatchNorm) and layer.track_running_stats and id(layer) not in skipped
     ]
+
+
+def stale_fraction(model: nn.Module, steps: int, skip: Sequence[nn.Module] = ()) -> float:
+    """How much of the batch-norm running averages still comes from before the last ``steps``.
+
+    A layer with momentum m keeps (1 - m) ** steps of what it held before ``steps`` training
+    steps; a layer with momentum None (a cumulative average since the start) keeps 1, as
+    does a model after zero steps. The result is the largest over the layers outside
+    ``skip`` (frozen stages, whose statistics do not move); 0 without any.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+        >>> round(stale_fraction(net, 10), 3), stale_fraction(net, 44) < 0.01
+        (0.349, True)
+    """
+    fractions = [
+        1.0 if layer.momentum is None else (1.0 - layer.momentum) ** steps
+        for layer in batch_norm_layers(model, skip)
+    ]
+    return max(fractions, default=0.0)
 
 
 @torch.no_grad()

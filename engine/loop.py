@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from medadapt.engine.batchnorm import recompute_batch_norm
+from medadapt.engine.batchnorm import recompute_batch_norm, stale_fraction
 from medadapt.engine.components import SelectionScore, SourceValidation
 from medadapt.engine.data import UNLABELLED
 from medadapt.engine.distributed import World
@@ -115,6 +115,11 @@ class Trainer:
         source_validation: labelled source data, for a selection score that needs them.
         trains: False for a job that takes no training step (AdaBN): each epoch is
             ``before_epoch`` then validation.
+        batch_norm_pass: when to recompute the batch-norm statistics after an epoch:
+            ``"when-stale"`` (training) only when the epoch took too few steps for the
+            running averages to forget the weights it started with (see
+            :func:`~medadapt.engine.batchnorm.stale_fraction`); ``"always"`` (adaptation,
+            where the training batches may mix sites) after every epoch.
         label: shown before the epoch line of the progress bar (which adaptation method).
     """
 
@@ -141,6 +146,7 @@ class Trainer:
         trains: bool = True,
         source_validation: Dataset | None = None,
         label: str = "",
+        batch_norm_pass: Literal["when-stale", "always"] = "when-stale",
     ) -> None:
         self.training = training
         self.out_dir = out_dir
@@ -188,6 +194,7 @@ class Trainer:
                 "data: give the source profile"
             )
         self.before_epoch = before_epoch
+        self.batch_norm_pass = batch_norm_pass
         self._writer = _BackgroundWriter()
 
     # --- the loop ---------------------------------------------------------------------------
@@ -234,8 +241,10 @@ class Trainer:
                 if self.before_epoch is not None:
                     self.before_epoch(epoch)
                 if self.trains:
-                    train_loss = self._train_epoch(epoch, progress, steps)
-                    self._recompute_batch_norm(epoch)
+                    train_loss, taken = self._train_epoch(epoch, progress, steps)
+                    stale = stale_fraction(self.model, taken, skip=self.frozen)
+                    if self.batch_norm_pass == "always" or stale > 0.01:
+                        self._recompute_batch_norm(epoch)
                 else:
                     train_loss = 0.0
                 result = self.world.broadcast(
@@ -274,7 +283,8 @@ class Trainer:
             best_weights=self.out_dir / BEST,
         )
 
-    def _train_epoch(self, epoch: int, progress: Progress, task: Any) -> float:
+    def _train_epoch(self, epoch: int, progress: Progress, task: Any) -> tuple[float, int]:
+        """One pass over the training data: the mean loss and the number of steps."""
         self.wrapped.train()
         for module in self.extra_modules.values():
             module.train()
@@ -303,7 +313,7 @@ class Trainer:
             total += float(loss.detach()) * len(labels)
             count += len(labels)
             progress.update(task, advance=1, description=f"step  loss {float(loss.detach()):.3f}")
-        return total / max(count, 1)
+        return total / max(count, 1), len(loader)
 
     def _recompute_batch_norm(self, epoch: int) -> None:
         """Exact batch-norm statistics for this epoch's weights (engine/batchnorm.py)."""

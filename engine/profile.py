@@ -270,7 +270,8 @@ class Training(_Section):
     )
     batch_norm_batches: NonNegativeInt = Field(
         default=50,
-        description="after each epoch, recompute batch-norm statistics over this many "
+        description="after an epoch too short for the running averages (fewer than 44 "
+        "steps; every epoch in adapt), recompute batch-norm statistics over this many "
         "training batches with the weights fixed (0: keep the running averages)",
     )
     workers: NonNegativeInt = Field(default=0, description="data loader processes")

@@ -1,11 +1,21 @@
-"""Batch-norm statistics are recomputed exactly after each epoch (engine/batchnorm.py)."""
+"""Batch-norm statistics are recomputed exactly after an epoch too short for the running
+averages (engine/batchnorm.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
-from medadapt.engine.batchnorm import batch_norm_layers, recompute_batch_norm
+from medadapt.engine.batchnorm import batch_norm_layers, recompute_batch_norm, stale_fraction
+from medadapt.engine.distributed import World
+from medadapt.engine.hookspecs import RunInfo
+from medadapt.engine.loop import Trainer
+from medadapt.engine.model import Classifier
+from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.profile import Training
 
 
 def _net() -> nn.Sequential:
@@ -54,3 +64,55 @@ def test_no_batches_keeps_the_statistics():
     net[1].running_mean.fill_(3.0)
     assert recompute_batch_norm(net, []) == 0
     assert torch.all(net[1].running_mean == 3.0)
+
+
+def _fit_counts(tmp_path: Path, n: int, batch_size: int, pass_: str = "when-stale") -> set[int]:
+    """Train a tiny network two epochs; the num_batches_tracked of its layers at the end."""
+    torch.manual_seed(0)
+    model = Classifier(
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        ),
+        4,
+        2,
+    )
+    data = TensorDataset(torch.randn(n, 1, 8, 8), torch.arange(n) % 2)
+    training = Training.model_validate(
+        {"epochs": 2, "batch_size": batch_size, "early_stopping_patience": None}
+    )
+    tmp_path.mkdir()
+    world = World(0, 1, torch.device("cpu"))
+    run = RunInfo("train", "test", tmp_path, 0)
+    Trainer(
+        model,
+        data,
+        data,
+        training,
+        tmp_path,
+        0,
+        world,
+        get_plugin_host(),
+        run,
+        1,
+        quiet=True,
+        batch_norm_pass=pass_,
+    ).fit()
+    return {int(v) for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
+
+
+def test_training_recomputes_statistics_only_when_an_epoch_is_too_short(tmp_path):
+    # 4 steps an epoch leave 0.9 ** 4 = 66% of the starting statistics: recomputed over
+    # the epoch's 4 batches. 64 steps leave 0.1%: PyTorch's running averages are kept
+    # (2 epochs x 64 steps counted).
+    assert _fit_counts(tmp_path / "short", n=32, batch_size=8) == {4}
+    assert _fit_counts(tmp_path / "long", n=256, batch_size=4) == {128}
+    assert _fit_counts(tmp_path / "always", n=256, batch_size=4, pass_="always") == {50}
+
+
+def test_stale_fraction_ignores_frozen_layers_and_counts_cumulative_averages_as_stale():
+    net = nn.Sequential(nn.BatchNorm2d(2), nn.BatchNorm2d(2))
+    assert stale_fraction(net, 44) < 0.01
+    net[1].momentum = None
+    assert stale_fraction(net, 1000) == 1.0
+    assert stale_fraction(net, 1000, skip=[net[1]]) < 0.01
+    assert stale_fraction(nn.Linear(2, 2), 0) == 0.0
