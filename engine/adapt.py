@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.stats
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
@@ -159,8 +160,8 @@ class CandidateRun:
     val_auroc: float | None
     best_epoch: int
     folder: Path
-    #: Under auto: the share of target validation samples on which this run's prediction
-    #: agrees with the mean prediction of every candidate at its seed (EnsV).
+    #: Under auto: how closely this run's predictions on the target validation split rank
+    #: the samples as the mean prediction of every candidate at its seed does (EnsV).
     agreement: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -461,7 +462,9 @@ def _run_candidate(
         if name == SOURCE_ONLY:
             _copy_model(source_model, folder / "model")
         else:
-            _write_adapted(folder / "model", run, card, target, split, source_model, selection)
+            _write_adapted(
+                folder / "model", run, card, target, split, source_model, selection, fit.history
+            )
         write_json_atomic(folder / "history.json", {"history": fit.history})
         write_json_atomic(finished, run.as_dict())
     return run
@@ -484,19 +487,39 @@ def ensemble_agreement(probabilities: Mapping[str, np.ndarray]) -> dict[str, flo
 
     The mean of every candidate's probabilities is a better labeller of the target than most
     candidates alone (Hu et al., 2023, "Mitigating the bias in the model selection of
-    unsupervised domain adaptation" / EnsV); each candidate is scored by the share of
-    samples whose predicted class matches the ensemble's. No candidate's training
-    objective is the criterion, so none is favoured for optimising it.
+    unsupervised domain adaptation" / EnsV). No candidate's training objective is the
+    criterion, so none is favoured for optimising it.
+
+    EnsV scores a candidate by the share of samples whose predicted class matches the
+    ensemble's. Here the result is judged by AUROC, which depends on how a model ranks the
+    samples and not on where its threshold lies, and adaptation moves thresholds (new
+    batch-norm statistics shift every logit) without necessarily changing the ranking. So
+    the agreement is threshold-free too: the Spearman rank correlation between the
+    candidate's and the ensemble's probability of each class, averaged over the classes
+    (for two classes both give the same number). A candidate whose probabilities do not
+    vary agrees with nothing (0).
 
     Example:
-        >>> p = {"a": np.array([[0.9, 0.1], [0.2, 0.8]]), "b": np.array([[0.8, 0.2], [0.3, 0.7]]),
-        ...      "c": np.array([[0.4, 0.6], [0.4, 0.6]])}
+        >>> p = {"a": np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]),
+        ...      "b": np.array([[0.8, 0.2], [0.7, 0.3], [0.3, 0.7]]),
+        ...      "c": np.array([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])}
         >>> ensemble_agreement(p)
-        {'a': 1.0, 'b': 1.0, 'c': 0.5}
+        {'a': 1.0, 'b': 1.0, 'c': 0.0}
     """
     mean = np.mean(list(probabilities.values()), axis=0)
-    pseudo = mean.argmax(axis=1)
-    return {name: float((p.argmax(axis=1) == pseudo).mean()) for name, p in probabilities.items()}
+    return {name: _rank_agreement(p, mean) for name, p in probabilities.items()}
+
+
+def _rank_agreement(candidate: np.ndarray, ensemble: np.ndarray) -> float:
+    """Mean over classes of the Spearman correlation of two probability tables (0 if flat)."""
+    values = []
+    for column in range(candidate.shape[1]):
+        x, y = candidate[:, column], ensemble[:, column]
+        if np.ptp(x) == 0 or np.ptp(y) == 0:
+            values.append(0.0)
+            continue
+        values.append(float(scipy.stats.spearmanr(x, y).statistic))
+    return float(np.mean(values))
 
 
 def _copy_model(source: Path, destination: Path) -> None:
@@ -694,7 +717,7 @@ def _conclude(
         "method": name,
         "selection": _selection_name(selection),
         "selection_higher_is_better": True if selection is None else selection.higher_is_better,
-        "methods_compared_by": "agreement with the ensemble of candidates (EnsV)"
+        "methods_compared_by": "rank agreement with the mean prediction of the candidates (EnsV)"
         if ensemble
         else _selection_name(selection),
         "target_labels": (target.adaptation or AdaptationChoice()).target_labels,
@@ -759,10 +782,13 @@ def _write_adapted(
     split: TargetSplit,
     source_model: Path,
     selection: SelectionScore | None,
+    history: list[dict[str, Any]],
 ) -> None:
     state = load_file(str(run.folder / "best.safetensors"))
     adapted_card = {
-        **{k: v for k, v in card.items() if k != "weights_sha256"},
+        **{k: v for k, v in card.items() if k not in ("weights_sha256", "history")},
+        "history": history,
+        "source_history": card.get("history", []),
         "site": target.site.name,
         "intended_use": target.intended_use,
         "body_region": target.body_region,

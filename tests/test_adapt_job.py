@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from medadapt.engine import InvalidInputError, Split
-from medadapt.engine.adapt import SOURCE_ONLY, SUMMARY, adapt, target_split
+from medadapt.engine.adapt import SOURCE_ONLY, SUMMARY, adapt, ensemble_agreement, target_split
 from medadapt.engine.cli import cli
 from medadapt.engine.errors import ExitCode
 from medadapt.engine.evaluate import predict
@@ -101,7 +102,7 @@ def test_auto_scores_the_source_model_and_each_method_and_keeps_the_best(sites, 
     assert "EnsV" in summary["methods_compared_by"]
     agreement = {m: f["agreement_mean"] for m, f in summary["methods"].items()}
     assert agreement[summary["kept"]] == max(agreement.values())
-    assert all(0.0 <= a <= 1.0 for a in agreement.values())
+    assert all(-1.0 <= a <= 1.0 for a in agreement.values())
     assert summary["adaptation_helped"] == (summary["kept"] != SOURCE_ONLY)
     loaded = load_model(result.model_dir, get_plugin_host().registry())
     if result.helped:
@@ -252,3 +253,21 @@ def test_finetune_keeps_frozen_stages_as_loaded(sites, tmp_path):
     profile["training"]["freeze"] = ["trunk"]
     with pytest.raises(InvalidInputError, match="does not have; its stages are"):
         run_adapt(sites, tmp_path / "unknown", profile)
+
+
+def test_ensemble_agreement_compares_rankings_not_thresholds():
+    # "shifted" ranks the samples as the ensemble does but calls them all positive (a model
+    # whose threshold moved); "reversed" ranks them backwards; "flat" says the same for all.
+    positive = np.array([0.1, 0.3, 0.5, 0.7, 0.9])
+    table = {
+        "a": positive,
+        "b": positive * 0.8 + 0.1,
+        "shifted": 0.9 + positive / 10,
+        "reversed": 1.0 - positive,
+        "flat": np.full(5, 0.5),
+    }
+    agreement = ensemble_agreement({k: np.stack([1 - v, v], axis=1) for k, v in table.items()})
+    assert agreement["shifted"] == pytest.approx(1.0)
+    assert agreement["a"] == agreement["b"] == agreement["shifted"]
+    assert agreement["reversed"] == pytest.approx(-1.0)
+    assert agreement["flat"] == 0.0
