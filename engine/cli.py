@@ -333,6 +333,114 @@ def adapt_command(
         click.echo(f"  kept: {result.kept}")
 
 
+@cli.command("validate")
+@profile_option("the site: data, task, acceptance, report")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The model folder to judge.",
+)
+@click.option(
+    "--baseline",
+    "baseline_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A model to compare with (usually the unadapted source model).",
+)
+@click.option(
+    "--shift",
+    "shift_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The shift.json written by `medadapt shift`, shown in the report.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Report folder (default: runs/<site>-validate).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report's JSON for machines.")
+@click.pass_context
+def validate_command(
+    ctx: click.Context,
+    profile_path: Path,
+    model_dir: Path,
+    baseline_dir: Path | None,
+    shift_file: Path | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Measure a model on the site's test patients and write the clinician report.
+
+    Chooses the operating point on the validation split, then measures on the test split:
+    AUROC, sensitivity, specificity, PPV, NPV and calibration with patient-level bootstrap
+    intervals, subgroups, and the paired difference against --baseline. Judges the
+    profile's acceptance criteria and writes OUT/report.html and OUT/report.json.
+    Exit code 0 when every criterion passes, 1 when one fails, 5 when no verdict is
+    possible (too few test patients, a criterion that could not be measured).
+    """
+    from medadapt.engine.validate import NO_VERDICT, PASS, validate
+
+    host = get_plugin_host()
+    registry = host.registry()
+    profile = load_profile(profile_path, registry)
+    shift = _read_json(shift_file, "the shift analysis") if shift_file else None
+    out = out or Path("runs") / f"{_slug(profile.site.name)}-validate"
+    result = validate(profile, registry, host, model_dir, out, baseline_dir, shift)
+    report = result.report
+    if as_json:
+        _emit_json(report)
+    else:
+        click.echo(_validation_text(report, out))
+    if result.verdict == NO_VERDICT:
+        ctx.exit(ExitCode.NO_VERDICT)
+    if result.verdict != PASS:
+        ctx.exit(ExitCode.NOT_PASSED)
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    from medadapt.engine.errors import InvalidInputError
+
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{path}: cannot read {what} ({exc})") from None
+
+
+def _validation_text(report: dict[str, Any], out: Path) -> str:
+    from medadapt.engine.report import interval_text
+
+    model = report["results"]["model"]
+    lines = [
+        f"report written to {out / 'report.html'} and {out / 'report.json'}",
+        f"  test patients {report['data']['patients'].get('test', 0)}: AUROC "
+        f"{interval_text(model['auroc'])}",
+        f"  operating point {model['threshold']:.3f} ({report['operating_point_rule']}): "
+        f"sensitivity {interval_text(model['sensitivity'])}, "
+        f"specificity {interval_text(model['specificity'])}",
+    ]
+    if report["comparison"]:
+        lines.append(
+            f"  baseline AUROC {interval_text(report['results']['baseline']['auroc'])}; "
+            f"difference {interval_text(report['comparison']['auroc_difference'])}"
+        )
+    acceptance = report["acceptance"]
+    for criterion in acceptance["criteria"]:
+        margin = criterion["margin"]
+        lines.append(
+            f"  {criterion['status'].upper():<12} {criterion['criterion']}: measured "
+            + ("n/a" if criterion["measured"] is None else f"{criterion['measured']:.3f}")
+            + (
+                ""
+                if margin is None
+                else f" ({'short by' if margin < 0 else 'margin'} {abs(margin):.3f})"
+            )
+        )
+    lines.append(f"  verdict: {acceptance['verdict'].upper()}")
+    lines += [f"  no verdict because {reason}" for reason in acceptance["no_verdict_because"]]
+    return "\n".join(lines)
+
+
 @cli.command("augment-preview")
 @profile_option("data and augmentations")
 @click.option(
@@ -404,7 +512,10 @@ def _summary_text(summary: dict[str, Any]) -> str:
             else []
         ),
         "acceptance: "
-        + ", ".join(f"{key} {value:g}" for key, value in summary["acceptance"].items()),
+        + ", ".join(
+            f"{key} {value:g}" if isinstance(value, float | int) else f"{key} {value}"
+            for key, value in summary["acceptance"].items()
+        ),
         f"seed: {summary['seed']}",
     ]
     return "\n".join(f"  {line}" for line in lines)

@@ -23,6 +23,9 @@ class ExitCode(enum.IntEnum):
     PLUGIN_ERROR = 3
     #: An unexpected error: a bug in medadapt or in a plugin. The traceback is printed.
     INTERNAL_ERROR = 4
+    #: The command ran and wrote its report, but could not judge: too few test patients, or
+    #: a criterion that could not be measured (``validate``). Never taken for a pass.
+    NO_VERDICT = 5
     #: The user interrupted the command (Ctrl-C); finished work is kept.
     INTERRUPTED = 130
 

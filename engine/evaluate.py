@@ -7,7 +7,8 @@ from the profile exactly as those jobs computed it (by patient, with the profile
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from medadapt.engine.components import Split
+from medadapt.engine.components import DataSource, SampleRecord, Split
 from medadapt.engine.data import PatchDataset
 from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.model import load_model
+from medadapt.engine.model import LoadedModel, load_model
 from medadapt.engine.profile import Preprocessing, Profile
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.samples import PatchLoader, open_site_data
@@ -32,6 +33,9 @@ class Predictions:
     scores: np.ndarray  # probability of the positive class, one per sample
     labels: np.ndarray  # 1 for the positive class, else 0
     patients: list[str]  # the pseudonymised patient of each sample
+    #: The samples, in order (attributes for subgroups; never written out: locators may
+    #: hold identifying text).
+    records: list[SampleRecord] = field(default_factory=list, repr=False)
 
     @property
     def auroc(self) -> float | None:
@@ -58,25 +62,45 @@ def predict(
             split holds no labelled sample.
     """
     loaded = load_model(model_dir, registry)
-    classes = list(loaded.card["classes"])
-    positive = profile.task.positive_class
-    if positive not in classes:
-        raise InvalidInputError(
-            f"{model_dir}: the model's classes {classes} do not include the profile's "
-            f"positive class {positive!r}"
-        )
+    check_positive_class(loaded, profile, model_dir)
     assert profile.data is not None
     site = open_site_data(profile, registry, cache_dir)
     records = [
-        r for r in site_split(site.records, profile) if r.split is split and r.label in classes
+        r
+        for r in site_split(site.records, profile)
+        if r.split is split and r.label in loaded.card["classes"]
     ]
     if not records:
         raise InvalidInputError(
             f"{profile.site.name}: the {split.value} split holds no labelled sample"
         )
+    return predict_records(loaded, profile.task.positive_class, site.source, records, cache_dir)
+
+
+def check_positive_class(loaded: LoadedModel, profile: Profile, model_dir: Path) -> None:
+    """Refuse a model whose classes lack the profile's positive class."""
+    classes = list(loaded.card["classes"])
+    if profile.task.positive_class not in classes:
+        raise InvalidInputError(
+            f"{model_dir}: the model's classes {classes} do not include the profile's "
+            f"positive class {profile.task.positive_class!r}"
+        )
+
+
+def predict_records(
+    loaded: LoadedModel,
+    positive: str,
+    source: DataSource,
+    records: Sequence[SampleRecord],
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+) -> Predictions:
+    """The loaded model's probability of ``positive`` for each record, with its own
+    preprocessing (from its card)."""
+    classes = list(loaded.card["classes"])
     spec = Preprocessing.model_validate(loaded.card["preprocessing"])
-    loader = PatchLoader(site.source, spec, cache_dir)
-    data = PatchDataset(loader, records, classes)
+    loader = PatchLoader(source, spec, cache_dir)
+    data = PatchDataset(loader, list(records), classes)
     model = loaded.model.eval()
     scores = []
     with torch.no_grad():
@@ -86,4 +110,5 @@ def predict(
         scores=np.concatenate(scores),
         labels=np.array([int(r.label == positive) for r in records]),
         patients=[r.patient_key for r in records],
+        records=list(records),
     )

@@ -280,15 +280,48 @@ class Training(_Section):
     channels_last: bool = Field(default=True, description="channels-last memory on a GPU")
 
 
+class OperatingPoint(_Section):
+    """How the decision threshold is chosen, on the validation split, before the test."""
+
+    rule: Literal["min_sensitivity", "min_specificity", "youden"] = Field(
+        default="min_sensitivity",
+        description="min_sensitivity: the most specific threshold whose sensitivity reaches "
+        "target; min_specificity: the most sensitive whose specificity reaches target; "
+        "youden: the largest sensitivity + specificity",
+    )
+    target: float | None = Field(
+        default=0.9, ge=0.0, le=1.0, description="the sensitivity or specificity to reach"
+    )
+
+    @model_validator(mode="after")
+    def _target_when_needed(self) -> OperatingPoint:
+        if self.rule != "youden" and self.target is None:
+            raise ValueError(f"the rule {self.rule} needs a target (e.g. 0.9)")
+        return self
+
+
 class Acceptance(_Section):
     """What the adapted model must reach on this site's test patients to be accepted."""
 
     min_auroc: float | None = Field(default=None, ge=0.0, le=1.0)
-    min_sensitivity: float | None = Field(default=None, ge=0.0, le=1.0)
-    min_specificity: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_sensitivity: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="at the operating point, on the test split"
+    )
+    min_specificity: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="at the operating point, on the test split"
+    )
     max_calibration_error: float | None = Field(
         default=None, ge=0.0, le=1.0, description="expected calibration error"
     )
+    non_inferiority_margin: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="the model's AUROC may be lower than the baseline's by less than this: "
+        "passes when the lower bound of the paired difference's interval is above -margin "
+        "(needs validate --baseline)",
+    )
+    operating_point: OperatingPoint = Field(default_factory=OperatingPoint)
     min_test_patients: PositiveInt = Field(
         default=30, description="fewer test patients than this and the report says no verdict"
     )
@@ -300,11 +333,13 @@ class Acceptance(_Section):
             self.min_sensitivity,
             self.min_specificity,
             self.max_calibration_error,
+            self.non_inferiority_margin,
         )
         if all(value is None for value in criteria):
             raise ValueError(
                 "set at least one of min_auroc, min_sensitivity, min_specificity, "
-                "max_calibration_error: a gate without a criterion would accept any model"
+                "max_calibration_error, non_inferiority_margin: a gate without a criterion "
+                "would accept any model"
             )
         return self
 
@@ -324,6 +359,17 @@ class Report(_Section):
     )
     formats: list[Literal["html", "json"]] = Field(default_factory=lambda: ["html", "json"])
     confidence_level: float = Field(default=0.95, gt=0.5, lt=1.0)
+    recalibrate: bool = Field(
+        default=False,
+        description="also report calibration after a temperature fitted on the validation "
+        "split (reported as such; the acceptance gate judges the model as it is)",
+    )
+    small_group_patients: PositiveInt = Field(
+        default=10, description="subgroups with fewer test patients are flagged as too small"
+    )
+    failure_examples: NonNegativeInt = Field(
+        default=6, description="thumbnails of the most confident errors (pixel data only)"
+    )
 
 
 class Profile(_Section):
@@ -759,7 +805,11 @@ def summarize(profile: Profile) -> dict[str, Any]:
         >>> summarize(load_profile("hospital_profiles/template.yaml"))["site"]
         'Hospital B'
     """
-    acceptance = profile.acceptance.model_dump(exclude_none=True)
+    acceptance = profile.acceptance.model_dump(exclude_none=True, exclude={"operating_point"})
+    point = profile.acceptance.operating_point
+    acceptance["operating_point"] = point.rule + (
+        "" if point.target is None else f" {point.target:g}"
+    )
     return {
         "site": profile.site.name,
         "body_region": profile.body_region,

@@ -156,6 +156,7 @@ def _train(
     if world.is_main:
         model.load_state_dict(load_file(str(fit.best_weights)))
         card = _card(profile, backbone, records, fit.best_epoch, fit.best, world, host)
+        card["history"] = fit.history
         save_model(model_dir, model, card)
         write_json_atomic(
             out_dir / RUN,

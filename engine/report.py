@@ -1,0 +1,258 @@
+"""The clinician report: one self-contained HTML file, and the JSON it is rendered from.
+
+Every number in report.html is read from the same dictionary that is written as
+report.json, so the two cannot disagree. Figures are drawn with matplotlib and embedded as
+PNG data, so the file can be mailed, archived and printed on its own. Plugins add sections
+through the ``medadapt_report_sections`` hook; their HTML is placed after the built-in
+sections.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+
+from medadapt.engine.components import Split
+from medadapt.engine.evaluate import Predictions
+from medadapt.engine.model import write_json_atomic
+from medadapt.engine.plugins import PluginHost
+from medadapt.engine.profile import Profile
+from medadapt.engine.registry import ComponentRegistry
+from medadapt.engine.samples import SiteData
+
+TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
+COLOURS = {"model": "#1b6ca8", "baseline": "#a0a0a0"}
+
+
+def write_report(
+    report: dict[str, Any],
+    out_dir: Path,
+    profile: Profile,
+    registry: ComponentRegistry,
+    site: SiteData,
+    predictions: Mapping[str, Mapping[Split, Predictions]],
+    host: PluginHost,
+) -> None:
+    """Write report.json and, when the profile asks for it, report.html into ``out_dir``."""
+    from medadapt.engine.validate import REPORT_HTML, REPORT_JSON
+
+    formats = profile.report.formats
+    if "json" in formats:
+        write_json_atomic(out_dir / REPORT_JSON, report)
+    if "html" not in formats:
+        return
+    figures = {
+        "roc": _roc_figure(report),
+        "calibration": _calibration_figure(report),
+        "curves": _curves_figure(report["training"]),
+        "failures": _failures_figure(report, site, predictions["model"][Split.TEST]),
+        "augmentations": _augmentation_figure(profile, registry, site, predictions),
+        "shift": _shift_figure(report["shift"]),
+    }
+    sections = host.report_sections(report)
+    html = render(report, figures, sections)
+    temporary = out_dir / (REPORT_HTML + ".tmp")
+    temporary.write_text(html, encoding="utf-8")
+    temporary.replace(out_dir / REPORT_HTML)
+
+
+def render(report: Mapping[str, Any], figures: Mapping[str, str | None], sections: Any) -> str:
+    """The HTML page for ``report`` (figures as data URIs, plugin sections appended)."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE.parent),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    environment.filters["num"] = _number
+    environment.filters["pct"] = _percent
+    environment.filters["ci"] = interval_text
+    environment.filters["words"] = lambda text: str(text).replace("_", " ")
+    page = environment.get_template(TEMPLATE.name)
+    return page.render(
+        r=report, figures=figures, sections=sorted(sections, key=lambda s: s.order), markup=_markup
+    )
+
+
+def _markup(html: str) -> Any:
+    """A plugin section's HTML, which the plugin has escaped (hook contract)."""
+    from markupsafe import Markup
+
+    return Markup(html)
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def interval_text(estimate: Mapping[str, Any] | None, percent: bool = False) -> str:
+    """ "0.912 (0.871 to 0.950)" or "n/a"; the interval is left out when it was not given."""
+    if not estimate or estimate.get("value") is None:
+        return "n/a"
+    show = _percent if percent else _number
+    text = show(estimate["value"])
+    if estimate.get("low") is not None:
+        text += f" ({show(estimate['low'])} to {show(estimate['high'])})"
+    return text
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+def _figure(width: float = 5.0, height: float = 4.0, columns: int = 1) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, columns, figsize=(width, height), dpi=110)
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _roc_figure(report: Mapping[str, Any]) -> str:
+    fig, ax = _figure()
+    for name, measured in report["results"].items():
+        roc = measured["roc"]
+        ax.plot(
+            roc["false_positive_rate"],
+            roc["true_positive_rate"],
+            color=COLOURS.get(name),
+            label=f"{name} (AUROC {_number(measured['auroc']['value'])})",
+        )
+        op = measured["specificity"]["value"], measured["sensitivity"]["value"]
+        if None not in op:
+            ax.plot(1 - op[0], op[1], "o", color=COLOURS.get(name))
+    ax.plot([0, 1], [0, 1], ":", color="#888888", label="chance")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title("ROC curve on the test patients (dot: operating point)")
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def _calibration_figure(report: Mapping[str, Any]) -> str:
+    fig, ax = _figure()
+    measured = report["results"]["model"]
+    tables = [("model", measured["reliability"], COLOURS["model"])]
+    if "recalibrated" in measured:
+        tables.append(("after temperature", measured["recalibrated"]["reliability"], "#d9822b"))
+    for name, table, colour in tables:
+        rows = [row for row in table if row["n"]]
+        ax.plot(
+            [row["predicted"] for row in rows],
+            [row["observed"] for row in rows],
+            "o-",
+            color=colour,
+            label=name,
+        )
+    ax.plot([0, 1], [0, 1], ":", color="#888888", label="perfect calibration")
+    ax.set(xlabel="predicted probability", ylabel="observed share positive", xlim=(0, 1))
+    ax.set_ylim(0, 1)
+    ax.set_title("Reliability diagram (10 bins)")
+    ax.legend(loc="upper left")
+    return _png(fig)
+
+
+def _curves_figure(history: list[Mapping[str, Any]]) -> str | None:
+    if not history:
+        return None
+    fig, ax = _figure(6.0, 3.2)
+    epochs = [row["epoch"] for row in history]
+    for key, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
+        values = [row.get(key) for row in history]
+        if any(v is not None for v in values):
+            ax.plot(epochs, [np.nan if v is None else v for v in values], "o-", label=label)
+    ax.set(xlabel="epoch", ylabel="loss")
+    other = ax.twinx()
+    values = [row.get("val_auroc") for row in history]
+    if any(v is not None for v in values):
+        other.plot(
+            epochs,
+            [np.nan if v is None else v for v in values],
+            "s--",
+            color="#2a9d55",
+            label="validation AUROC",
+        )
+        other.set_ylabel("AUROC")
+        other.set_ylim(0, 1)
+    handles = ax.get_legend_handles_labels()
+    extra = other.get_legend_handles_labels()
+    ax.legend(handles[0] + extra[0], handles[1] + extra[1], loc="lower left", fontsize=8)
+    ax.set_title("Training of the model")
+    return _png(fig)
+
+
+def _failures_figure(report: Mapping[str, Any], site: SiteData, test: Predictions) -> str | None:
+    """Thumbnails of the most confident errors: windowed pixels only, no header text."""
+    failures = report["failures"]
+    if not failures:
+        return None
+    fig, axes = _figure(2.0 * len(failures), 2.4, columns=len(failures))
+    axes = np.atleast_1d(axes)
+    for ax, failure in zip(axes, failures, strict=True):
+        patch = np.asarray(site.loader.patch(test.records[failure["index"]]))
+        ax.imshow(_middle(patch), cmap="gray", vmin=0.0, vmax=1.0)
+        ax.set_title(f"{failure['kind']}\np = {failure['score']:.2f}", fontsize=8)
+        ax.axis("off")
+    return _png(fig)
+
+
+def _middle(patch: np.ndarray) -> np.ndarray:
+    while patch.ndim > 2:
+        patch = patch[patch.shape[0] // 2]
+    return patch
+
+
+def _augmentation_figure(
+    profile: Profile,
+    registry: ComponentRegistry,
+    site: SiteData,
+    predictions: Mapping[str, Mapping[Split, Predictions]],
+) -> str | None:
+    """The profile's augmentations on a few validation samples (engine/augment.py)."""
+    if not profile.augmentations:
+        return None
+    from medadapt.engine.augment import preview_grid
+
+    records = predictions["model"][Split.VALIDATION].records
+    by_class: dict[str | None, list[Any]] = {}
+    for record in records:
+        by_class.setdefault(record.label, []).append(record)
+    chosen = [r for group in zip(*by_class.values(), strict=False) for r in group][:4]
+    with tempfile.TemporaryDirectory() as folder:
+        path = preview_grid(profile, registry, site.loader, chosen, Path(folder) / "p.png", 4)
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _shift_figure(shift: Mapping[str, Any] | None) -> str | None:
+    """HU histograms of the two sites, when the shift analysis has them."""
+    if not shift or not shift.get("hu_histograms"):
+        return None
+    histograms = shift["hu_histograms"]
+    fig, ax = _figure(6.0, 3.2)
+    edges = np.asarray(histograms["edges"])
+    centres = (edges[:-1] + edges[1:]) / 2
+    for name, colour in (("source", COLOURS["baseline"]), ("target", COLOURS["model"])):
+        ax.plot(centres, histograms[name], color=colour, label=shift["sites"][name])
+    ax.set(xlabel="HU", ylabel="share of voxels")
+    ax.set_title("HU distribution around the lesions")
+    ax.legend()
+    return _png(fig)

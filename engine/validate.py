@@ -1,0 +1,531 @@
+"""The validation job: measure a model on the site's test patients and judge it.
+
+``validate`` predicts on the validation split (to choose the operating point and, when asked,
+a calibration temperature, both before the test is looked at) and on the test split, and
+measures, each with a patient-level bootstrap interval (engine/metrics.py): AUROC, the
+operating point's sensitivity, specificity, PPV and NPV, calibration, subgroups, and the
+paired difference against a baseline model. The profile's acceptance criteria are judged
+on these numbers. Everything goes into one dictionary, written as report.json, from which
+report.html is rendered (engine/report.py): the two cannot disagree.
+
+Nothing identifying leaves this module: samples are named by their keyed patient pseudonym,
+and a record's locator (which may hold a file path with a name in it) is never written.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medadapt.engine.components import SampleRecord, Split
+from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.evaluate import Predictions, check_positive_class, predict_records
+from medadapt.engine.metrics import (
+    PatientBootstrap,
+    apply_temperature,
+    auroc,
+    confusion,
+    expected_calibration_error,
+    fit_temperature,
+    operating_threshold,
+    rank_auroc,
+    rates,
+    reliability,
+    roc_points,
+)
+from medadapt.engine.model import LoadedModel, load_model
+from medadapt.engine.plugins import PluginHost
+from medadapt.engine.profile import Profile
+from medadapt.engine.registry import ComponentRegistry
+from medadapt.engine.samples import SiteData, open_site_data
+from medadapt.engine.splits import site_split
+from medadapt.engine.train import data_manifest_hash, profile_hash
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+#: Every prediction the report's numbers come from: model, split, patient pseudonym, label,
+#: score and the subgroup attributes, so anyone can recompute them.
+PREDICTIONS = "predictions.csv"
+#: Verdicts of the acceptance gate.
+PASS, FAIL, NO_VERDICT = "pass", "fail", "no verdict"
+NOT_MEASURED = "not measured"
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Where the report went and what it concluded."""
+
+    out_dir: Path
+    report: dict[str, Any]
+
+    @property
+    def verdict(self) -> str:
+        return str(self.report["acceptance"]["verdict"])
+
+
+def validate(
+    profile: Profile,
+    registry: ComponentRegistry,
+    host: PluginHost,
+    model_dir: Path,
+    out_dir: Path,
+    baseline_dir: Path | None = None,
+    shift: Mapping[str, Any] | None = None,
+    cache_dir: Path | None = None,
+    quiet: bool = False,
+) -> ValidationResult:
+    """Measure the model in ``model_dir`` on the profile's test patients and write the report.
+
+    Args:
+        profile: the site whose test split is measured; its ``acceptance`` section is the gate.
+        registry, host: components and plugins.
+        model_dir: the model to judge (an adapted model, usually).
+        out_dir: where report.json, report.html and their figures go.
+        baseline_dir: a model to compare with (the unadapted source model, usually).
+        shift: the result of ``medadapt shift`` for this site, shown in the report.
+        cache_dir: the patch cache.
+        quiet: no progress output.
+
+    Raises:
+        InvalidInputError: a model lacks the positive class, or a split has no labelled
+            sample of both classes.
+    """
+    site = open_site_data(profile, registry, cache_dir)
+    records = site_split(site.records, profile)
+    loaded = load_model(model_dir, registry)
+    check_positive_class(loaded, profile, model_dir)
+    splits = {
+        split: [r for r in records if r.split is split and r.label in loaded.card["classes"]]
+        for split in (Split.VALIDATION, Split.TEST)
+    }
+    for split, chosen in splits.items():
+        if len({r.label == profile.task.positive_class for r in chosen}) < 2:
+            raise InvalidInputError(
+                f"{profile.site.name}: the {split.value} split needs labelled samples of both "
+                f"the positive class and another class to validate (has {len(chosen)} "
+                "labelled samples); label more patients or change data.split"
+            )
+    level = profile.report.confidence_level
+    models = {"model": (model_dir, loaded)}
+    if baseline_dir is not None:
+        baseline = load_model(baseline_dir, registry)
+        check_positive_class(baseline, profile, baseline_dir)
+        models["baseline"] = (baseline_dir, baseline)
+    predictions = {
+        name: {
+            split: predict_records(
+                model, profile.task.positive_class, site.source, chosen, cache_dir
+            )
+            for split, chosen in splits.items()
+        }
+        for name, (_, model) in models.items()
+    }
+    test = predictions["model"][Split.TEST]
+    boot = PatientBootstrap(test.patients, level=level, seed=profile.seed)
+    results = {
+        name: _measure(by_split, profile, boot, level) for name, by_split in predictions.items()
+    }
+    report: dict[str, Any] = {
+        "title": profile.report.title or f"Validation at {profile.site.name}",
+        "site": profile.site.name,
+        "intended_use": profile.intended_use,
+        "body_region": profile.body_region,
+        "positive_class": profile.task.positive_class,
+        "classes": list(profile.task.classes),
+        "date": datetime.date.today().isoformat(),
+        "confidence_level": level,
+        "operating_point_rule": _rule_text(profile),
+        "bootstrap": {"resamples": boot.resamples, "unit": "patient", "seed": boot.seed},
+        "models": {
+            name: _describe_model(model, folder) for name, (folder, model) in models.items()
+        },
+        "results": results,
+        "comparison": _compare(predictions, boot) if "baseline" in predictions else None,
+        "subgroups": _subgroups(test, profile, level),
+        "data": _data_section(site, records, splits, profile),
+        "training": _curves(loaded),
+        "shift": dict(shift) if shift is not None else None,
+        "failures": _failures(test, results["model"]["threshold"], profile),
+    }
+    report["acceptance"] = judge(profile, report)
+    report["what_changed"] = _what_changed(report)
+    report["limitations"] = _limitations(report, profile)
+    report["provenance"] = _provenance(profile, loaded, records, host)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out_dir / PREDICTIONS, predictions, profile)
+    from medadapt.engine.report import write_report
+
+    write_report(report, out_dir, profile, registry, site, predictions, host)
+    return ValidationResult(out_dir, report)
+
+
+def _write_predictions(
+    path: Path, predictions: Mapping[str, Mapping[Split, Predictions]], profile: Profile
+) -> None:
+    attributes = list(profile.report.subgroups)
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", "split", "patient", "label", "score", *attributes])
+        for name, by_split in predictions.items():
+            for split, made in by_split.items():
+                for record, label, score in zip(
+                    made.records, made.labels, made.scores, strict=True
+                ):
+                    writer.writerow(
+                        [name, split.value, record.patient_key, int(label), repr(float(score))]
+                        + [_group_name(record.attributes.get(a)) for a in attributes]
+                    )
+    temporary.replace(path)
+
+
+# --- measurements --------------------------------------------------------------------------
+
+
+def _measure(
+    by_split: Mapping[Split, Predictions], profile: Profile, boot: PatientBootstrap, level: float
+) -> dict[str, Any]:
+    """Every number of one model: threshold from validation, the rest on test."""
+    val, test = by_split[Split.VALIDATION], by_split[Split.TEST]
+    point = profile.acceptance.operating_point
+    threshold = operating_threshold(val.labels, val.scores, point.rule, point.target)
+    labels, scores = test.labels, test.scores
+    measured: dict[str, Any] = {
+        "auroc": boot.estimate(
+            lambda i: rank_auroc(labels[i], scores[i]), auroc(labels, scores)
+        ).as_dict(),
+        "roc": roc_points(labels, scores),
+        "threshold": threshold,
+        "operating_point_on_validation": rates(val.labels, val.scores, threshold),
+        "confusion": confusion(labels, scores, threshold),
+    }
+    for name in ("sensitivity", "specificity", "ppv", "npv"):
+        measured[name] = boot.estimate(_rate(labels, scores, threshold, name)).as_dict()
+    measured["calibration_error"] = boot.estimate(
+        lambda i: expected_calibration_error(labels[i], scores[i])
+    ).as_dict()
+    measured["reliability"] = reliability(labels, scores)
+    if profile.report.recalibrate:
+        temperature = fit_temperature(val.labels, val.scores)
+        calibrated = apply_temperature(scores, temperature)
+        measured["recalibrated"] = {
+            "temperature": temperature,
+            "fitted_on": "validation split",
+            "calibration_error": boot.estimate(
+                lambda i: expected_calibration_error(labels[i], calibrated[i])
+            ).as_dict(),
+            "reliability": reliability(labels, calibrated),
+        }
+    return measured
+
+
+def _rule_text(profile: Profile) -> str:
+    point = profile.acceptance.operating_point
+    if point.rule == "youden":
+        return "the threshold with the largest sensitivity + specificity"
+    kind = "sensitivity" if point.rule == "min_sensitivity" else "specificity"
+    other = "specific" if kind == "sensitivity" else "sensitive"
+    return f"the most {other} threshold whose {kind} is at least {point.target:g}"
+
+
+def _rate(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, name: str
+) -> Callable[[np.ndarray], float | None]:
+    return lambda i: rates(labels[i], scores[i], threshold)[name]
+
+
+def _compare(
+    predictions: Mapping[str, Mapping[Split, Predictions]], boot: PatientBootstrap
+) -> dict[str, Any]:
+    """Model minus baseline on the same test samples, with a paired bootstrap interval."""
+    model, baseline = predictions["model"][Split.TEST], predictions["baseline"][Split.TEST]
+    labels = model.labels
+
+    def difference(i: np.ndarray) -> float | None:
+        a, b = rank_auroc(labels[i], model.scores[i]), rank_auroc(labels[i], baseline.scores[i])
+        return None if a is None or b is None else a - b
+
+    a, b = auroc(labels, model.scores), auroc(labels, baseline.scores)
+    point = None if a is None or b is None else a - b
+    return {"auroc_difference": boot.estimate(difference, point).as_dict()}
+
+
+def _subgroups(test: Predictions, profile: Profile, level: float) -> list[dict[str, Any]]:
+    """AUROC per value of each chosen attribute; small groups kept and flagged."""
+    groups = []
+    for attribute in profile.report.subgroups:
+        values = [r.attributes.get(attribute) for r in test.records]
+        for value in sorted({_group_name(v) for v in values}):
+            inside = np.array([_group_name(v) == value for v in values])
+            patients = [p for p, keep in zip(test.patients, inside, strict=True) if keep]
+            labels, scores = test.labels[inside], test.scores[inside]
+            boot = PatientBootstrap(patients, level=level, seed=profile.seed)
+            estimate = boot.estimate(
+                lambda i, lab=labels, sco=scores: rank_auroc(lab[i], sco[i]), auroc(labels, scores)
+            )
+            count = len(set(patients))
+            groups.append(
+                {
+                    "attribute": attribute,
+                    "value": value,
+                    "samples": int(inside.sum()),
+                    "patients": count,
+                    "positives": int(labels.sum()),
+                    "auroc": estimate.as_dict(),
+                    "too_small": count < profile.report.small_group_patients,
+                }
+            )
+    return groups
+
+
+def _group_name(value: Any) -> str:
+    if value is None or value == "":
+        return "not recorded"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _failures(test: Predictions, threshold: float, profile: Profile) -> list[dict[str, Any]]:
+    """The most confident errors at the operating point: index into the test samples."""
+    wrong = [
+        (abs(float(s) - threshold), i)
+        for i, (s, y) in enumerate(zip(test.scores, test.labels, strict=True))
+        if (s >= threshold) != bool(y)
+    ]
+    chosen = sorted(wrong, reverse=True)[: profile.report.failure_examples]
+    return [
+        {
+            "index": i,
+            "patient": test.patients[i],
+            "truth": profile.task.positive_class
+            if test.labels[i]
+            else "not " + profile.task.positive_class,
+            "kind": "false negative" if test.labels[i] else "false positive",
+            "score": float(test.scores[i]),
+        }
+        for _, i in chosen
+    ]
+
+
+# --- judgement -----------------------------------------------------------------------------
+
+
+def judge(profile: Profile, report: Mapping[str, Any]) -> dict[str, Any]:
+    """Each declared criterion, PASS or FAIL with its margin, and the verdict.
+
+    A criterion is judged on the point estimate on the test split, except non-inferiority,
+    which by definition is judged on the lower bound of the paired difference's interval.
+    A criterion that cannot be measured (no baseline, a rate without cases) is "not
+    measured", and then, as with too few test patients, the verdict is "no verdict":
+    never a pass.
+    """
+    gate = profile.acceptance
+    measured = report["results"]["model"]
+    criteria = []
+
+    def add(name: str, text: str, required: float, value: float | None, higher: bool) -> None:
+        if value is None:
+            status, margin = NOT_MEASURED, None
+        else:
+            margin = value - required if higher else required - value
+            status = PASS if margin >= 0 else FAIL
+        criteria.append(
+            {
+                "name": name,
+                "criterion": text,
+                "required": required,
+                "measured": value,
+                "margin": margin,
+                "status": status,
+            }
+        )
+
+    if gate.min_auroc is not None:
+        add(
+            "min_auroc",
+            f"AUROC at least {gate.min_auroc:g}",
+            gate.min_auroc,
+            measured["auroc"]["value"],
+            higher=True,
+        )
+    if gate.min_sensitivity is not None:
+        add(
+            "min_sensitivity",
+            f"sensitivity at the operating point at least {gate.min_sensitivity:g}",
+            gate.min_sensitivity,
+            measured["sensitivity"]["value"],
+            higher=True,
+        )
+    if gate.min_specificity is not None:
+        add(
+            "min_specificity",
+            f"specificity at the operating point at least {gate.min_specificity:g}",
+            gate.min_specificity,
+            measured["specificity"]["value"],
+            higher=True,
+        )
+    if gate.max_calibration_error is not None:
+        add(
+            "max_calibration_error",
+            f"expected calibration error at most {gate.max_calibration_error:g}",
+            gate.max_calibration_error,
+            measured["calibration_error"]["value"],
+            higher=False,
+        )
+    if gate.non_inferiority_margin is not None:
+        comparison = report.get("comparison")
+        low = None if comparison is None else comparison["auroc_difference"]["low"]
+        add(
+            "non_inferiority_margin",
+            "AUROC not worse than the baseline's by "
+            f"{gate.non_inferiority_margin:g} or more (lower bound of the difference)",
+            -gate.non_inferiority_margin,
+            low,
+            higher=True,
+        )
+    patients = report["data"]["patients"]["test"]
+    reasons = []
+    if patients < gate.min_test_patients:
+        reasons.append(
+            f"only {patients} test patients; the profile asks for at least "
+            f"{gate.min_test_patients} before judging"
+        )
+    unmeasured = [c["name"] for c in criteria if c["status"] == NOT_MEASURED]
+    if unmeasured:
+        reasons.append("not measured: " + ", ".join(unmeasured))
+    if reasons:
+        verdict = NO_VERDICT
+    else:
+        verdict = PASS if all(c["status"] == PASS for c in criteria) else FAIL
+    return {"verdict": verdict, "criteria": criteria, "no_verdict_because": reasons}
+
+
+# --- context -------------------------------------------------------------------------------
+
+
+def _describe_model(loaded: LoadedModel, folder: Path) -> dict[str, Any]:
+    card = loaded.card
+    adaptation = card.get("adaptation")
+    return {
+        "folder": folder.name,
+        "trained_at": card.get("source_site", card.get("site")) if adaptation else card.get("site"),
+        "adapted_to": card["site"] if adaptation else None,
+        "adaptation": adaptation,
+        "weights_sha256": card.get("weights_sha256"),
+        "backbone": card.get("backbone", {}).get("name"),
+        "seed": card.get("seed"),
+    }
+
+
+def _data_section(
+    site: SiteData,
+    records: list[SampleRecord],
+    splits: Mapping[Split, list[SampleRecord]],
+    profile: Profile,
+) -> dict[str, Any]:
+    per_split: dict[str, dict[str, int]] = {}
+    patients: dict[str, set[str]] = {}
+    for record in records:
+        name = record.split.value if record.split else "none"
+        per_split.setdefault(name, Counter())[record.label or "unlabelled"] += 1  # type: ignore[index]
+        patients.setdefault(name, set()).add(record.patient_key)
+    overlap = set.intersection(*patients.values()) if len(patients) > 1 else set()
+    rejected = Counter(_reason_kind(r.reason) for r in site.rejections)
+    return {
+        "samples": {k: dict(v) for k, v in per_split.items()},
+        "patients": {k: len(v) for k, v in patients.items()},
+        "patients_disjoint": not overlap,
+        "rejected_inputs": dict(rejected),
+        "unmatched_label_rows": sum(1 for r in site.rejections if r.path.suffix == ".csv"),
+        "split_seed": profile.seed,
+        "validated_samples": {k.value: len(v) for k, v in splits.items()},
+    }
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason without what follows its first colon or semicolon (which may name a file)."""
+    for mark in (":", ";", "("):
+        reason = reason.split(mark)[0]
+    return reason.strip()
+
+
+def _curves(loaded: LoadedModel) -> list[dict[str, Any]]:
+    return list(loaded.card.get("history", []))
+
+
+def _what_changed(report: Mapping[str, Any]) -> str:
+    model = report["models"]["model"]
+    if model["adaptation"]:
+        a = model["adaptation"]
+        return (
+            f"The model trained at {a.get('source_site', 'the source site')} was adapted to "
+            f"{report['site']} with {a.get('method')} "
+            f"(target labels used: {a.get('target_labels', 'none')})."
+        )
+    return f"The model trained at {model['trained_at']} is used at {report['site']} as it is."
+
+
+def _limitations(report: Mapping[str, Any], profile: Profile) -> list[str]:
+    notes = [
+        f"Measured on {report['data']['patients'].get('test', 0)} test patients of "
+        f"{report['site']} only, retrospectively; no prospective use was tested.",
+        "The operating point was chosen on the validation split; the test split was used "
+        "once, to measure.",
+    ]
+    for group in report["subgroups"]:
+        if group["too_small"]:
+            notes.append(
+                f"{group['attribute'].replace('_', ' ')} {group['value']}: "
+                f"{group['patients']} test patients, too few to judge this group."
+            )
+    for attribute in profile.report.subgroups:
+        values = {g["value"] for g in report["subgroups"] if g["attribute"] == attribute}
+        if len(values) == 1:
+            notes.append(
+                f"Every test image has the same {attribute.replace('_', ' ')} "
+                f"({next(iter(values))}): other values were not tested."
+            )
+    if report["comparison"] is None:
+        notes.append("No baseline model was given: the effect of adaptation is not shown.")
+    if report["shift"] is None:
+        notes.append("No shift analysis was given: how this site differs is not shown.")
+    return notes
+
+
+def _provenance(
+    profile: Profile, loaded: LoadedModel, records: list[SampleRecord], host: PluginHost
+) -> dict[str, Any]:
+    from importlib import metadata
+
+    card = loaded.card
+    return {
+        "medadapt": metadata.version("medadapt"),
+        "plugins": {p.name: p.version for p in host.describe()},
+        "profile_sha256": profile_hash(profile),
+        "data_manifest_sha256": data_manifest_hash(records),
+        "model_card": {
+            k: card.get(k)
+            for k in (
+                "site",
+                "classes",
+                "positive_class",
+                "backbone",
+                "seed",
+                "best_epoch",
+                "profile_sha256",
+                "data_manifest_sha256",
+                "weights_sha256",
+                "versions",
+            )
+        },
+        "seed": profile.seed,
+        "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }

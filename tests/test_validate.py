@@ -1,0 +1,284 @@
+"""`medadapt validate`: every number of the report recomputed from its saved predictions."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from sklearn.metrics import confusion_matrix, roc_auc_score
+
+from medadapt.engine.adapt import adapt
+from medadapt.engine.cli import cli
+from medadapt.engine.errors import ExitCode
+from medadapt.engine.metrics import PatientBootstrap, expected_calibration_error, rank_auroc
+from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.profile import load_profile
+from medadapt.engine.train import train
+from medadapt.engine.validate import PREDICTIONS, REPORT_HTML, REPORT_JSON, validate
+
+SITE = {
+    "intended_use": "tests",
+    "body_region": "chest",
+    "seed": 4,
+    "task": {
+        "classes": ["benign", "malignant"],
+        "positive_class": "malignant",
+        "label_depends_on": ["shape", "texture", "absolute-hu"],
+    },
+    "preprocessing": {
+        "window": {"level": 40, "width": 400},
+        "spacing_mm": [2.0, 1.0, 1.0],
+        "patch_mode": "2d",
+        "patch_size": [24, 24],
+    },
+    "augmentations": [{"name": "random-flip", "params": {"axis": "left-right"}}],
+    "backbone": {"name": "small-cnn"},
+    "training": {"epochs": 3, "batch_size": 8, "early_stopping_patience": None},
+    "acceptance": {
+        "min_auroc": 0.6,
+        "min_sensitivity": 0.5,
+        "max_calibration_error": 0.5,
+        "non_inferiority_margin": 0.5,
+        "min_test_patients": 5,
+    },
+    "report": {"recalibrate": True, "subgroups": ["manufacturer", "convolution_kernel"]},
+}
+
+
+def site(name: str, seed: int, **params) -> dict:
+    return {
+        **json.loads(json.dumps(SITE)),
+        "site": {"name": name},
+        "data": {
+            "source": "phantom",
+            "params": {
+                "patients": 30,
+                "seed": seed,
+                "slices": 12,
+                "size": 96,
+                "difficulty": 0.9,
+                **params,
+            },
+            "split": {"train": 0.4, "validation": 0.3, "test": 0.3},
+        },
+        "adaptation": {"method": "adabn"},
+    }
+
+
+def write(folder: Path, name: str, data: dict) -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory):
+    """A source model, its AdaBN adaptation to a sharp-kernel site, and the report."""
+    folder = tmp_path_factory.mktemp("validate")
+    host = get_plugin_host()
+    registry = host.registry()
+    source = load_profile(write(folder, "a.yaml", site("Hospital A", 5)), registry)
+    target_path = write(
+        folder, "b.yaml", site("Hospital B", 6, scanner="ge-sharp-low-dose", dose_mgy=0.3)
+    )
+    target = load_profile(target_path, registry)
+    trained = train(source, registry, host, folder / "train", quiet=True)
+    adapted = adapt(target, registry, host, trained.model_dir, folder / "adapt", quiet=True)
+    result = validate(
+        target, registry, host, adapted.model_dir, folder / "report", trained.model_dir
+    )
+    return {
+        "folder": folder,
+        "target": target_path,
+        "model": adapted.model_dir,
+        "baseline": trained.model_dir,
+        "result": result,
+    }
+
+
+def _predictions(folder: Path) -> dict:
+    table: dict = defaultdict(lambda: {"labels": [], "scores": [], "patients": [], "rows": []})
+    with (folder / PREDICTIONS).open() as handle:
+        for row in csv.DictReader(handle):
+            entry = table[(row["model"], row["split"])]
+            entry["labels"].append(int(row["label"]))
+            entry["scores"].append(float(row["score"]))
+            entry["patients"].append(row["patient"])
+            entry["rows"].append(row)
+    return {
+        key: {**v, "labels": np.array(v["labels"]), "scores": np.array(v["scores"])}
+        for key, v in table.items()
+    }
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray):
+    def statistic(i: np.ndarray) -> float | None:
+        y = labels[i]
+        return rank_auroc(y, scores[i])  # equal to scikit-learn's (test_metrics)
+
+    return statistic
+
+
+def _close(estimate: dict, value: float, boot: PatientBootstrap, statistic) -> None:
+    assert estimate["value"] == pytest.approx(value)
+    again = boot.estimate(statistic)
+    assert (estimate["low"], estimate["high"]) == pytest.approx((again.low, again.high))
+
+
+def test_every_number_matches_a_recomputation_from_the_saved_predictions(validated):
+    folder = validated["folder"] / "report"
+    report = json.loads((folder / REPORT_JSON).read_text())
+    assert report == json.loads(json.dumps(validated["result"].report))
+    saved = _predictions(folder)
+    for name in ("model", "baseline"):
+        val, test = saved[(name, "validation")], saved[(name, "test")]
+        measured = report["results"][name]
+        labels, scores = test["labels"], test["scores"]
+        boot = PatientBootstrap(test["patients"], seed=report["bootstrap"]["seed"])
+        # AUROC (scikit-learn) with its patient bootstrap interval.
+        _close(measured["auroc"], roc_auc_score(labels, scores), boot, _auroc(labels, scores))
+        # Operating point: the most specific validation threshold reaching sensitivity 0.9.
+        positives = val["scores"][val["labels"] == 1]
+        threshold = max(t for t in np.unique(val["scores"]) if np.mean(positives >= t) >= 0.9)
+        assert measured["threshold"] == pytest.approx(threshold)
+        tn, fp, fn, tp = confusion_matrix(labels, scores >= threshold, labels=[0, 1]).ravel()
+        assert measured["confusion"] == {
+            "true_positive": tp,
+            "false_positive": fp,
+            "false_negative": fn,
+            "true_negative": tn,
+        }
+        assert measured["sensitivity"]["value"] == pytest.approx(tp / (tp + fn))
+        assert measured["specificity"]["value"] == pytest.approx(tn / (tn + fp))
+        if tp + fp:
+            assert measured["ppv"]["value"] == pytest.approx(tp / (tp + fp))
+        if tn + fn:
+            assert measured["npv"]["value"] == pytest.approx(tn / (tn + fn))
+        # Calibration: ten equal bins, by hand.
+        bins = np.minimum((scores * 10).astype(int), 9)
+        ece = sum(
+            (bins == b).sum() * abs(scores[bins == b].mean() - labels[bins == b].mean())
+            for b in range(10)
+            if (bins == b).any()
+        ) / len(scores)
+        assert measured["calibration_error"]["value"] == pytest.approx(ece)
+        assert expected_calibration_error(labels, scores) == pytest.approx(ece)
+        assert sum(row["n"] for row in measured["reliability"]) == len(scores)
+    # The paired difference uses the same resamples for both models.
+    model, baseline = saved[("model", "test")], saved[("baseline", "test")]
+    assert model["patients"] == baseline["patients"]
+    difference = roc_auc_score(model["labels"], model["scores"]) - roc_auc_score(
+        baseline["labels"], baseline["scores"]
+    )
+    assert report["comparison"]["auroc_difference"]["value"] == pytest.approx(difference)
+    # Subgroups: counts and AUROC per value of each attribute.
+    for group in report["subgroups"]:
+        inside = [r[group["attribute"]] == group["value"] for r in model["rows"]]
+        y, s = model["labels"][inside], model["scores"][inside]
+        assert group["samples"] == len(y)
+        assert group["patients"] == len(
+            {p for p, k in zip(model["patients"], inside, strict=True) if k}
+        )
+        expected = roc_auc_score(y, s) if 0 < y.sum() < len(y) else None
+        assert group["auroc"]["value"] == pytest.approx(expected)
+    # Data: counts per split and class, patients disjoint.
+    assert report["data"]["patients_disjoint"] is True
+    assert report["data"]["validated_samples"]["test"] == len(model["labels"])
+    assert sum(report["data"]["samples"]["test"].values()) == len(model["labels"])
+
+
+def test_the_verdict_follows_the_criteria(validated):
+    report = validated["result"].report
+    criteria = {c["name"]: c for c in report["acceptance"]["criteria"]}
+    assert set(criteria) == {
+        "min_auroc",
+        "min_sensitivity",
+        "max_calibration_error",
+        "non_inferiority_margin",
+    }
+    measured = report["results"]["model"]
+    assert criteria["min_auroc"]["measured"] == measured["auroc"]["value"]
+    assert criteria["min_auroc"]["margin"] == pytest.approx(measured["auroc"]["value"] - 0.6)
+    low = report["comparison"]["auroc_difference"]["low"]
+    assert criteria["non_inferiority_margin"]["measured"] == low
+    expected = "pass" if all(c["margin"] >= 0 for c in criteria.values()) else "fail"
+    assert report["acceptance"]["verdict"] == expected
+
+
+def test_the_html_report_shows_the_json_numbers(validated):
+    html = (validated["folder"] / "report" / REPORT_HTML).read_text()
+    report = validated["result"].report
+    auroc = report["results"]["model"]["auroc"]
+    assert f"{auroc['value']:.3f} ({auroc['low']:.3f} to {auroc['high']:.3f})" in html
+    for heading in (
+        "Summary",
+        "Discrimination",
+        "Operating point",
+        "Calibration",
+        "Before and after",
+        "Subgroups",
+        "Most confident errors",
+        "Data",
+        "Limitations",
+        "Provenance",
+        "Training",
+        "Augmentations used",
+    ):
+        assert f"<h2>{heading}</h2>" in html
+    # Self-contained: ROC, calibration, augmentations, training, errors embedded.
+    assert report["failures"]
+    assert html.count("data:image/png;base64,") == 5
+    assert "<h2>How this site's data differs</h2>" in html
+    assert 'src="http' not in html
+
+
+def test_a_failing_criterion_exits_1_and_says_by_how_much(validated, tmp_path):
+    strict = yaml.safe_load(validated["target"].read_text())
+    strict["acceptance"] = {"min_auroc": 0.999, "min_test_patients": 5}
+    path = write(validated["target"].parent, "strict.yaml", strict)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "validate",
+            "-p",
+            str(path),
+            "--model",
+            str(validated["model"]),
+            "--out",
+            str(tmp_path / "strict"),
+        ],
+    )
+    assert result.exit_code == ExitCode.NOT_PASSED, result.output
+    auroc = json.loads((tmp_path / "strict" / REPORT_JSON).read_text())["results"]["model"]
+    assert f"FAIL         AUROC at least 0.999: measured {auroc['auroc']['value']:.3f} " in (
+        result.output
+    )
+    assert f"short by {0.999 - auroc['auroc']['value']:.3f}" in result.output
+    assert "verdict: FAIL" in result.output
+
+
+def test_too_few_test_patients_or_no_baseline_gives_no_verdict(validated, tmp_path):
+    profile = yaml.safe_load(validated["target"].read_text())
+    profile["acceptance"]["min_test_patients"] = 500
+    path = write(validated["target"].parent, "few.yaml", profile)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "validate",
+            "-p",
+            str(path),
+            "--model",
+            str(validated["model"]),
+            "--out",
+            str(tmp_path / "few"),
+        ],
+    )
+    assert result.exit_code == ExitCode.NO_VERDICT, result.output
+    assert "the profile asks for at least 500" in result.output
+    assert "not measured: non_inferiority_margin" in result.output  # no --baseline given
