@@ -333,6 +333,79 @@ def adapt_command(
         click.echo(f"  kept: {result.kept}")
 
 
+@cli.command("shift")
+@profile_option("the target site: data, preprocessing")
+@click.option(
+    "--against",
+    "source_profile",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The source site's profile.",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A model (usually the source model) whose features are compared too.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where shift.json goes (default: runs/<site>-shift).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.pass_context
+def shift_command(
+    ctx: click.Context,
+    profile_path: Path,
+    source_profile: Path,
+    model_dir: Path | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """How the target site's data differs from the source site's.
+
+    Compares acquisition attributes, HU histograms around the lesions and, with --model,
+    the model's features (MMD with a permutation p-value, and a domain classifier's AUROC).
+    Reads the train and validation splits only. Writes OUT/shift.json (pass it to
+    `medadapt validate --shift`) and prints a verdict: none, moderate or large shift.
+    """
+    from medadapt.engine.shift import analyse_shift, describe_thresholds
+
+    registry = get_plugin_host().registry()
+    target = load_profile(profile_path, registry)
+    source = load_profile(source_profile, registry)
+    out = out or Path("runs") / f"{_slug(target.site.name)}-shift"
+    result = analyse_shift(target, source, registry, model_dir, out)
+    if as_json:
+        _emit_json(result)
+        return
+    table = Table(title=f"{result['sites']['source']} -> {result['sites']['target']}")
+    table.add_column("attribute")
+    table.add_column(result["sites"]["source"])
+    table.add_column(result["sites"]["target"])
+    for row in result["acquisition"]:
+        table.add_row(row["attribute"].replace("_", " "), row["source"], row["target"])
+    _stdout().print(table)
+    click.echo(f"HU distance (Wasserstein) around the lesions: {result['hu_wasserstein']:.1f} HU")
+    for tissue in result["tissue_medians_hu"]:
+        if tissue["difference"] is not None:
+            click.echo(
+                f"  median HU in {tissue['tissue']}: {tissue['source']:.0f} -> "
+                f"{tissue['target']:.0f} ({tissue['difference']:+.0f})"
+            )
+    if "features" in result:
+        features = result["features"]
+        auroc = features["domain_classifier_auroc"]
+        click.echo(
+            f"model features: MMD {features['mmd']:.4f} (p = {features['mmd_p_value']:.3f}), "
+            f"domain classifier AUROC {'n/a' if auroc is None else f'{auroc:.3f}'}"
+        )
+    click.echo(f"verdict: {result['verdict'].upper()} shift. {result['explanation']}")
+    click.echo(f"  (rule: {describe_thresholds()})")
+    click.echo(f"written to {out / 'shift.json'}")
+
+
 @cli.command("validate")
 @profile_option("the site: data, task, acceptance, report")
 @click.option(

@@ -345,7 +345,12 @@ class Acceptance(_Section):
 
 
 SubgroupAttribute = Literal[
-    "manufacturer", "manufacturer_model", "convolution_kernel", "kvp", "slice_thickness"
+    "manufacturer",
+    "manufacturer_model",
+    "convolution_kernel",
+    "kvp",
+    "slice_thickness",
+    "pixel_spacing",
 ]
 
 

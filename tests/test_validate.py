@@ -19,6 +19,7 @@ from medadapt.engine.errors import ExitCode
 from medadapt.engine.metrics import PatientBootstrap, expected_calibration_error, rank_auroc
 from medadapt.engine.plugins import get_plugin_host
 from medadapt.engine.profile import load_profile
+from medadapt.engine.shift import SHIFT_JSON, analyse_shift
 from medadapt.engine.train import train
 from medadapt.engine.validate import PREDICTIONS, REPORT_HTML, REPORT_JSON, validate
 
@@ -90,11 +91,14 @@ def validated(tmp_path_factory):
     target = load_profile(target_path, registry)
     trained = train(source, registry, host, folder / "train", quiet=True)
     adapted = adapt(target, registry, host, trained.model_dir, folder / "adapt", quiet=True)
+    shift = analyse_shift(target, source, registry, trained.model_dir, folder / "shift")
     result = validate(
-        target, registry, host, adapted.model_dir, folder / "report", trained.model_dir
+        target, registry, host, adapted.model_dir, folder / "report", trained.model_dir, shift
     )
     return {
         "folder": folder,
+        "source": folder / "a.yaml",
+        "shift": shift,
         "target": target_path,
         "model": adapted.model_dir,
         "baseline": trained.model_dir,
@@ -231,10 +235,11 @@ def test_the_html_report_shows_the_json_numbers(validated):
         "Augmentations used",
     ):
         assert f"<h2>{heading}</h2>" in html
-    # Self-contained: ROC, calibration, augmentations, training, errors embedded.
+    # Self-contained: ROC, calibration, shift, augmentations, training, errors embedded.
     assert report["failures"]
-    assert html.count("data:image/png;base64,") == 5
+    assert html.count("data:image/png;base64,") == 6
     assert "<h2>How this site's data differs</h2>" in html
+    assert f"<strong>{report['shift']['verdict'].upper()} shift.</strong>" in html
     assert 'src="http' not in html
 
 
@@ -282,3 +287,73 @@ def test_too_few_test_patients_or_no_baseline_gives_no_verdict(validated, tmp_pa
     assert result.exit_code == ExitCode.NO_VERDICT, result.output
     assert "the profile asks for at least 500" in result.output
     assert "not measured: non_inferiority_margin" in result.output  # no --baseline given
+
+
+def test_shift_finds_the_scanner_change_and_not_a_second_draw_of_the_same_site(validated, tmp_path):
+    shift = validated["shift"]
+    assert shift == json.loads((validated["folder"] / "shift" / SHIFT_JSON).read_text())
+    differing = {row["attribute"] for row in shift["acquisition"] if row["differs"]}
+    assert {"manufacturer", "convolution_kernel", "pixel_spacing"} <= differing
+    assert shift["features"]["domain_classifier_auroc"] > 0.65
+    assert shift["features"]["mmd_p_value"] < 0.05
+    assert shift["verdict"] in ("moderate", "large")
+    assert sum(shift["hu_histograms"]["target"]) == pytest.approx(1.0, abs=0.02)
+    # The same hospital, other patients: nothing differs but the patients.
+    again = yaml.safe_load(validated["source"].read_text())
+    again["data"]["params"]["seed"] = 11
+    registry = get_plugin_host().registry()
+    same = analyse_shift(
+        load_profile(write(tmp_path, "again.yaml", again), registry),
+        load_profile(validated["source"], registry),
+        registry,
+        validated["baseline"],
+    )
+    assert not any(row["differs"] for row in same["acquisition"])
+    assert same["hu_wasserstein"] < 15
+    assert same["features"]["domain_classifier_auroc"] < 0.65
+    assert same["verdict"] == "none"
+
+
+def test_shift_reads_no_test_patient(validated, monkeypatch):
+    from medadapt.engine.samples import PatchLoader
+    from medadapt.engine.splits import site_split
+
+    registry = get_plugin_host().registry()
+    target = load_profile(validated["target"], registry)
+    source = load_profile(validated["source"], registry)
+    read = []
+    original = PatchLoader.patch_hu
+
+    def watched(self, record):
+        read.append(record.patient_key)
+        return original(self, record)
+
+    monkeypatch.setattr(PatchLoader, "patch_hu", watched)
+    analyse_shift(target, source, registry, validated["baseline"])
+    from medadapt.engine.samples import open_site_data
+
+    test_patients = set()
+    for profile in (target, source):
+        records = site_split(open_site_data(profile, registry).records, profile)
+        test_patients |= {r.patient_key for r in records if r.split.value == "test"}
+    assert read
+    assert not set(read) & test_patients
+
+
+def test_shift_command_prints_the_verdict_and_the_rule(validated, tmp_path):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "shift",
+            "-p",
+            str(validated["target"]),
+            "--against",
+            str(validated["source"]),
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "verdict: MODERATE shift" in result.output or "verdict: LARGE shift" in result.output
+    assert "(rule: with a model: large when" in result.output
+    assert (tmp_path / SHIFT_JSON).is_file()

@@ -260,7 +260,7 @@ def _build_volume(
         axes=axes,
         flips=flips,
         affine=affine,
-        attributes=dict(first_header.attributes),
+        attributes={**first_header.attributes, "pixel_spacing": round(float(row_spacing), 4)},
         warnings=warnings,
     )
     return volume, rejections

@@ -55,6 +55,7 @@ class Phantom(DataSource):
             "convolution_kernel": scanner.kernel,
             "kvp": float(scanner.kvp),
             "slice_thickness": float(scanner.slice_thickness_mm),
+            "pixel_spacing": round(float(spec.pixel_mm), 4),
         }
         records = []
         z0, origin, pixel = spec.slice_positions()[0], spec.grid_origin(), spec.pixel_mm
