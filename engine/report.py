@@ -130,7 +130,9 @@ def _png(fig: Any) -> str:
 
 def _roc_figure(report: Mapping[str, Any]) -> str:
     fig, ax = _figure()
-    for name, measured in report["results"].items():
+    # The baseline first, so the model's curve is drawn on top of it.
+    for name in sorted(report["results"], key=lambda n: n == "model"):
+        measured = report["results"][name]
         roc = measured["roc"]
         ax.plot(
             roc["false_positive_rate"],

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -238,6 +240,8 @@ def test_the_html_report_shows_the_json_numbers(validated):
     # Self-contained: ROC, calibration, shift, augmentations, training, errors embedded.
     assert report["failures"]
     assert html.count("data:image/png;base64,") == 6
+    for encoded in re.findall(r'src="data:image/png;base64,([^"]+)"', html):
+        assert base64.b64decode(encoded).startswith(b"\x89PNG\r\n\x1a\n")
     assert "<h2>How this site's data differs</h2>" in html
     assert f"<strong>{report['shift']['verdict'].upper()} shift.</strong>" in html
     assert 'src="http' not in html
@@ -357,3 +361,89 @@ def test_shift_command_prints_the_verdict_and_the_rule(validated, tmp_path):
     assert "verdict: MODERATE shift" in result.output or "verdict: LARGE shift" in result.output
     assert "(rule: with a model: large when" in result.output
     assert (tmp_path / SHIFT_JSON).is_file()
+
+
+def test_a_plugin_adds_a_section_to_the_report(validated, register, tmp_path):
+    from medadapt.engine import hookimpl
+    from medadapt.engine.hookspecs import ReportSection
+
+    seen = {}
+
+    class Checklist:
+        @hookimpl
+        def medadapt_report_sections(self, context):
+            seen["auroc"] = context["results"]["model"]["auroc"]["value"]
+            return [ReportSection("Physicist's checklist", "<p>Phantom QA done &amp; signed.</p>")]
+
+    register(Checklist(), "checklist")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "validate",
+            "-p",
+            str(validated["target"]),
+            "--model",
+            str(validated["model"]),
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code in (ExitCode.OK, ExitCode.NOT_PASSED, ExitCode.NO_VERDICT)
+    html = (tmp_path / REPORT_HTML).read_text()
+    assert "<h2>Physicist&#39;s checklist</h2>\n<p>Phantom QA done &amp; signed.</p>" in html
+    assert html.index("Physicist") < html.index("<h2>Provenance</h2>")
+    report = json.loads((tmp_path / REPORT_JSON).read_text())
+    assert seen["auroc"] == report["results"]["model"]["auroc"]["value"]
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    return next((found for name in names if (found := shutil.which(name))), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed")
+def test_the_report_renders_and_prints_in_headless_chromium(validated, tmp_path):
+    import struct
+    import subprocess
+
+    page = (validated["folder"] / "report" / REPORT_HTML).resolve().as_uri()
+    common = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
+    shot, pdf = tmp_path / "report.png", tmp_path / "report.pdf"
+    run = subprocess.run(
+        [*common, "--window-size=1100,2400", f"--screenshot={shot}", page],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    # The page's own errors (a broken image, a script error) are logged as console messages
+    # or failed loads; the browser's complaints about the container (no D-Bus) are not.
+    problems = [
+        line
+        for line in run.stderr.splitlines()
+        if "CONSOLE" in line or "Failed to load" in line or "net::ERR" in line
+    ]
+    assert not problems, problems
+    width, height = struct.unpack(">II", shot.read_bytes()[16:24])
+    assert (width, height) == (1100, 2400)
+    printed = subprocess.run(
+        [*common, "--no-pdf-header-footer", f"--print-to-pdf={pdf}", page],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert pdf.read_bytes().startswith(b"%PDF")
+    dom = subprocess.run(
+        [*common, "--dump-dom", page], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert dom.count("<img") == dom.count("data:image/png;base64,") == 6
