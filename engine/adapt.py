@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.stats
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
@@ -160,8 +159,8 @@ class CandidateRun:
     val_auroc: float | None
     best_epoch: int
     folder: Path
-    #: Under auto: how closely this run's predictions on the target validation split rank
-    #: the samples as the mean prediction of every candidate at its seed does (EnsV).
+    #: Under auto: the share of target validation samples on which this run's predicted
+    #: class matches the mean prediction of the other candidates at its seed (EnsV).
     agreement: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -483,43 +482,37 @@ def _probabilities(model: nn.Module, data: Dataset, device: torch.device) -> np.
 
 
 def ensemble_agreement(probabilities: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Each candidate's agreement with the candidates' mean prediction (EnsV).
+    """Each candidate's agreement with the mean prediction of the other candidates (EnsV).
 
-    The mean of every candidate's probabilities is a better labeller of the target than most
-    candidates alone (Hu et al., 2023, "Mitigating the bias in the model selection of
-    unsupervised domain adaptation" / EnsV). No candidate's training objective is the
-    criterion, so none is favoured for optimising it.
+    The mean of several candidates' probabilities is a better labeller of the target than
+    most candidates alone (Hu et al., 2023, "Mitigating the bias in the model selection of
+    unsupervised domain adaptation" / EnsV); each candidate is scored by the share of
+    samples whose predicted class matches the ensemble's. No candidate's training objective
+    is the criterion, so none is favoured for optimising it.
 
-    EnsV scores a candidate by the share of samples whose predicted class matches the
-    ensemble's. Here the result is judged by AUROC, which depends on how a model ranks the
-    samples and not on where its threshold lies, and adaptation moves thresholds (new
-    batch-norm statistics shift every logit) without necessarily changing the ranking. So
-    the agreement is threshold-free too: the Spearman rank correlation between the
-    candidate's and the ensemble's probability of each class, averaged over the classes
-    (for two classes both give the same number). A candidate whose probabilities do not
-    vary agrees with nothing (0).
+    One departure from the published rule: a candidate is compared with the ensemble of the
+    *other* candidates (leave one out). Judged against an ensemble that includes it, a
+    confident candidate that disagrees with the rest can tip the mean its way with its own
+    vote and be rated best for it. On the adaptation benchmark's development seeds (1 to 3) this
+    rule kept a model within 0.01 AUROC of the best method on both pairs, where the
+    published rule and a rank-based variant each missed one pair by 0.05; the figures in
+    benchmarks/RESULTS.md are from seeds run after this choice (docs/adaptation.md).
 
     Example:
-        >>> p = {"a": np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]),
-        ...      "b": np.array([[0.8, 0.2], [0.7, 0.3], [0.3, 0.7]]),
-        ...      "c": np.array([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])}
+        >>> p = {"a": np.array([[0.9, 0.1], [0.2, 0.8]]), "b": np.array([[0.8, 0.2], [0.3, 0.7]]),
+        ...      "c": np.array([[0.4, 0.6], [0.4, 0.6]])}
         >>> ensemble_agreement(p)
-        {'a': 1.0, 'b': 1.0, 'c': 0.0}
+        {'a': 1.0, 'b': 1.0, 'c': 0.5}
     """
-    mean = np.mean(list(probabilities.values()), axis=0)
-    return {name: _rank_agreement(p, mean) for name, p in probabilities.items()}
-
-
-def _rank_agreement(candidate: np.ndarray, ensemble: np.ndarray) -> float:
-    """Mean over classes of the Spearman correlation of two probability tables (0 if flat)."""
-    values = []
-    for column in range(candidate.shape[1]):
-        x, y = candidate[:, column], ensemble[:, column]
-        if np.ptp(x) == 0 or np.ptp(y) == 0:
-            values.append(0.0)
-            continue
-        values.append(float(scipy.stats.spearmanr(x, y).statistic))
-    return float(np.mean(values))
+    names = list(probabilities)
+    if len(names) < 2:
+        return {name: 1.0 for name in names}
+    total = np.sum([probabilities[name] for name in names], axis=0)
+    agreement = {}
+    for name, own in probabilities.items():
+        others = (total - own).argmax(axis=1)
+        agreement[name] = float((own.argmax(axis=1) == others).mean())
+    return agreement
 
 
 def _copy_model(source: Path, destination: Path) -> None:
@@ -717,7 +710,7 @@ def _conclude(
         "method": name,
         "selection": _selection_name(selection),
         "selection_higher_is_better": True if selection is None else selection.higher_is_better,
-        "methods_compared_by": "rank agreement with the mean prediction of the candidates (EnsV)"
+        "methods_compared_by": "agreement with the mean prediction of the other candidates (EnsV)"
         if ensemble
         else _selection_name(selection),
         "target_labels": (target.adaptation or AdaptationChoice()).target_labels,

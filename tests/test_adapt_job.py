@@ -102,7 +102,7 @@ def test_auto_scores_the_source_model_and_each_method_and_keeps_the_best(sites, 
     assert "EnsV" in summary["methods_compared_by"]
     agreement = {m: f["agreement_mean"] for m, f in summary["methods"].items()}
     assert agreement[summary["kept"]] == max(agreement.values())
-    assert all(-1.0 <= a <= 1.0 for a in agreement.values())
+    assert all(0.0 <= a <= 1.0 for a in agreement.values())
     assert summary["adaptation_helped"] == (summary["kept"] != SOURCE_ONLY)
     loaded = load_model(result.model_dir, get_plugin_host().registry())
     if result.helped:
@@ -255,19 +255,16 @@ def test_finetune_keeps_frozen_stages_as_loaded(sites, tmp_path):
         run_adapt(sites, tmp_path / "unknown", profile)
 
 
-def test_ensemble_agreement_compares_rankings_not_thresholds():
-    # "shifted" ranks the samples as the ensemble does but calls them all positive (a model
-    # whose threshold moved); "reversed" ranks them backwards; "flat" says the same for all.
-    positive = np.array([0.1, 0.3, 0.5, 0.7, 0.9])
-    table = {
-        "a": positive,
-        "b": positive * 0.8 + 0.1,
-        "shifted": 0.9 + positive / 10,
-        "reversed": 1.0 - positive,
-        "flat": np.full(5, 0.5),
-    }
-    agreement = ensemble_agreement({k: np.stack([1 - v, v], axis=1) for k, v in table.items()})
-    assert agreement["shifted"] == pytest.approx(1.0)
-    assert agreement["a"] == agreement["b"] == agreement["shifted"]
-    assert agreement["reversed"] == pytest.approx(-1.0)
-    assert agreement["flat"] == 0.0
+def test_ensemble_agreement_leaves_each_candidate_out_of_its_own_ensemble():
+    # "odd" is confident and disagrees with the others. Its own vote tips the mean of all
+    # four its way, so the published rule would rate it best (full agreement); left out of
+    # its own ensemble, it agrees with nothing and "c", which sides with the others on the
+    # second sample, is rated best.
+    a = b = np.array([[0.55, 0.45], [0.55, 0.45]])
+    c = np.array([[0.6, 0.4], [0.45, 0.55]])
+    odd = np.array([[0.0, 1.0], [0.0, 1.0]])
+    with_self = np.mean([a, b, c, odd], axis=0).argmax(axis=1)
+    assert (odd.argmax(axis=1) == with_self).mean() == 1.0
+    agreement = ensemble_agreement({"a": a, "b": b, "c": c, "odd": odd})
+    assert agreement == {"a": 0.0, "b": 0.0, "c": 0.5, "odd": 0.0}
+    assert ensemble_agreement({"only": a}) == {"only": 1.0}
