@@ -221,7 +221,7 @@ class AdaptationChoice(_Section):
     auto_selection: Literal["ensemble", "score"] = Field(
         default="ensemble",
         description="how auto compares methods without labels: ensemble (agreement with "
-        "the candidates' mean prediction, EnsV) or score (the selection score)",
+        "the other candidates' mean prediction, EnsV) or score (the selection score)",
     )
 
 
