@@ -173,32 +173,34 @@ def _calibration_figure(report: Mapping[str, Any]) -> str:
     return _png(fig)
 
 
-def _curves_figure(history: list[Mapping[str, Any]]) -> str | None:
-    if not history:
+def _curves_figure(curves: Mapping[str, list[Mapping[str, Any]]]) -> str | None:
+    """Loss and validation AUROC per epoch, one panel per phase (training, adaptation)."""
+    if not curves:
         return None
-    fig, ax = _figure(6.0, 3.2)
-    epochs = [row["epoch"] for row in history]
-    for key, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
-        values = [row.get(key) for row in history]
+    fig, axes = _figure(5.0 * len(curves), 3.2, columns=len(curves))
+    for ax, (phase, history) in zip(np.atleast_1d(axes), curves.items(), strict=True):
+        epochs = [row["epoch"] for row in history]
+        for key, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
+            values = [row.get(key) for row in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], "o-", label=label)
+        ax.set(xlabel="epoch", ylabel="loss", title=phase)
+        other = ax.twinx()
+        values = [row.get("val_auroc") for row in history]
         if any(v is not None for v in values):
-            ax.plot(epochs, [np.nan if v is None else v for v in values], "o-", label=label)
-    ax.set(xlabel="epoch", ylabel="loss")
-    other = ax.twinx()
-    values = [row.get("val_auroc") for row in history]
-    if any(v is not None for v in values):
-        other.plot(
-            epochs,
-            [np.nan if v is None else v for v in values],
-            "s--",
-            color="#2a9d55",
-            label="validation AUROC",
-        )
-        other.set_ylabel("AUROC")
-        other.set_ylim(0, 1)
-    handles = ax.get_legend_handles_labels()
-    extra = other.get_legend_handles_labels()
-    ax.legend(handles[0] + extra[0], handles[1] + extra[1], loc="lower left", fontsize=8)
-    ax.set_title("Training of the model")
+            other.plot(
+                epochs,
+                [np.nan if v is None else v for v in values],
+                "s--",
+                color="#2a9d55",
+                label="validation AUROC",
+            )
+            other.set_ylabel("AUROC")
+            other.set_ylim(0, 1)
+        handles, labels = ax.get_legend_handles_labels()
+        more, names = other.get_legend_handles_labels()
+        if handles or more:
+            ax.legend(handles + more, labels + names, loc="lower left", fontsize=8)
     return _png(fig)
 
 

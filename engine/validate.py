@@ -457,8 +457,18 @@ def _reason_kind(reason: str) -> str:
     return reason.strip()
 
 
-def _curves(loaded: LoadedModel) -> list[dict[str, Any]]:
-    return list(loaded.card.get("history", []))
+def _curves(loaded: LoadedModel) -> dict[str, list[dict[str, Any]]]:
+    """Per-epoch history from the model card: the adaptation's and the source training's
+    for an adapted model, the training's otherwise (empty for cards without history)."""
+    card = loaded.card
+    if card.get("adaptation"):
+        curves = {
+            "adaptation": card.get("history", []),
+            "source training": card.get("source_history", []),
+        }
+    else:
+        curves = {"training": card.get("history", [])}
+    return {name: list(rows) for name, rows in curves.items() if rows}
 
 
 def _what_changed(report: Mapping[str, Any]) -> str:

@@ -193,6 +193,12 @@ def test_every_number_matches_a_recomputation_from_the_saved_predictions(validat
         )
         expected = roc_auc_score(y, s) if 0 < y.sum() < len(y) else None
         assert group["auroc"]["value"] == pytest.approx(expected)
+    # Curves: the adaptation's epochs and the source training's, from the model cards.
+    adapted = json.loads((validated["model"] / "card.json").read_text())
+    source = json.loads((validated["baseline"] / "card.json").read_text())
+    assert report["training"]["adaptation"] == adapted["history"]
+    assert report["training"]["source training"] == source["history"]
+    assert len(source["history"]) == 3  # epochs
     # Data: counts per split and class, patients disjoint.
     assert report["data"]["patients_disjoint"] is True
     assert report["data"]["validated_samples"]["test"] == len(model["labels"])
