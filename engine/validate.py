@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medadapt.engine.components import SampleRecord, Split
+from medadapt.engine.components import Rejection, SampleRecord, Split
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.evaluate import Predictions, check_positive_class, predict_records
 from medadapt.engine.metrics import (
@@ -438,23 +439,32 @@ def _data_section(
         per_split.setdefault(name, Counter())[record.label or "unlabelled"] += 1  # type: ignore[index]
         patients.setdefault(name, set()).add(record.patient_key)
     overlap = set.intersection(*patients.values()) if len(patients) > 1 else set()
-    rejected = Counter(_reason_kind(r.reason) for r in site.rejections)
+    rejected = Counter(_reason_kind(r) for r in site.rejections)
     return {
         "samples": {k: dict(v) for k, v in per_split.items()},
         "patients": {k: len(v) for k, v in patients.items()},
         "patients_disjoint": not overlap,
         "rejected_inputs": dict(rejected),
-        "unmatched_label_rows": sum(1 for r in site.rejections if r.path.suffix == ".csv"),
+        "unmatched_label_rows": sum(1 for r in site.rejections if r.path.suffix.lower() == ".csv"),
         "split_seed": profile.seed,
         "validated_samples": {k.value: len(v) for k, v in splits.items()},
     }
 
 
-def _reason_kind(reason: str) -> str:
-    """The reason without what follows its first colon or semicolon (which may name a file)."""
-    for mark in (":", ";", "("):
-        reason = reason.split(mark)[0]
-    return reason.strip()
+def _reason_kind(rejection: Rejection) -> str:
+    """A rejection's reason as a category: without the label row's number, pseudonyms and
+    bracketed details (an exception's text), so that like counts with like.
+
+    Example:
+        >>> _reason_kind(Rejection(Path("labels.csv"),
+        ...     "row 24: no usable series for patient patient-0123456789abcdef with the given"
+        ...     " study/series"))
+        'label row: no usable series for patient with the given study/series'
+    """
+    reason = re.sub(r"^row \d+: ", "", rejection.reason)
+    reason = re.sub(r"\b(patient|study|series|image)-[0-9a-f]{16}\b ?", "", reason)
+    reason = reason.split(" (")[0].strip()
+    return ("label row: " if rejection.path.suffix.lower() == ".csv" else "") + reason
 
 
 def _curves(loaded: LoadedModel) -> dict[str, list[dict[str, Any]]]:

@@ -10,6 +10,7 @@ they printed is searched for the canaries. None may appear.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pydicom
@@ -147,6 +148,11 @@ def test_no_identifying_attribute_reaches_anything_written(tmp_path, monkeypatch
         assert result.exit_code in (0, 1, 5), result.output[-3000:]  # ran to the end
         printed.append(result.output)
     assert (work / "validate" / "report.html").is_file()
+    data = json.loads((work / "validate" / "report.json").read_text())["data"]
+    assert data["unmatched_label_rows"] == 1  # reported by reason, without the identifier
+    assert data["rejected_inputs"] == {
+        "label row: no usable series for patient with the given study/series": 1
+    }
     assert any((work / "cache").rglob("*")), "the cache was written and is searched"
     assert "label" in "".join(printed)  # the unmatched label row is reported ...
     leaks = []
