@@ -351,6 +351,7 @@ SubgroupAttribute = Literal[
     "kvp",
     "slice_thickness",
     "pixel_spacing",
+    "body_part",
 ]
 
 
@@ -359,7 +360,12 @@ class Report(_Section):
 
     title: str | None = Field(default=None, description="defaults to the site name")
     subgroups: list[SubgroupAttribute] = Field(
-        default_factory=lambda: ["manufacturer", "convolution_kernel"],
+        default_factory=lambda: [
+            "manufacturer",
+            "convolution_kernel",
+            "slice_thickness",
+            "body_part",
+        ],
         description="acquisition attributes results are broken down by",
     )
     formats: list[Literal["html", "json"]] = Field(default_factory=lambda: ["html", "json"])

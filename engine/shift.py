@@ -3,7 +3,7 @@
 Three views, each with its numbers:
 
 1. Acquisition: the distribution of each acquisition attribute (manufacturer, model,
-   kernel, kVp, slice thickness, pixel spacing) over the series of each site.
+   kernel, kVp, slice thickness, pixel spacing, body part) over the series of each site.
 2. Intensities: HU histograms of the same anatomical regions (the patches around the
    lesions, at the profile's resampled spacing), the Wasserstein distance between them in
    HU, and the median HU of each tissue band (air, lung, fat, soft tissue, bone), which
@@ -45,6 +45,7 @@ ATTRIBUTES = (
     "kvp",
     "slice_thickness",
     "pixel_spacing",
+    "body_part",
 )
 #: HU bands whose median shows a calibration offset between sites.
 TISSUES = {

@@ -148,7 +148,7 @@ def validate(
             name: _describe_model(model, folder) for name, (folder, model) in models.items()
         },
         "results": results,
-        "comparison": _compare(predictions, boot) if "baseline" in predictions else None,
+        "comparison": _compare(predictions, results, boot) if "baseline" in predictions else None,
         "subgroups": _subgroups(test, profile, level),
         "data": _data_section(site, records, splits, profile),
         "training": _curves(loaded),
@@ -243,19 +243,47 @@ def _rate(
 
 
 def _compare(
-    predictions: Mapping[str, Mapping[Split, Predictions]], boot: PatientBootstrap
+    predictions: Mapping[str, Mapping[Split, Predictions]],
+    results: Mapping[str, Mapping[str, Any]],
+    boot: PatientBootstrap,
 ) -> dict[str, Any]:
-    """Model minus baseline on the same test samples, with a paired bootstrap interval."""
+    """Model minus baseline on the same test samples, with paired bootstrap intervals.
+
+    Sensitivity and specificity are each model's at its own operating point (chosen by the
+    same rule on its own validation predictions).
+    """
     model, baseline = predictions["model"][Split.TEST], predictions["baseline"][Split.TEST]
     labels = model.labels
+    a, b = auroc(labels, model.scores), auroc(labels, baseline.scores)
+    compared = {
+        "auroc_difference": boot.estimate(
+            _paired(
+                lambda i: rank_auroc(labels[i], model.scores[i]),
+                lambda i: rank_auroc(labels[i], baseline.scores[i]),
+            ),
+            None if a is None or b is None else a - b,
+        ).as_dict()
+    }
+    for name in ("sensitivity", "specificity"):
+        compared[f"{name}_difference"] = boot.estimate(
+            _paired(
+                _rate(labels, model.scores, results["model"]["threshold"], name),
+                _rate(labels, baseline.scores, results["baseline"]["threshold"], name),
+            )
+        ).as_dict()
+    return compared
+
+
+def _paired(
+    first: Callable[[np.ndarray], float | None], second: Callable[[np.ndarray], float | None]
+) -> Callable[[np.ndarray], float | None]:
+    """The difference of two statistics on the same resample."""
 
     def difference(i: np.ndarray) -> float | None:
-        a, b = rank_auroc(labels[i], model.scores[i]), rank_auroc(labels[i], baseline.scores[i])
+        a, b = first(i), second(i)
         return None if a is None or b is None else a - b
 
-    a, b = auroc(labels, model.scores), auroc(labels, baseline.scores)
-    point = None if a is None or b is None else a - b
-    return {"auroc_difference": boot.estimate(difference, point).as_dict()}
+    return difference
 
 
 def _subgroups(test: Predictions, profile: Profile, level: float) -> list[dict[str, Any]]:

@@ -183,6 +183,11 @@ def test_every_number_matches_a_recomputation_from_the_saved_predictions(validat
         baseline["labels"], baseline["scores"]
     )
     assert report["comparison"]["auroc_difference"]["value"] == pytest.approx(difference)
+    for name in ("sensitivity", "specificity"):
+        change = (
+            report["results"]["model"][name]["value"] - report["results"]["baseline"][name]["value"]
+        )
+        assert report["comparison"][f"{name}_difference"]["value"] == pytest.approx(change)
     # Subgroups: counts and AUROC per value of each attribute.
     for group in report["subgroups"]:
         inside = [r[group["attribute"]] == group["value"] for r in model["rows"]]

@@ -53,6 +53,7 @@ ACQUISITION_ATTRIBUTES = {
     "convolution_kernel": "ConvolutionKernel",
     "kvp": "KVP",
     "slice_thickness": "SliceThickness",
+    "body_part": "BodyPartExamined",
 }
 
 

@@ -56,6 +56,7 @@ class Phantom(DataSource):
             "kvp": float(scanner.kvp),
             "slice_thickness": float(scanner.slice_thickness_mm),
             "pixel_spacing": round(float(spec.pixel_mm), 4),
+            "body_part": spec.body_region.upper(),
         }
         records = []
         z0, origin, pixel = spec.slice_positions()[0], spec.grid_origin(), spec.pixel_mm
