@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -512,6 +512,124 @@ def _validation_text(report: dict[str, Any], out: Path) -> str:
     lines.append(f"  verdict: {acceptance['verdict'].upper()}")
     lines += [f"  no verdict because {reason}" for reason in acceptance["no_verdict_because"]]
     return "\n".join(lines)
+
+
+@cli.command("batch")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--from",
+    "source_model",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With profiles instead of a jobs file: the source model carried to each site.",
+)
+@click.option("--method", help="With profiles: an adaptation method, or auto.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--source-profile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With profiles: the source site's profile, for methods that need its data.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Worker processes of the local Dask cluster.",
+)
+@click.option("--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786.")
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="How many more times a job that failed unexpectedly is tried.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs") / "batch",
+    show_default=True,
+    help="Batch folder: jobs/<id>/ and batch.json (every worker must see it).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print batch.json for machines.")
+@click.pass_context
+def batch_command(
+    ctx: click.Context,
+    files: tuple[Path, ...],
+    source_model: Path | None,
+    method: str | None,
+    seeds: int,
+    source_profile: Path | None,
+    workers: int,
+    scheduler: str | None,
+    retries: int,
+    out: Path,
+    as_json: bool,
+) -> None:
+    """Run many adaptation jobs on Dask: JOBS.yaml, or profiles with --from.
+
+    Each job adapts a model to a site (training the source model first when the job says
+    `train:`) and validates it. Finished jobs are skipped when the batch runs again, failed
+    or missing ones run; a job that fails with bad input does not stop the others. Ends with
+    a table and OUT/batch.json. Exit code 0 when every job finished (whatever its acceptance
+    verdict), 6 when some failed.
+    """
+    from medadapt.engine.batch import jobs_for_profiles, read_jobs_file, run_batch
+
+    if len(files) == 1 and source_model is None:
+        jobs = read_jobs_file(files[0])
+    elif source_model is None:
+        raise click.UsageError("several profiles need --from MODEL_FOLDER (or give one jobs file)")
+    else:
+        jobs = jobs_for_profiles(list(files), source_model, method, seeds, source_profile)
+    quiet = as_json or bool(ctx.find_root().obj["quiet"])
+    names = {job.id: job.name for job in jobs}
+    if quiet:
+        outcomes = run_batch(jobs, out, workers, scheduler, retries)
+    else:
+        from rich.live import Live
+
+        def table(phases: Mapping[str, str]) -> Table:
+            view = Table(title=f"{len(names)} job(s) on {scheduler or f'{workers} local workers'}")
+            view.add_column("job")
+            view.add_column("state")
+            for job_id, phase in phases.items():
+                view.add_row(names[job_id], phase)
+            return view
+
+        with Live(table({job_id: "waiting" for job_id in names}), console=_stderr()) as live:
+            outcomes = run_batch(
+                jobs,
+                out,
+                workers,
+                scheduler,
+                retries,
+                on_update=lambda phases: live.update(table(phases)),
+            )
+    summary = json.loads((out / "batch.json").read_text())
+    if as_json:
+        _emit_json(summary)
+    else:
+        view = Table(title=f"batch written to {out / 'batch.json'}")
+        for column in ("job", "status", "AUROC", "before", "verdict", "folder or reason"):
+            view.add_column(column)
+        for outcome in outcomes:
+            result = outcome.result
+            view.add_row(
+                outcome.job.name,
+                outcome.status,
+                _short(result.get("auroc")),
+                _short(result.get("baseline_auroc")),
+                str(result.get("verdict", "")),
+                outcome.reason or str(outcome.folder),
+            )
+        _stdout().print(view)
+    if any(outcome.status == "failed" for outcome in outcomes):
+        ctx.exit(ExitCode.SOME_JOBS_FAILED)
+
+
+def _short(estimate: dict[str, Any] | None) -> str:
+    return "" if not estimate or estimate.get("value") is None else f"{estimate['value']:.3f}"
 
 
 @cli.command("augment-preview")

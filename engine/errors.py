@@ -26,6 +26,9 @@ class ExitCode(enum.IntEnum):
     #: The command ran and wrote its report, but could not judge: too few test patients, or
     #: a criterion that could not be measured (``validate``). Never taken for a pass.
     NO_VERDICT = 5
+    #: A batch ran to the end but some of its jobs failed (``batch``); the others finished
+    #: and batch.json says which failed and why.
+    SOME_JOBS_FAILED = 6
     #: The user interrupted the command (Ctrl-C); finished work is kept.
     INTERRUPTED = 130
 

@@ -8,6 +8,7 @@ adaptation method supplies its own. The loop owns everything else.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
 import tempfile
@@ -36,6 +37,8 @@ from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Training
 from medadapt.engine.progress import progress_bar
 from medadapt.engine.weights import torch_load_weights_only
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
@@ -222,6 +225,12 @@ class Trainer:
                     f"{self.out_dir}: nothing to resume ({CHECKPOINT} is missing)"
                 )
             state = self._restore(checkpoint_file)
+            log.info(
+                "%sresumed from the checkpoint of epoch %d in %s",
+                self.label,
+                state["epoch"],
+                self.out_dir,
+            )
         elif checkpoint_file.exists() and self.world.is_main:
             raise InvalidInputError(
                 f"{self.out_dir} already holds a run; add --resume to continue it, or choose "
@@ -273,6 +282,7 @@ class Trainer:
                     self._write_epoch(checkpoint_file, state, improved)
                 self.world.barrier()
                 progress.update(epochs, advance=1, description=self.label + _describe(result))
+                log.debug("%sepoch %d: %s", self.label, epoch, _describe(result))
         self._writer.wait()
         self.world.barrier()
         return FitResult(

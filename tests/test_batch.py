@@ -1,0 +1,168 @@
+"""`medadapt batch`: jobs on a real local Dask cluster (loopback), surviving failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from medadapt.engine.batch import (
+    BATCH_JSON,
+    FAILED,
+    FINISHED,
+    JOB_JSON,
+    JOB_LOG,
+    SKIPPED,
+    read_jobs_file,
+    run_batch,
+)
+from medadapt.engine.cli import cli
+from medadapt.engine.errors import ExitCode
+
+pytestmark = pytest.mark.slow
+
+
+def site(name: str, seed: int, epochs: int = 3, **params) -> dict:
+    return {
+        "site": {"name": name},
+        "intended_use": "batch tests",
+        "body_region": "chest",
+        "seed": 1,
+        "task": {
+            "classes": ["benign", "malignant"],
+            "positive_class": "malignant",
+            "label_depends_on": ["shape", "texture", "absolute-hu"],
+        },
+        "data": {
+            "source": "phantom",
+            "params": {"patients": 24, "seed": seed, "slices": 12, "size": 96, **params},
+            "split": {"train": 0.5, "validation": 0.25, "test": 0.25},
+        },
+        "preprocessing": {
+            "window": {"level": 40, "width": 400},
+            "spacing_mm": [2.0, 1.0, 1.0],
+            "patch_mode": "2d",
+            "patch_size": [24, 24],
+        },
+        "backbone": {"name": "small-cnn"},
+        "training": {"epochs": epochs, "batch_size": 8, "early_stopping_patience": None},
+        "adaptation": {"method": "adabn"},
+        "acceptance": {"min_auroc": 0.5, "min_test_patients": 1},
+    }
+
+
+def write(folder: Path, name: str, data: dict) -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def batch(tmp_path, monkeypatch):
+    """A source profile to train from and three target sites, as a jobs file."""
+    monkeypatch.setenv("MEDADAPT_CACHE_DIR", str(tmp_path / "cache"))
+
+    def make(epochs: int = 3, broken: bool = False) -> Path:
+        write(tmp_path, "source.yaml", site("Source", 40, epochs))
+        scanners = ["ge-sharp-low-dose", "siemens-smooth-standard-dose", "ge-sharp-low-dose"]
+        jobs = []
+        for number, scanner in enumerate(scanners, start=1):
+            target = site(f"Site {number}", 40 + number, epochs, scanner=scanner)
+            if broken and number == 2:
+                target["augmentatons"] = []  # a typo: the profile is invalid
+            write(tmp_path, f"site-{number}.yaml", target)
+            jobs.append({"profile": f"site-{number}.yaml"})
+        return write(
+            tmp_path,
+            "jobs.yaml",
+            {"defaults": {"train": "source.yaml", "method": "adabn"}, "jobs": jobs},
+        )
+
+    return make
+
+
+def test_three_jobs_on_two_workers_complete_and_a_rerun_skips_them(batch, tmp_path):
+    jobs = read_jobs_file(batch())
+    outcomes = run_batch(jobs, tmp_path / "out", workers=2)
+    assert [o.status for o in outcomes] == [FINISHED] * 3
+    summary = json.loads((tmp_path / "out" / BATCH_JSON).read_text())
+    assert summary["counts"] == {FINISHED: 3, SKIPPED: 0, FAILED: 0}
+    for entry in summary["jobs"]:
+        folder = Path(entry["folder"])
+        assert folder.name == entry["id"]  # finished: renamed from <id>.partial
+        assert (folder / JOB_JSON).is_file()
+        assert (folder / "validate" / "report.html").is_file()
+        assert entry["verdict"] in ("pass", "fail")
+        assert 0.0 <= entry["auroc"]["value"] <= 1.0
+    assert not list((tmp_path / "out" / "jobs").glob("*.partial"))
+    started = time.perf_counter()
+    again = run_batch(read_jobs_file(tmp_path / "jobs.yaml"), tmp_path / "out", workers=2)
+    assert [o.status for o in again] == [SKIPPED] * 3
+    assert [o.result for o in again] == [o.result for o in outcomes]
+    assert time.perf_counter() - started < 5  # no cluster is even started
+
+
+def test_a_broken_profile_fails_with_its_reason_and_the_others_finish(batch, tmp_path):
+    result = CliRunner().invoke(
+        cli, ["batch", str(batch(broken=True)), "--workers", "2", "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == ExitCode.SOME_JOBS_FAILED, result.output
+    summary = json.loads((tmp_path / "out" / BATCH_JSON).read_text())
+    statuses = {entry["name"]: entry["status"] for entry in summary["jobs"]}
+    assert statuses == {"site-1": FINISHED, "site-2": FAILED, "site-3": FINISHED}
+    failed = next(entry for entry in summary["jobs"] if entry["status"] == FAILED)
+    assert "augmentatons: unknown key (did you mean 'augmentations'?)" in failed["reason"]
+    assert "failed" in result.output
+    # Bad input is not retried: one attempt in the job's log.
+    log = (Path(failed["folder"]) / JOB_LOG).read_text()
+    assert log.count("attempt on") == 1
+
+
+def test_a_killed_worker_loses_nothing_the_job_resumes_from_its_checkpoint(batch, tmp_path):
+    from distributed import Client, LocalCluster
+
+    jobs = read_jobs_file(batch(epochs=14))
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    )
+    outcome: dict = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            done=run_batch(jobs, tmp_path / "out", scheduler=cluster.scheduler_address)
+        )
+    )
+    runner.start()
+    killed = None
+    try:
+        with Client(cluster) as client:
+            deadline = time.monotonic() + 240
+            while killed is None and time.monotonic() < deadline:
+                for job in jobs:
+                    train = tmp_path / "out" / "jobs" / f"{job.id}.partial" / "train"
+                    if (train / "checkpoint.pt").is_file() and not (train / "run.json").exists():
+                        pids = client.run(os.getpid)
+                        for worker, keys in client.processing().items():
+                            if f"medadapt-{job.id}" in keys:
+                                os.kill(pids[worker], signal.SIGKILL)
+                                killed = job
+                        break
+                time.sleep(0.2)
+        runner.join(timeout=600)
+    finally:
+        cluster.close()
+    assert killed is not None, "no job was caught in training"
+    assert [o.status for o in outcome["done"]] == [FINISHED] * 3
+    log = (tmp_path / "out" / "jobs" / killed.id / JOB_LOG).read_text()
+    assert log.count("attempt on") >= 2
+    assert "resumed from the checkpoint of epoch" in log
