@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/source_model.py
 	$(BIN)/python benchmarks/augmentation_effect.py
 	$(BIN)/python benchmarks/adaptation.py
+	$(BIN)/python benchmarks/batch_throughput.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -597,7 +597,9 @@ def batch_command(
                 view.add_row(names[job_id], phase)
             return view
 
-        with Live(table({job_id: "waiting" for job_id in names}), console=_stderr()) as live:
+        with Live(
+            table({job_id: "waiting" for job_id in names}), console=_stderr(), transient=True
+        ) as live:
             outcomes = run_batch(
                 jobs,
                 out,
