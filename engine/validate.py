@@ -358,67 +358,37 @@ def judge(profile: Profile, report: Mapping[str, Any]) -> dict[str, Any]:
     """
     gate = profile.acceptance
     measured = report["results"]["model"]
+    comparison = report.get("comparison")
+    lower_bound = None if comparison is None else comparison["auroc_difference"]["low"]
+    # (name, wording, threshold, what is measured, whether higher is better)
+    declared = [
+        ("min_auroc", "AUROC at least {:g}", gate.min_auroc, measured["auroc"]["value"], True),
+        ("min_sensitivity", "sensitivity at the operating point at least {:g}",
+         gate.min_sensitivity, measured["sensitivity"]["value"], True),
+        ("min_specificity", "specificity at the operating point at least {:g}",
+         gate.min_specificity, measured["specificity"]["value"], True),
+        ("max_calibration_error", "expected calibration error at most {:g}",
+         gate.max_calibration_error, measured["calibration_error"]["value"], False),
+        ("non_inferiority_margin", "AUROC not worse than the baseline's by {:g} or more "
+         "(lower bound of the difference)", gate.non_inferiority_margin, lower_bound, True),
+    ]  # fmt: skip
     criteria = []
-
-    def add(name: str, text: str, required: float, value: float | None, higher: bool) -> None:
-        if value is None:
-            status, margin = NOT_MEASURED, None
-        else:
-            margin = value - required if higher else required - value
-            status = PASS if margin >= 0 else FAIL
+    for name, wording, threshold, value, higher in declared:
+        if threshold is None:
+            continue
+        # Non-inferiority: the difference must stay above minus the margin.
+        required = -threshold if name == "non_inferiority_margin" else threshold
+        margin = None if value is None else (value - required if higher else required - value)
+        status = NOT_MEASURED if margin is None else (PASS if margin >= 0 else FAIL)
         criteria.append(
             {
                 "name": name,
-                "criterion": text,
+                "criterion": wording.format(threshold),
                 "required": required,
                 "measured": value,
                 "margin": margin,
                 "status": status,
             }
-        )
-
-    if gate.min_auroc is not None:
-        add(
-            "min_auroc",
-            f"AUROC at least {gate.min_auroc:g}",
-            gate.min_auroc,
-            measured["auroc"]["value"],
-            higher=True,
-        )
-    if gate.min_sensitivity is not None:
-        add(
-            "min_sensitivity",
-            f"sensitivity at the operating point at least {gate.min_sensitivity:g}",
-            gate.min_sensitivity,
-            measured["sensitivity"]["value"],
-            higher=True,
-        )
-    if gate.min_specificity is not None:
-        add(
-            "min_specificity",
-            f"specificity at the operating point at least {gate.min_specificity:g}",
-            gate.min_specificity,
-            measured["specificity"]["value"],
-            higher=True,
-        )
-    if gate.max_calibration_error is not None:
-        add(
-            "max_calibration_error",
-            f"expected calibration error at most {gate.max_calibration_error:g}",
-            gate.max_calibration_error,
-            measured["calibration_error"]["value"],
-            higher=False,
-        )
-    if gate.non_inferiority_margin is not None:
-        comparison = report.get("comparison")
-        low = None if comparison is None else comparison["auroc_difference"]["low"]
-        add(
-            "non_inferiority_margin",
-            "AUROC not worse than the baseline's by "
-            f"{gate.non_inferiority_margin:g} or more (lower bound of the difference)",
-            -gate.non_inferiority_margin,
-            low,
-            higher=True,
         )
     patients = report["data"]["patients"]["test"]
     reasons = []

@@ -226,6 +226,49 @@ def write_profile(tmp_path) -> Callable[..., Path]:
     return _write
 
 
+def _phantom_site(
+    name: str,
+    seed: int,
+    patients: int = 24,
+    epochs: int = 3,
+    split: tuple[float, float, float] = (0.5, 0.25, 0.25),
+    **params: object,
+) -> dict:
+    """A small simulated site's profile (small CNN, 2D 24 x 24 patches), as a dictionary."""
+    return {
+        "site": {"name": name},
+        "intended_use": "tests",
+        "body_region": "chest",
+        "seed": 1,
+        "task": {
+            "classes": ["benign", "malignant"],
+            "positive_class": "malignant",
+            "label_depends_on": ["shape", "texture", "absolute-hu"],
+        },
+        "data": {
+            "source": "phantom",
+            "params": {"patients": patients, "seed": seed, "slices": 12, "size": 96, **params},
+            "split": dict(zip(("train", "validation", "test"), split, strict=True)),
+        },
+        "preprocessing": {
+            "window": {"level": 40, "width": 400},
+            "spacing_mm": [2.0, 1.0, 1.0],
+            "patch_mode": "2d",
+            "patch_size": [24, 24],
+        },
+        "backbone": {"name": "small-cnn"},
+        "training": {"epochs": epochs, "batch_size": 8, "early_stopping_patience": None},
+        "adaptation": {"method": "adabn"},
+        "acceptance": {"min_auroc": 0.5, "min_test_patients": 1},
+    }
+
+
+@pytest.fixture(scope="session")
+def phantom_site() -> Callable[..., dict]:
+    """Makes a small simulated site's profile dictionary: ``phantom_site(name, seed, ...)``."""
+    return _phantom_site
+
+
 @pytest.fixture
 def run_medadapt() -> Callable[..., subprocess.CompletedProcess]:
     """Run the installed command line in a new process, as a user would."""

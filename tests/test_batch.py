@@ -29,35 +29,6 @@ from medadapt.engine.errors import ExitCode
 pytestmark = pytest.mark.slow
 
 
-def site(name: str, seed: int, epochs: int = 3, **params) -> dict:
-    return {
-        "site": {"name": name},
-        "intended_use": "batch tests",
-        "body_region": "chest",
-        "seed": 1,
-        "task": {
-            "classes": ["benign", "malignant"],
-            "positive_class": "malignant",
-            "label_depends_on": ["shape", "texture", "absolute-hu"],
-        },
-        "data": {
-            "source": "phantom",
-            "params": {"patients": 24, "seed": seed, "slices": 12, "size": 96, **params},
-            "split": {"train": 0.5, "validation": 0.25, "test": 0.25},
-        },
-        "preprocessing": {
-            "window": {"level": 40, "width": 400},
-            "spacing_mm": [2.0, 1.0, 1.0],
-            "patch_mode": "2d",
-            "patch_size": [24, 24],
-        },
-        "backbone": {"name": "small-cnn"},
-        "training": {"epochs": epochs, "batch_size": 8, "early_stopping_patience": None},
-        "adaptation": {"method": "adabn"},
-        "acceptance": {"min_auroc": 0.5, "min_test_patients": 1},
-    }
-
-
 def write(folder: Path, name: str, data: dict) -> Path:
     path = folder / name
     path.write_text(yaml.safe_dump(data))
@@ -65,16 +36,16 @@ def write(folder: Path, name: str, data: dict) -> Path:
 
 
 @pytest.fixture
-def batch(tmp_path, monkeypatch):
+def batch(tmp_path, monkeypatch, phantom_site):
     """A source profile to train from and three target sites, as a jobs file."""
     monkeypatch.setenv("MEDADAPT_CACHE_DIR", str(tmp_path / "cache"))
 
     def make(epochs: int = 3, broken: bool = False) -> Path:
-        write(tmp_path, "source.yaml", site("Source", 40, epochs))
+        write(tmp_path, "source.yaml", phantom_site("Source", 40, epochs=epochs))
         scanners = ["ge-sharp-low-dose", "siemens-smooth-standard-dose", "ge-sharp-low-dose"]
         jobs = []
         for number, scanner in enumerate(scanners, start=1):
-            target = site(f"Site {number}", 40 + number, epochs, scanner=scanner)
+            target = phantom_site(f"Site {number}", 40 + number, epochs=epochs, scanner=scanner)
             if broken and number == 2:
                 target["augmentatons"] = []  # a typo: the profile is invalid
             write(tmp_path, f"site-{number}.yaml", target)

@@ -25,53 +25,21 @@ from medadapt.engine.shift import SHIFT_JSON, analyse_shift
 from medadapt.engine.train import train
 from medadapt.engine.validate import PREDICTIONS, REPORT_HTML, REPORT_JSON, validate
 
-SITE = {
-    "intended_use": "tests",
-    "body_region": "chest",
-    "seed": 4,
-    "task": {
-        "classes": ["benign", "malignant"],
-        "positive_class": "malignant",
-        "label_depends_on": ["shape", "texture", "absolute-hu"],
-    },
-    "preprocessing": {
-        "window": {"level": 40, "width": 400},
-        "spacing_mm": [2.0, 1.0, 1.0],
-        "patch_mode": "2d",
-        "patch_size": [24, 24],
-    },
-    "augmentations": [{"name": "random-flip", "params": {"axis": "left-right"}}],
-    "backbone": {"name": "small-cnn"},
-    "training": {"epochs": 3, "batch_size": 8, "early_stopping_patience": None},
-    "acceptance": {
+
+def site(phantom_site, name: str, seed: int, **params) -> dict:
+    """A harder task than the default (difficulty 0.9), so the models make mistakes."""
+    profile = phantom_site(name, seed, patients=30, split=(0.4, 0.3, 0.3), difficulty=0.9, **params)
+    profile["seed"] = 4
+    profile["augmentations"] = [{"name": "random-flip", "params": {"axis": "left-right"}}]
+    profile["acceptance"] = {
         "min_auroc": 0.6,
         "min_sensitivity": 0.5,
         "max_calibration_error": 0.5,
         "non_inferiority_margin": 0.5,
         "min_test_patients": 5,
-    },
-    "report": {"recalibrate": True, "subgroups": ["manufacturer", "convolution_kernel"]},
-}
-
-
-def site(name: str, seed: int, **params) -> dict:
-    return {
-        **json.loads(json.dumps(SITE)),
-        "site": {"name": name},
-        "data": {
-            "source": "phantom",
-            "params": {
-                "patients": 30,
-                "seed": seed,
-                "slices": 12,
-                "size": 96,
-                "difficulty": 0.9,
-                **params,
-            },
-            "split": {"train": 0.4, "validation": 0.3, "test": 0.3},
-        },
-        "adaptation": {"method": "adabn"},
     }
+    profile["report"] = {"recalibrate": True, "subgroups": ["manufacturer", "convolution_kernel"]}
+    return profile
 
 
 def write(folder: Path, name: str, data: dict) -> Path:
@@ -81,15 +49,14 @@ def write(folder: Path, name: str, data: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def validated(tmp_path_factory):
+def validated(tmp_path_factory, phantom_site):
     """A source model, its AdaBN adaptation to a sharp-kernel site, and the report."""
     folder = tmp_path_factory.mktemp("validate")
     host = get_plugin_host()
     registry = host.registry()
-    source = load_profile(write(folder, "a.yaml", site("Hospital A", 5)), registry)
-    target_path = write(
-        folder, "b.yaml", site("Hospital B", 6, scanner="ge-sharp-low-dose", dose_mgy=0.3)
-    )
+    source = load_profile(write(folder, "a.yaml", site(phantom_site, "Hospital A", 5)), registry)
+    target = site(phantom_site, "Hospital B", 6, scanner="ge-sharp-low-dose", dose_mgy=0.3)
+    target_path = write(folder, "b.yaml", target)
     target = load_profile(target_path, registry)
     trained = train(source, registry, host, folder / "train", quiet=True)
     adapted = adapt(target, registry, host, trained.model_dir, folder / "adapt", quiet=True)
@@ -258,21 +225,18 @@ def test_the_html_report_shows_the_json_numbers(validated):
     assert 'src="http' not in html
 
 
+def _validate_with(validated, out: Path, acceptance: dict):
+    """Run the validate command on the target with other acceptance criteria."""
+    profile = yaml.safe_load(validated["target"].read_text())
+    profile["acceptance"] = acceptance
+    path = write(out.parent, f"{out.name}.yaml", profile)
+    arguments = ["validate", "-p", str(path), "--model", str(validated["model"])]
+    return CliRunner().invoke(cli, [*arguments, "--out", str(out)])
+
+
 def test_a_failing_criterion_exits_1_and_says_by_how_much(validated, tmp_path):
-    strict = yaml.safe_load(validated["target"].read_text())
-    strict["acceptance"] = {"min_auroc": 0.999, "min_test_patients": 5}
-    path = write(validated["target"].parent, "strict.yaml", strict)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "validate",
-            "-p",
-            str(path),
-            "--model",
-            str(validated["model"]),
-            "--out",
-            str(tmp_path / "strict"),
-        ],
+    result = _validate_with(
+        validated, tmp_path / "strict", {"min_auroc": 0.999, "min_test_patients": 5}
     )
     assert result.exit_code == ExitCode.NOT_PASSED, result.output
     auroc = json.loads((tmp_path / "strict" / REPORT_JSON).read_text())["results"]["model"]
@@ -284,21 +248,8 @@ def test_a_failing_criterion_exits_1_and_says_by_how_much(validated, tmp_path):
 
 
 def test_too_few_test_patients_or_no_baseline_gives_no_verdict(validated, tmp_path):
-    profile = yaml.safe_load(validated["target"].read_text())
-    profile["acceptance"]["min_test_patients"] = 500
-    path = write(validated["target"].parent, "few.yaml", profile)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "validate",
-            "-p",
-            str(path),
-            "--model",
-            str(validated["model"]),
-            "--out",
-            str(tmp_path / "few"),
-        ],
-    )
+    acceptance = {"min_auroc": 0.5, "non_inferiority_margin": 0.1, "min_test_patients": 500}
+    result = _validate_with(validated, tmp_path / "few", acceptance)
     assert result.exit_code == ExitCode.NO_VERDICT, result.output
     assert "the profile asks for at least 500" in result.output
     assert "not measured: non_inferiority_margin" in result.output  # no --baseline given
