@@ -137,3 +137,36 @@ def test_a_killed_worker_loses_nothing_the_job_resumes_from_its_checkpoint(batch
     log = (tmp_path / "out" / "jobs" / killed.id / JOB_LOG).read_text()
     assert log.count("attempt on") >= 2
     assert "resumed from the checkpoint of epoch" in log
+
+
+def test_a_transient_error_is_retried_and_without_retries_the_job_fails(batch, tmp_path, register):
+    # Workers are threads of this process here, so a plugin registered by the test runs in
+    # the jobs: it raises an OSError at the end of the first epoch of the first attempt.
+    from distributed import LocalCluster
+
+    from medadapt.engine import hookimpl
+
+    class Flaky:
+        attempts = 0
+
+        @hookimpl
+        def medadapt_epoch_end(self, run, epoch, metrics):
+            if run.job == "train" and epoch == 1 and Flaky.attempts < 1:
+                Flaky.attempts += 1
+                raise OSError("the shared disk went away for a moment")
+
+    register(Flaky(), "flaky")
+    jobs = read_jobs_file(batch())[:1]
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        retried = run_batch(jobs, tmp_path / "retried", scheduler=cluster.scheduler_address)
+        assert [o.status for o in retried] == [FINISHED]
+        log = (retried[0].folder / JOB_LOG).read_text()
+        assert log.count("attempt on") == 2
+        assert "OSError: the shared disk went away" in log
+        Flaky.attempts = 0
+        failed = run_batch(
+            jobs, tmp_path / "no-retries", scheduler=cluster.scheduler_address, retries=0
+        )
+    assert [o.status for o in failed] == [FAILED]
+    assert failed[0].reason.startswith("OSError: the shared disk went away for a moment")
+    assert failed[0].folder.name.endswith(".partial")  # kept, to resume or to read
