@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import scipy.stats
@@ -32,21 +32,14 @@ from torch.utils.data import DataLoader
 from medadapt.engine.components import SampleRecord, Split
 from medadapt.engine.data import PatchDataset
 from medadapt.engine.model import load_model, write_json_atomic
-from medadapt.engine.profile import Preprocessing, Profile
+from medadapt.engine.profile import Preprocessing, Profile, SubgroupAttribute
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.samples import PatchLoader, SiteData, open_site_data
 from medadapt.engine.splits import site_split
 
 SHIFT_JSON = "shift.json"
-ATTRIBUTES = (
-    "manufacturer",
-    "manufacturer_model",
-    "convolution_kernel",
-    "kvp",
-    "slice_thickness",
-    "pixel_spacing",
-    "body_part",
-)
+#: Every acquisition attribute a report can break results down by.
+ATTRIBUTES: tuple[str, ...] = get_args(SubgroupAttribute)
 #: HU bands whose median shows a calibration offset between sites.
 TISSUES = {
     "air": (-1100.0, -900.0),
