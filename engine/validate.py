@@ -130,9 +130,7 @@ def validate(
     }
     test = predictions["model"][Split.TEST]
     boot = PatientBootstrap(test.patients, level=level, seed=profile.seed)
-    results = {
-        name: _measure(by_split, profile, boot, level) for name, by_split in predictions.items()
-    }
+    results = {name: _measure(by_split, profile, boot) for name, by_split in predictions.items()}
     report: dict[str, Any] = {
         "title": profile.report.title or f"Validation at {profile.site.name}",
         "site": profile.site.name,
@@ -191,7 +189,7 @@ def _write_predictions(
 
 
 def _measure(
-    by_split: Mapping[Split, Predictions], profile: Profile, boot: PatientBootstrap, level: float
+    by_split: Mapping[Split, Predictions], profile: Profile, boot: PatientBootstrap
 ) -> dict[str, Any]:
     """Every number of one model: threshold from validation, the rest on test."""
     val, test = by_split[Split.VALIDATION], by_split[Split.TEST]
@@ -415,7 +413,7 @@ def _describe_model(loaded: LoadedModel, folder: Path) -> dict[str, Any]:
     adaptation = card.get("adaptation")
     return {
         "folder": folder.name,
-        "trained_at": card.get("source_site", card.get("site")) if adaptation else card.get("site"),
+        "trained_at": adaptation["source_site"] if adaptation else card.get("site"),
         "adapted_to": card["site"] if adaptation else None,
         "adaptation": adaptation,
         "weights_sha256": card.get("weights_sha256"),

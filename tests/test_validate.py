@@ -165,6 +165,10 @@ def test_every_number_matches_a_recomputation_from_the_saved_predictions(validat
         )
         expected = roc_auc_score(y, s) if 0 < y.sum() < len(y) else None
         assert group["auroc"]["value"] == pytest.approx(expected)
+    # The models: where each was trained, and where the adapted one was adapted to.
+    assert report["models"]["model"]["trained_at"] == "Hospital A"
+    assert report["models"]["model"]["adapted_to"] == "Hospital B"
+    assert report["models"]["baseline"]["trained_at"] == "Hospital A"
     # Curves: the adaptation's epochs and the source training's, from the model cards.
     adapted = json.loads((validated["model"] / "card.json").read_text())
     source = json.loads((validated["baseline"] / "card.json").read_text())
