@@ -348,8 +348,8 @@ def test_torchrun_trains_with_two_cpu_processes(quick_profile, tmp_path):
         text=True,
         timeout=600,
         check=False,
-        # The faulthandler prints every thread's stack if a rank aborts (see the note on
-        # the intermittent "terminate called without an active exception" under load).
+        # The faulthandler prints every thread's stack if a rank aborts: under CPU load a rank
+        # has aborted now and then with "terminate called without an active exception".
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
