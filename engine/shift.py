@@ -36,6 +36,7 @@ from medadapt.engine.profile import Preprocessing, Profile, SubgroupAttribute
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.samples import PatchLoader, SiteData, open_site_data
 from medadapt.engine.splits import site_split
+from medadapt.engine.validate import attribute_text
 
 SHIFT_JSON = "shift.json"
 #: Every acquisition attribute a report can break results down by.
@@ -124,7 +125,7 @@ def _acquisition(sites: dict[str, SiteData]) -> list[dict[str, Any]]:
         counts = {}
         for name, site in sites.items():
             series = {r.series_key: r.attributes.get(attribute) for r in site.records}
-            counts[name] = Counter(_value(v) for v in series.values())
+            counts[name] = Counter(attribute_text(v) for v in series.values())
         rows.append(
             {
                 "attribute": attribute,
@@ -136,12 +137,6 @@ def _acquisition(sites: dict[str, SiteData]) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def _value(value: Any) -> str:
-    if value is None or value == "":
-        return "not recorded"
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _describe(counts: Counter[str]) -> str:

@@ -180,7 +180,7 @@ def _write_predictions(
                 ):
                     writer.writerow(
                         [name, split.value, record.patient_key, int(label), repr(float(score))]
-                        + [_group_name(record.attributes.get(a)) for a in attributes]
+                        + [attribute_text(record.attributes.get(a)) for a in attributes]
                     )
     temporary.replace(path)
 
@@ -289,8 +289,8 @@ def _subgroups(test: Predictions, profile: Profile, level: float) -> list[dict[s
     groups = []
     for attribute in profile.report.subgroups:
         values = [r.attributes.get(attribute) for r in test.records]
-        for value in sorted({_group_name(v) for v in values}):
-            inside = np.array([_group_name(v) == value for v in values])
+        for value in sorted({attribute_text(v) for v in values}):
+            inside = np.array([attribute_text(v) == value for v in values])
             patients = [p for p, keep in zip(test.patients, inside, strict=True) if keep]
             labels, scores = test.labels[inside], test.scores[inside]
             boot = PatientBootstrap(patients, level=level, seed=profile.seed)
@@ -312,7 +312,13 @@ def _subgroups(test: Predictions, profile: Profile, level: float) -> list[dict[s
     return groups
 
 
-def _group_name(value: Any) -> str:
+def attribute_text(value: Any) -> str:
+    """An acquisition attribute's value as shown and grouped: "not recorded" when missing.
+
+    Example:
+        >>> attribute_text(1.25), attribute_text(None), attribute_text("B30f")
+        ('1.25', 'not recorded', 'B30f')
+    """
     if value is None or value == "":
         return "not recorded"
     if isinstance(value, float):
