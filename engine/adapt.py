@@ -662,13 +662,27 @@ def _learning(method: AdaptationMethod, lr: float, backbone_lr: float) -> list[d
 
 
 def _forever(data: Dataset, batch_size: int, seed: int) -> Iterator[Any]:
-    """Shuffled batches of ``data``, epoch after epoch, each epoch's order from the seed."""
+    """Shuffled batches of ``data``, epoch after epoch, each epoch's order from the seed.
+
+    The last incomplete batch of an epoch is dropped, unless ``data`` is smaller than one
+    batch: then each epoch is that one smaller batch.
+
+    Raises:
+        InvalidInputError: ``data`` is empty.
+    """
+    size = len(data)  # type: ignore[arg-type]
+    if size == 0:
+        raise InvalidInputError("the source site's training split holds no labelled sample")
     for epoch in itertools.count():
         if hasattr(data, "set_epoch"):
             data.set_epoch(epoch)
         generator = torch.Generator().manual_seed(seed * 7_919 + epoch)
         yield from DataLoader(
-            data, batch_size=batch_size, shuffle=True, generator=generator, drop_last=True
+            data,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=generator,
+            drop_last=size >= batch_size,
         )
 
 

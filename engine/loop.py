@@ -12,10 +12,11 @@ import logging
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +74,11 @@ class EpochResult:
     val_accuracy: float | None
     lr: float
     val_score: float | None = None
+    #: Wall-clock seconds of the epoch: training, batch-norm pass and validation (not the
+    #: checkpoint, written beside the next epoch); and of its training alone (an adaptation
+    #: method's epoch start and the steps).
+    seconds: float | None = None
+    train_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -247,10 +253,13 @@ class Trainer:
             for epoch in range(state["epoch"] + 1, self.training.epochs + 1):
                 if stopped:
                     break
+                started = time.perf_counter()
                 if self.before_epoch is not None:
                     self.before_epoch(epoch)
+                train_seconds = 0.0
                 if self.trains:
                     train_loss, taken = self._train_epoch(epoch, progress, steps)
+                    train_seconds = time.perf_counter() - started
                     stale = stale_fraction(self.model, taken, skip=self.frozen)
                     if self.batch_norm_pass == "always" or stale > 0.01:
                         self._recompute_batch_norm(epoch)
@@ -261,6 +270,11 @@ class Trainer:
                 )
                 if self.trains:
                     self.scheduler.step()
+                result = replace(
+                    result,
+                    seconds=round(time.perf_counter() - started, 3),
+                    train_seconds=round(train_seconds, 3),
+                )
                 state["history"].append(result.as_dict())
                 improved = self._improved(result, state["best"])
                 if improved:

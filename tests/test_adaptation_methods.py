@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
 from pathlib import Path
 
 import pytest
@@ -289,3 +290,39 @@ def test_l2_sp_keeps_finetuned_weights_near_the_source(source_model, tmp_path):
         )
 
     assert moved(10.0, tmp_path / "pulled") < moved(0.0, tmp_path / "free")
+
+
+@pytest.mark.parametrize("name", ["dann", "coral", "mmd"])
+def test_a_source_split_smaller_than_one_batch_is_used_whole(source_model, name, tmp_path):
+    # Source batches used to drop every incomplete batch: with fewer labelled source samples
+    # than one batch, the method waited for a full batch forever.
+    small = TensorDataset(*(tensor[:12] for tensor in SOURCE.tensors))
+    method = REGISTRY.create(ComponentKind.ADAPTATION_METHODS, name)
+    seen = []
+    update = method.update
+
+    def counted(source_batch, target_batch):
+        seen.append(len(source_batch["patches"]))
+        return update(source_batch, target_batch)
+
+    method.update = counted
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("no source batch came"))
+    signal.alarm(120)
+    try:
+        run_method(
+            copy.deepcopy(source_model),
+            method,
+            unlabelled(TARGET_TRAIN),
+            unlabelled(TARGET_VAL),
+            training(epochs=1),
+            tmp_path,
+            0,
+            WORLD,
+            HOST,
+            RunInfo("adapt", "target", tmp_path, 0),
+            positive_index=1,
+            source_train=small,
+        )
+    finally:
+        signal.alarm(0)
+    assert seen == [12] * 8  # 256 target samples: 8 steps, each with the 12 source samples
