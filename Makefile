@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format bench clean
+.PHONY: test lint format bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check --quiet --editable '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet --editable '.[dev,bench]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -18,15 +18,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Every benchmark, side by side on this machine; writes benchmarks/RESULTS.md and
+# benchmarks/results/ (about an hour on 2 cores). bench-quick: every table in a few minutes,
+# written to build/bench-quick (its figures are a smoke check, not results).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/dicom_loading.py
-	$(BIN)/python benchmarks/dicom_scan.py
-	$(BIN)/python benchmarks/phantom_generation.py
-	$(BIN)/python benchmarks/training_loop.py
-	$(BIN)/python benchmarks/source_model.py
-	$(BIN)/python benchmarks/augmentation_effect.py
-	$(BIN)/python benchmarks/adaptation.py
-	$(BIN)/python benchmarks/batch_throughput.py
+	$(BIN)/python benchmarks/suite.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/suite.py --quick
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

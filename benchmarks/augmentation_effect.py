@@ -18,25 +18,24 @@ the soft-tissue window (level 40, width 400) in which nodule density is read:
    that fine texture and small HU changes do not decide the class), so those augmentations
    pass the check.
 
-Results go to RESULTS.md. Takes several minutes on 2 cores.
+Takes about 15 minutes on 2 cores, so ``make bench`` leaves it out; RESULTS.md keeps its
+last measured section, dated.
 
-    .venv/bin/python benchmarks/augmentation_effect.py      (or: make bench)
+    .venv/bin/python benchmarks/augmentation_effect.py [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
-import tempfile
+import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+import suite
+from sites import site_profile
+from suite import Section
 
-from results import machine, publish
-
-SECTION = "## Augmentation: safe, unsafe, and scanner randomisation"
 SAFE = [
     {"name": "random-flip", "params": {"axis": "left-right"}},
     {"name": "random-flip", "params": {"axis": "anterior-posterior"}},
@@ -61,39 +60,21 @@ def profile(
     augmentations: list[dict[str, Any]],
     depends: list[str],
     hu_tolerance: float,
+    epochs: int = 15,
     scanner: str = "siemens-smooth-standard-dose",
-    window: tuple[float, float] = (-200, 1800),
 ) -> Path:
-    data = {
-        "site": {"name": name},
-        "intended_use": "benchmark on simulated patients",
-        "body_region": "chest",
-        "seed": seed,
-        "task": {
-            "classes": ["benign", "malignant"],
-            "positive_class": "malignant",
-            "label_depends_on": depends,
-            "hu_tolerance": hu_tolerance,
-        },
-        "data": {
-            "source": "phantom",
-            "params": {"scanner": scanner, "patients": patients, "seed": 21, "slices": 16},
-            "split": {"train": 0.75, "validation": 0.2, "test": 0.05},
-        },
-        "preprocessing": {
-            "window": {"level": window[0], "width": window[1]},
-            "spacing_mm": [2.0, 1.0, 1.0],
-            "patch_mode": "2d",
-            "patch_size": [48, 48],
-        },
-        "augmentations": augmentations,
-        "backbone": {"name": "resnet18", "weights": "none"},
-        "training": {"epochs": 15, "batch_size": 32, "early_stopping_patience": 6},
-        "acceptance": {"min_auroc": 0.8},
-    }
-    path = work / f"{name}-{seed}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return site_profile(
+        work,
+        name,
+        patients=patients,
+        phantom={"scanner": scanner},
+        seed=seed,
+        split={"train": 0.75, "validation": 0.2, "test": 0.05},
+        epochs=epochs,
+        patience=6,
+        augmentations=augmentations,
+        task={"label_depends_on": depends, "hu_tolerance": hu_tolerance},
+    )
 
 
 HOME_SITE = {"scanner": "siemens-smooth-standard-dose"}
@@ -102,7 +83,6 @@ OTHER_SITES = {
     "sharp kernel, 1.5 mGy": {"scanner": "ge-sharp-low-dose"},
     "sharp kernel, 0.3 mGy": {"scanner": "ge-sharp-low-dose", "dose_mgy": 0.3},
 }
-SOFT_TISSUE_WINDOW = (40.0, 400.0)
 SMALL_SIZES = (20, 40)
 SMALL_SETS = (("none", [], 20), ("safe default set", SAFE, 20), ("unsafe HU shift", UNSAFE, 300))
 SITE_NAMES = ["home", *OTHER_SITES]
@@ -137,7 +117,7 @@ def held_out_auroc(model_dir: Path, site: dict[str, Any], work: Path) -> float:
     return float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
 
 
-def run(work: Path, path: Path) -> Path:
+def trained(work: Path, path: Path) -> Path:
     from medadapt.engine.plugins import get_plugin_host
     from medadapt.engine.profile import load_profile
     from medadapt.engine.train import train
@@ -149,13 +129,12 @@ def run(work: Path, path: Path) -> Path:
     return out / "model"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3, help="scanner randomisation seeds")
-    parser.add_argument("--small-seeds", type=int, default=10, help="small-data seeds")
-    parser.add_argument("--no-write", action="store_true", help="print only; keep RESULTS.md")
-    args = parser.parse_args()
-    seeds = list(range(1, args.seeds + 1))
+def run(quick: bool, work: Path) -> Section:
+    """Both experiments, every seed; then the tables and what they show."""
+    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.profile import ProfileError, load_profile
+
+    small_seeds, seeds, epochs = (2, [1, 2], 2) if quick else (10, [1, 2, 3], 15)
     honest = ["size", "shape", "texture", "absolute-hu"]
     small: dict[int, dict[str, list[float]]] = {
         n: {label: [] for label, _, _ in SMALL_SETS} for n in SMALL_SIZES
@@ -165,40 +144,25 @@ def main() -> None:
         "with scanner randomisation": {site: [] for site in SITE_NAMES},
     }
     refusal = ""
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        from medadapt.engine.plugins import get_plugin_host
-        from medadapt.engine.profile import ProfileError, load_profile
-
-        try:
-            load_profile(
-                profile(work, "refused", 1, 40, UNSAFE, honest, 20), get_plugin_host().registry()
-            )
-        except ProfileError as exc:
-            refusal = exc.issues[0].message
-        for seed, patients in itertools.product(range(1, args.small_seeds + 1), SMALL_SIZES):
-            for label, augs, tolerance in SMALL_SETS:
-                name = f"{label.replace(' ', '-')}-{patients}"
-                path = profile(
-                    work, name, seed, patients, augs, honest, tolerance, window=SOFT_TISSUE_WINDOW
-                )
-                small[patients][label].append(held_out_auroc(run(work, path), HOME_SITE, work))
-        for seed in seeds:
-            for label, augs in (("without", SAFE), ("with scanner randomisation", SCANNER)):
-                path = profile(
-                    work,
-                    label.replace(" ", "-"),
-                    seed,
-                    80,
-                    augs,
-                    ["size", "shape"],
-                    20,
-                    window=SOFT_TISSUE_WINDOW,
-                )
-                model = run(work, path)
-                travel[label]["home"].append(held_out_auroc(model, HOME_SITE, work))
-                for site, params in OTHER_SITES.items():
-                    travel[label][site].append(held_out_auroc(model, params, work))
+    try:
+        load_profile(
+            profile(work, "refused", 1, 40, UNSAFE, honest, 20), get_plugin_host().registry()
+        )
+    except ProfileError as exc:
+        refusal = exc.issues[0].message
+    for seed, patients in itertools.product(range(1, small_seeds + 1), SMALL_SIZES):
+        for label, augs, tolerance in SMALL_SETS:
+            name = f"{label.replace(' ', '-')}-{patients}"
+            path = profile(work, name, seed, patients, augs, honest, tolerance, epochs)
+            small[patients][label].append(held_out_auroc(trained(work, path), HOME_SITE, work))
+    for seed in seeds:
+        for label, augs in (("without", SAFE), ("with scanner randomisation", SCANNER)):
+            name = label.replace(" ", "-")
+            path = profile(work, name, seed, 80, augs, ["size", "shape"], 20, epochs)
+            model = trained(work, path)
+            travel[label]["home"].append(held_out_auroc(model, HOME_SITE, work))
+            for site, params in OTHER_SITES.items():
+                travel[label][site].append(held_out_auroc(model, params, work))
 
     def fmt(values: list[float]) -> str:
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -206,14 +170,12 @@ def main() -> None:
         return f"{statistics.mean(values):.3f} ± {spread:.3f} ({each})"
 
     lines = [
-        SECTION,
-        "",
         "ResNet-18 from scratch, 2D 48 x 48 patches in the soft-tissue window (level 40, "
         "width 400); AUROC on 60 held-out simulated patients. Mean ± standard deviation "
         "(each seed).",
         "",
         f"Small data: 20 and 40 patients at the training site (smooth kernel, standard dose), "
-        f"{args.small_seeds} seeds. Difference: against no augmentation, paired by seed.",
+        f"{small_seeds} seeds. Difference: against no augmentation, paired by seed.",
         "",
         "| patients | augmentation | held-out AUROC | difference |",
         "|---|---|---|---|",
@@ -246,12 +208,25 @@ def main() -> None:
         ],
         "",
         _travel_finding(travel),
-        "",
-        machine(),
-        "Command: `.venv/bin/python benchmarks/augmentation_effect.py` (or `make bench`).",
-        "",
     ]
-    publish(lines, SECTION, write=not args.no_write)
+    rows = [
+        {"experiment": "small data", "patients": n, "augmentation": label, "seed": seed, "auroc": v}
+        for n in SMALL_SIZES
+        for label, values in small[n].items()
+        for seed, v in enumerate(values, start=1)
+    ]
+    rows += [
+        {"experiment": "scanner", "training": label, "site": site, "seed": seed, "auroc": v}
+        for label, per_site in travel.items()
+        for site, values in per_site.items()
+        for seed, v in zip(seeds, values, strict=True)
+    ]
+    return Section(
+        heading="Augmentation: safe, unsafe, and scanner randomisation",
+        lines=lines,
+        tables={"augmentation_effect": rows},
+        command=".venv/bin/python benchmarks/augmentation_effect.py",
+    )
 
 
 def _paired(values: list[float], baseline: list[float]) -> str:
@@ -315,4 +290,4 @@ def _travel_finding(travel: dict[str, dict[str, list[float]]]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    suite.main(["--only", "augmentation_effect", *sys.argv[1:]])

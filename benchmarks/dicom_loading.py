@@ -12,18 +12,15 @@ side by side, in one run, with:
 - medadapt, cached: a second pass over lesion patches through ``PatchLoader``, and the
   whole volume read back, from the disk cache.
 
-Each is timed as the best of ``--repeats`` runs, the loaders taking turns. Results are
-written to this benchmark's section of RESULTS.md with the machine and the command.
+Each is timed as the best of several runs, the loaders taking turns.
 
-    make bench            # or: .venv/bin/python benchmarks/dicom_loading.py
+    .venv/bin/python benchmarks/dicom_loading.py [--quick]   (or: make bench)
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
-import tempfile
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -34,6 +31,7 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 
+import suite
 from medadapt.engine.profile import Preprocessing
 from medadapt.engine.pseudonym import Pseudonymizer
 from medadapt.engine.samples import PatchLoader
@@ -41,9 +39,11 @@ from medadapt.plugins.dicom_ct import DicomCT
 from medadapt.plugins.dicom_ct.pixels import load_hu
 from medadapt.plugins.dicom_ct.scan import scan_folder
 from medadapt.plugins.dicom_ct.writer import ct_slice
-from results import machine, publish
+from suite import Section, verdict
 
-SECTION = "## DICOM CT loading"
+LIMIT = "plain pydicom loop, float32 (the limit)"
+MONAI = "MONAI LoadImage (PydicomReader)"
+CACHED = "medadapt cached volume, read whole"
 
 
 def write_series(folder: Path, slices: int, size: int = 512) -> list[Path]:
@@ -92,131 +92,127 @@ def best_of(repeats: int, run: Callable[[], np.ndarray]) -> tuple[float, np.ndar
     return best, result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=240)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--lesions", type=int, default=32, help="patches per pass")
-    parser.add_argument("--no-write", action="store_true", help="print only; keep RESULTS.md")
-    args = parser.parse_args()
+def run(quick: bool, work: Path) -> Section:
+    """Load one series every way, side by side; cache a pass over lesion patches."""
+    slices, repeats, lesions_per_pass = (40, 2, 8) if quick else (240, 7, 32)
+    folder = work / "series"
+    folder.mkdir()
+    files = write_series(folder, slices)
+    pseudonymizer = Pseudonymizer("benchmark-secret-0123456789")
 
-    with tempfile.TemporaryDirectory() as work:
-        folder = Path(work) / "series"
-        folder.mkdir()
-        files = write_series(folder, args.slices)
-        pseudonymizer = Pseudonymizer("benchmark-secret-0123456789")
-        os.environ.setdefault("MEDADAPT_PSEUDONYM_KEY", "benchmark-secret-0123456789")
+    def plain() -> np.ndarray:
+        stack = []
+        for path in files:
+            ds = pydicom.dcmread(path)
+            stack.append(apply_modality_lut(ds.pixel_array, ds))
+        return np.stack(stack)
 
-        def plain() -> np.ndarray:
-            slices = []
-            for path in files:
-                ds = pydicom.dcmread(path)
-                slices.append(apply_modality_lut(ds.pixel_array, ds))
-            return np.stack(slices)
+    def plain_float32() -> np.ndarray:
+        stack = np.empty((len(files), 512, 512), dtype=np.float32)
+        for k, path in enumerate(files):
+            ds = pydicom.dcmread(path)
+            stack[k] = apply_modality_lut(ds.pixel_array, ds)
+        return stack
 
-        def plain_float32() -> np.ndarray:
-            stack = np.empty((len(files), 512, 512), dtype=np.float32)
-            for k, path in enumerate(files):
-                ds = pydicom.dcmread(path)
-                stack[k] = apply_modality_lut(ds.pixel_array, ds)
-            return stack
+    [volume] = scan_folder(folder, pseudonymizer).volumes
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    from monai.transforms import LoadImage
 
-        [volume] = scan_folder(folder, pseudonymizer).volumes
-        warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
-        from monai.transforms import LoadImage
+    monai_loader = LoadImage(reader="PydicomReader", image_only=True)
+    timings, results = interleaved(
+        repeats,
+        {
+            LIMIT: plain_float32,
+            "plain pydicom loop, float64 stack": plain,
+            "medadapt load_hu": lambda: load_hu(volume).hu,
+            "medadapt scan + load": lambda: (
+                load_hu(scan_folder(folder, pseudonymizer).volumes[0]).hu
+            ),
+            MONAI: lambda: np.asarray(monai_loader(str(folder))),
+        },
+    )
+    reference = results["plain pydicom loop, float64 stack"]
+    ours = results["medadapt load_hu"]
+    assert results[MONAI].size == ours.size, "MONAI differs"
+    by_position = np.argsort([float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in files])
+    assert np.array_equal(ours, reference[by_position].astype(np.float32)), "HU differ"
 
-        monai_loader = LoadImage(reader="PydicomReader", image_only=True)
-        timings, results = interleaved(
-            args.repeats,
-            {
-                "plain pydicom loop, float32 (the limit)": plain_float32,
-                "plain pydicom loop, float64 stack": plain,
-                "medadapt load_hu": lambda: load_hu(volume).hu,
-                "medadapt scan + load": lambda: (
-                    load_hu(scan_folder(folder, pseudonymizer).volumes[0]).hu
-                ),
-                "MONAI LoadImage (PydicomReader)": lambda: np.asarray(monai_loader(str(folder))),
-            },
-        )
-        reference = results["plain pydicom loop, float64 stack"]
-        ours = results["medadapt load_hu"]
-        assert results["MONAI LoadImage (PydicomReader)"].size == ours.size, "MONAI differs"
-        by_position = np.argsort([float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in files])
-        assert np.array_equal(ours, reference[by_position].astype(np.float32)), "HU differ"
+    source = DicomCT.from_params({"root": str(folder)})
+    [whole] = source.scan().records
+    rng = np.random.default_rng(1)
+    lesions = [
+        dataclasses.replace(whole, centre=tuple(float(c) for c in rng.uniform(20, 200, 3)))
+        for _ in range(lesions_per_pass)
+    ]
+    spec = Preprocessing.model_validate(
+        {
+            "window": {"level": -600, "width": 1500},
+            "spacing_mm": [1.0, 0.7, 0.7],
+            "patch_mode": "2.5d",
+            "patch_size": [64, 64],
+        }
+    )
 
-        source = DicomCT.from_params({"root": str(folder)})
-        [whole] = source.scan().records
-        rng = np.random.default_rng(1)
-        lesions = [
-            dataclasses.replace(whole, centre=tuple(float(c) for c in rng.uniform(20, 200, 3)))
-            for _ in range(args.lesions)
-        ]
-        spec = Preprocessing.model_validate(
-            {
-                "window": {"level": -600, "width": 1500},
-                "spacing_mm": [1.0, 0.7, 0.7],
-                "patch_mode": "2.5d",
-                "patch_size": [64, 64],
-            }
-        )
+    def one_pass(loader: PatchLoader) -> np.ndarray:
+        return np.stack([np.asarray(loader.patch(record)) for record in lesions])
 
-        def one_pass(loader: PatchLoader) -> np.ndarray:
-            return np.stack([np.asarray(loader.patch(record)) for record in lesions])
+    loader = PatchLoader(source, spec, work / "cache")
+    start = time.perf_counter()
+    first = one_pass(loader)
+    first_pass = time.perf_counter() - start
+    cached_pass, cached = best_of(repeats, lambda: one_pass(loader))
+    assert np.array_equal(first, cached)
+    timings[CACHED], volume_hu = best_of(repeats, lambda: np.array(loader.volume(whole).hu))
+    assert np.array_equal(volume_hu, ours)
 
-        loader = PatchLoader(source, spec, Path(work) / "cache")
-        start = time.perf_counter()
-        first = one_pass(loader)
-        timings["medadapt first pass over lesion patches"] = time.perf_counter() - start
-        timings["medadapt cached pass over lesion patches"], cached = best_of(
-            args.repeats, lambda: one_pass(loader)
-        )
-        assert np.array_equal(first, cached)
-        timings["medadapt cached volume, read whole"], volume_hu = best_of(
-            args.repeats, lambda: np.array(loader.volume(whole).hu)
-        )
-        assert np.array_equal(volume_hu, ours)
-
-    plain_time = timings["plain pydicom loop, float32 (the limit)"]
+    limit = timings[LIMIT]
+    rows = [
+        {
+            "loader": name,
+            "slices": slices,
+            "best_seconds": round(seconds, 5),
+            "slices_per_second": round(slices / seconds, 1),
+            "vs_limit": round(limit / seconds, 3),
+        }
+        for name, seconds in timings.items()
+    ]
+    rows += [
+        {"loader": "medadapt first pass over lesion patches", "best_seconds": first_pass},
+        {"loader": "medadapt cached pass over lesion patches", "best_seconds": cached_pass},
+    ]
+    ours_seconds = timings["medadapt load_hu"]
     lines = [
-        SECTION,
-        "",
-        f"Series: {args.slices} uncompressed 512 x 512 CT slices (16-bit), shuffled file order. "
-        f"Best of {args.repeats} runs each, side by side in one run.",
+        f"Series: {slices} uncompressed 512 x 512 CT slices (16-bit), shuffled file order. "
+        f"Best of {repeats} runs each, the loaders taking turns in one run. The limit: a "
+        "plain loop of pydicom `dcmread` and `apply_modality_lut`, the least work that "
+        "yields Hounsfield units.",
         "",
         "| loader | seconds | slices per second | vs the limit |",
         "|---|---:|---:|---:|",
-    ]
-    for name, seconds in timings.items():
-        if "pass over lesion patches" in name:
-            continue
-        lines.append(
-            f"| {name} | {seconds:.3f} | {args.slices / seconds:,.0f} | "
-            f"{plain_time / seconds:.2f}x |"
-        )
-    first_pass = timings["medadapt first pass over lesion patches"]
-    cached_pass = timings["medadapt cached pass over lesion patches"]
-    lines += [
+        *[
+            f"| {name} | {seconds:.3f} | {slices / seconds:,.0f} | {limit / seconds:.2f}x |"
+            for name, seconds in timings.items()
+        ],
         "",
-        f"- medadapt load_hu vs the plain loop (float32): "
-        f"{plain_time / timings['medadapt load_hu']:.2f}x (target at least 0.9x)",
-        "- medadapt load_hu vs MONAI: "
-        f"{timings['MONAI LoadImage (PydicomReader)'] / timings['medadapt load_hu']:.2f}x faster "
-        "(target above 1x)",
-        f"- a pass over {args.lesions} lesion patches (2.5D, 64 x 64, resampled to "
+        f"- medadapt load_hu against the plain loop (float32): {limit / ours_seconds:.2f}x "
+        f"(target at least 0.9x): {verdict(limit / ours_seconds >= 0.9)}",
+        f"- medadapt load_hu against MONAI: {timings[MONAI] / ours_seconds:.2f}x faster "
+        f"(target above 1x): {verdict(timings[MONAI] / ours_seconds > 1)}",
+        f"- a pass over {lesions_per_pass} lesion patches (2.5D, 64 x 64, resampled to "
         f"1.0 x 0.7 x 0.7 mm): first pass {first_pass:.3f} s (decode, resample, cache), "
         f"cached pass {cached_pass:.4f} s: {first_pass / cached_pass:.0f}x faster "
-        "(target at least 10x)",
-        "- reading the whole cached volume back into memory: "
-        f"{timings['medadapt load_hu'] / timings['medadapt cached volume, read whole']:.1f}x "
-        "faster than decoding it again",
-        "",
-        machine(f"pydicom {pydicom.__version__}", f"numpy {np.__version__}"),
-        f"Command: `.venv/bin/python benchmarks/dicom_loading.py --slices {args.slices} "
-        f"--repeats {args.repeats}` (or `make bench`).",
-        "",
+        f"(target at least 10x): {verdict(first_pass / cached_pass >= 10)}",
+        f"- reading the whole cached volume back into memory: "
+        f"{ours_seconds / timings[CACHED]:.1f}x faster than decoding it again",
     ]
-    publish(lines, SECTION, write=not args.no_write)
+    return Section(
+        heading="DICOM CT loading",
+        lines=lines,
+        tables={"dicom_loading": rows},
+        command=".venv/bin/python benchmarks/dicom_loading.py",
+        versions=[f"pydicom {pydicom.__version__}", f"numpy {np.__version__}"],
+    )
 
 
 if __name__ == "__main__":
-    main()
+    suite.main(["--only", "dicom_loading", *sys.argv[1:]])

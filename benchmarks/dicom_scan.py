@@ -3,15 +3,14 @@
 Writes 5,000 CT files (50 series of 100 slices, 128 x 128) and scans the first 1,000, then
 all 5,000, measuring the peak memory Python allocates during each scan (tracemalloc). A
 scan keeps a small header per file and never the pixels, so memory grows with the number
-of files by far less than their pixel data. Results go to RESULTS.md.
+of files by far less than their pixel data.
 
-    .venv/bin/python benchmarks/dicom_scan.py
+    .venv/bin/python benchmarks/dicom_scan.py [--quick]   (or: make bench)
 """
 
 from __future__ import annotations
 
-import argparse
-import tempfile
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -20,12 +19,12 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
+import suite
 from medadapt.engine.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.scan import scan_folder
 from medadapt.plugins.dicom_ct.writer import ct_slice
-from results import machine, publish
+from suite import Section
 
-SECTION = "## DICOM folder scan"
 SIZE = 128
 
 
@@ -61,48 +60,51 @@ def measure(root: Path, pseudonymizer: Pseudonymizer) -> tuple[int, float, float
     return found.files, seconds, peak / 2**20
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-write", action="store_true", help="print only; keep RESULTS.md")
-    args = parser.parse_args()
+def run(quick: bool, work: Path) -> Section:
+    """Scan a folder of a fifth of the files, then of all of them."""
+    series, slices = (5, 40) if quick else (50, 100)
     pseudonymizer = Pseudonymizer("benchmark-secret-0123456789")
     rows = []
-    with tempfile.TemporaryDirectory() as work:
-        root = Path(work)
-        write_folder(root / "small", 10, 100)
-        write_folder(root / "large", 50, 100)
-        for name in ("small", "large"):
-            files, seconds, peak = measure(root / name, pseudonymizer)
-            rows.append((files, seconds, peak))
+    write_folder(work / "small", series // 5, slices)
+    write_folder(work / "large", series, slices)
+    for name in ("small", "large"):
+        files, seconds, peak = measure(work / name, pseudonymizer)
+        rows.append(
+            {
+                "files": files,
+                "seconds": round(seconds, 4),
+                "files_per_second": round(files / seconds, 1),
+                "peak_mib": round(peak, 3),
+            }
+        )
     pixel_mib = SIZE * SIZE * 2 / 2**20
+    small, large = rows
+    per_file_kib = (large["peak_mib"] - small["peak_mib"]) / (large["files"] - small["files"])
     lines = [
-        SECTION,
-        "",
-        f"Folders of CT files ({SIZE} x {SIZE}, 100 slices per series), scanned from disk "
+        f"Folders of CT files ({SIZE} x {SIZE}, {slices} slices per series), scanned from disk "
         "(page cache warm after writing); seconds from one scan, peak memory from tracemalloc "
         "in a second scan of the same folder.",
         "",
         "| files | seconds | files per second | peak memory (MiB) | pixel data on disk (MiB) |",
         "|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r['files']:,} | {r['seconds']:.2f} | {r['files_per_second']:,.0f} | "
+            f"{r['peak_mib']:.1f} | {r['files'] * pixel_mib:,.0f} |"
+            for r in rows
+        ],
+        "",
+        f"- memory grows by {per_file_kib * 1024:.1f} KiB per file scanned (its header "
+        f"record), against {pixel_mib * 1024:.0f} KiB of pixel data per file, which is never "
+        "read.",
     ]
-    for files, seconds, peak in rows:
-        lines.append(
-            f"| {files:,} | {seconds:.2f} | {files / seconds:,.0f} | {peak:.1f} | "
-            f"{files * pixel_mib:,.0f} |"
-        )
-    (small_files, _, small_peak), (large_files, _, large_peak) = rows
-    per_file_kib = (large_peak - small_peak) / (large_files - small_files) * 1024
-    lines += [
-        "",
-        f"- memory grows by {per_file_kib:.1f} KiB per file scanned (its header record), "
-        f"against {pixel_mib * 1024:.0f} KiB of pixel data per file, which is never read.",
-        "",
-        machine(f"pydicom {pydicom.__version__}"),
-        "Command: `.venv/bin/python benchmarks/dicom_scan.py` (or `make bench`).",
-        "",
-    ]
-    publish(lines, SECTION, write=not args.no_write)
+    return Section(
+        heading="DICOM folder scan",
+        lines=lines,
+        tables={"dicom_scan": rows},
+        command=".venv/bin/python benchmarks/dicom_scan.py",
+        versions=[f"pydicom {pydicom.__version__}"],
+    )
 
 
 if __name__ == "__main__":
-    main()
+    suite.main(["--only", "dicom_scan", *sys.argv[1:]])

@@ -1,64 +1,64 @@
 """How long a simulated hospital takes to write: 100 chest patients, 24 slices of 256 x 256.
 
-Generates the hospital with ``medadapt phantom``'s Python API in a temporary folder, with
-1 and with 2 worker processes, and writes the times to RESULTS.md. Target: at most 60 s on
-2 cores.
+Generates the hospital with ``medadapt phantom``'s Python API, with 1 and with 2 worker
+processes. Target: at most 60 s on 2 cores.
 
-    .venv/bin/python benchmarks/phantom_generation.py     (or: make bench)
+    .venv/bin/python benchmarks/phantom_generation.py [--quick]     (or: make bench)
 """
 
 from __future__ import annotations
 
-import argparse
-import tempfile
+import sys
 import time
 from pathlib import Path
 
+import suite
 from medadapt.plugins.phantom.hospital import HospitalSpec, write_hospital
-from results import machine, publish
-
-SECTION = "## Simulated hospital generation"
+from suite import Section, verdict
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=100)
-    parser.add_argument("--no-write", action="store_true", help="print only; keep RESULTS.md")
-    args = parser.parse_args()
-    spec = HospitalSpec(body_region="chest", patients=args.patients, slices=24, size=256, seed=1)
+def run(quick: bool, work: Path) -> Section:
+    """Write the same hospital with 1 and with 2 worker processes."""
+    patients = 10 if quick else 100
+    spec = HospitalSpec(body_region="chest", patients=patients, slices=24, size=256, seed=1)
     rows = []
     for workers in (1, 2):
-        with tempfile.TemporaryDirectory() as work:
-            start = time.perf_counter()
-            summary = write_hospital(spec, Path(work), workers=workers)
-            seconds = time.perf_counter() - start
-            files = sum(1 for _ in (Path(work) / "dicom").rglob("*.dcm"))
-        rows.append((workers, seconds, files, sum(summary.lesions.values())))
+        folder = work / f"workers-{workers}"
+        start = time.perf_counter()
+        summary = write_hospital(spec, folder, workers=workers)
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "workers": workers,
+                "patients": patients,
+                "seconds": round(seconds, 2),
+                "files": sum(1 for _ in (folder / "dicom").rglob("*.dcm")),
+                "lesions": sum(summary.lesions.values()),
+            }
+        )
+    best = min(row["seconds"] for row in rows)
     lines = [
-        SECTION,
-        "",
-        f"{args.patients} simulated chest patients, one series each of 24 slices of 256 x 256 "
+        f"{patients} simulated chest patients, one series each of 24 slices of 256 x 256 "
         f"(preset {spec.scanner}), written as DICOM with labels.csv.",
         "",
         "| worker processes | seconds | patients per second | files | lesions |",
         "|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r['workers']} | {r['seconds']:.1f} | {patients / r['seconds']:.2f} | "
+            f"{r['files']:,} | {r['lesions']} |"
+            for r in rows
+        ],
+        "",
+        f"- fastest: {best:.1f} s (target at most 60 s for 100 patients on 2 cores): "
+        f"{verdict(best <= 60 * patients / 100)}",
     ]
-    for workers, seconds, files, lesions in rows:
-        lines.append(
-            f"| {workers} | {seconds:.1f} | {args.patients / seconds:.2f} | {files:,} | {lesions} |"
-        )
-    best = min(seconds for _, seconds, _, _ in rows)
-    lines += [
-        "",
-        f"- fastest: {best:.1f} s (target at most 60 s on 2 cores)",
-        "",
-        machine(),
-        f"Command: `.venv/bin/python benchmarks/phantom_generation.py --patients {args.patients}` "
-        "(or `make bench`).",
-        "",
-    ]
-    publish(lines, SECTION, write=not args.no_write)
+    return Section(
+        heading="Simulated hospital generation",
+        lines=lines,
+        tables={"phantom_generation": rows},
+        command=".venv/bin/python benchmarks/phantom_generation.py",
+    )
 
 
 if __name__ == "__main__":
-    main()
+    suite.main(["--only", "phantom_generation", *sys.argv[1:]])

@@ -2,72 +2,74 @@
 
 Runs the train job on hospital_profiles/phantom-hospital-a.yaml with an empty cache (so the
 time includes simulating the patients), and records the best validation AUROC and the wall
-time in RESULTS.md. Target: validation AUROC above 0.9 within a few minutes on 2 cores.
+time. Target: validation AUROC above 0.9 within a few minutes on 2 cores.
 
-    .venv/bin/python benchmarks/source_model.py      (or: make bench)
+    .venv/bin/python benchmarks/source_model.py [--quick]     (or: make bench)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from results import machine, publish
+import yaml
 
-SECTION = "## Source model on a simulated hospital"
-PROFILE = Path(__file__).resolve().parent.parent / "hospital_profiles" / "phantom-hospital-a.yaml"
+import suite
+from suite import Section, verdict
+
+PROFILE = suite.ROOT / "hospital_profiles" / "phantom-hospital-a.yaml"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-write", action="store_true", help="print only; keep RESULTS.md")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as work:
-        env = {**os.environ, "MEDADAPT_CACHE_DIR": str(Path(work) / "cache")}
-        out = Path(work) / "run"
-        start = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "medadapt.engine",
-                "--quiet",
-                "train",
-                "-p",
-                str(PROFILE),
-                "--out",
-                str(out),
-            ],
-            check=True,
-            env=env,
-        )
-        seconds = time.perf_counter() - start
-        run = json.loads((out / "run.json").read_text())
-    best = run["best"]
+def run(quick: bool, work: Path) -> Section:
+    """Train the profile's model once, from an empty cache."""
+    profile = PROFILE
+    if quick:
+        document = yaml.safe_load(PROFILE.read_text())
+        document["data"]["params"]["patients"] = 30
+        document["training"]["epochs"] = 2
+        profile = work / PROFILE.name
+        profile.write_text(yaml.safe_dump(document))
+    env = {**os.environ, "MEDADAPT_CACHE_DIR": str(work / "cache")}
+    out = work / "run"
+    command = [sys.executable, "-m", "medadapt.engine", "--quiet", "train", "-p", str(profile)]
+    start = time.perf_counter()
+    subprocess.run([*command, "--out", str(out)], check=True, env=env)
+    seconds = time.perf_counter() - start
+    result = json.loads((out / "run.json").read_text())
+    best = result["best"]
+    row = {
+        "best_val_auroc": best["val_auroc"],
+        "best_epoch": result["best_epoch"],
+        "epochs": len(result["history"]),
+        "seconds": round(seconds, 1),
+        "patients": yaml.safe_load(profile.read_text())["data"]["params"]["patients"],
+    }
     lines = [
-        SECTION,
-        "",
         f"`medadapt train -p hospital_profiles/{PROFILE.name}`: ResNet-18 from scratch, 2D "
-        "48 x 48 patches, 120 simulated patients (about 175 lesions), empty cache.",
+        f"48 x 48 patches, {row['patients']} simulated patients, empty cache.",
         "",
-        f"- best validation AUROC {best['val_auroc']:.3f} at epoch {run['best_epoch']} of "
-        f"{len(run['history'])} (target above 0.9)",
-        f"- wall time {seconds:.0f} s, including simulating the patients (target: a few minutes)",
-        f"- samples per split: {run['samples']}",
-        f"- diagnostics: {run['diagnostics'] or 'none'}",
+        "| best validation AUROC | at epoch | epochs run | seconds |",
+        "|---:|---:|---:|---:|",
+        f"| {best['val_auroc']:.3f} | {row['best_epoch']} | {row['epochs']} | {seconds:.0f} |",
         "",
-        machine(),
-        "Command: `.venv/bin/python benchmarks/source_model.py` (or `make bench`).",
-        "",
+        f"- best validation AUROC {best['val_auroc']:.3f} (target above 0.9): "
+        f"{verdict(best['val_auroc'] > 0.9)}",
+        f"- wall time {seconds:.0f} s, including simulating the patients (target: a few "
+        f"minutes): {verdict(seconds < 300)}",
+        f"- samples per split: {result['samples']}",
+        f"- diagnostics: {result['diagnostics'] or 'none'}",
     ]
-    publish(lines, SECTION, write=not args.no_write)
+    return Section(
+        heading="Source model on a simulated hospital",
+        lines=lines,
+        tables={"source_model": [row]},
+        command=".venv/bin/python benchmarks/source_model.py",
+    )
 
 
 if __name__ == "__main__":
-    main()
+    suite.main(["--only", "source_model", *sys.argv[1:]])

@@ -10,12 +10,11 @@
    cache, for a dataset and for one four times larger. Patches stream from the cache, so
    memory should not grow with the number of samples.
 
-    .venv/bin/python benchmarks/training_loop.py      (or: make bench)
+    .venv/bin/python benchmarks/training_loop.py [--quick]     (or: make bench)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -27,9 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from results import machine, publish
-
-SECTION = "## Training loop overhead and memory"
+import suite
+from suite import Section, verdict
 
 
 def _setup(work: Path, patients: int, repeat: int = 1) -> tuple[Any, Callable[[], Any]]:
@@ -59,7 +57,9 @@ def _setup(work: Path, patients: int, repeat: int = 1) -> tuple[Any, Callable[[]
     return data, model
 
 
-def throughput(repeats: int, epochs: int, batch: int) -> dict[str, float]:
+def throughput(
+    repeats: int, epochs: int, batch: int, patients: int = 120, served: int = 8
+) -> dict[str, float]:
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, Subset
@@ -73,8 +73,8 @@ def throughput(repeats: int, epochs: int, batch: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as work:
         # Each of the 175 patches is served 8 times an epoch: epochs of 1,400 images, the size of
         # a small real training set, without simulating 4 times the patients.
-        data, model = _setup(Path(work), patients=120, repeat=8)
-        for item in range(len(data) // 8):  # warm the cache: both loops read cached patches
+        data, model = _setup(Path(work), patients=patients, repeat=served)
+        for item in range(len(data) // served):  # warm the cache: both loops read cached patches
             data[item]
         val = Subset(data, range(8))
         images = len(data) * epochs
@@ -158,6 +158,8 @@ def throughput(repeats: int, epochs: int, batch: int) -> dict[str, float]:
         rates["epoch seconds"] = best["bare PyTorch loop"] / epochs
         rates["batch-norm passes"] = overhead["batch-norm passes"]
         rates["steps"] = -(-len(data) // batch)
+        rates["images"] = len(data)
+        rates["lesions"] = len(data) // served
         return rates
 
 
@@ -182,64 +184,61 @@ def memory(small: int) -> list[dict[str, float]]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--no-write", action="store_true", help="print only; keep RESULTS.md")
-    parser.add_argument("--stream", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--cache", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    os.environ.setdefault("MEDADAPT_LOAD_PLUGINS", "backbones,phantom")
-    if args.stream:
-        stream_epoch(args.stream, args.cache)
-        return
-    rates = throughput(args.repeats, args.epochs, args.batch)
+def run(quick: bool, work: Path) -> Section:
+    """Both loops taking turns, then the memory of streaming a dataset and one 4x larger."""
+    repeats, epochs, batch = (1, 1, 32) if quick else (5, 1, 32)
+    patients, served = (30, 2) if quick else (120, 8)
+    rates = throughput(repeats, epochs, batch, patients, served)
     bare, ours = rates["bare PyTorch loop"], rates["medadapt Trainer.fit"]
-    rows = memory(small=30)
-    import torch
-
+    rows = memory(small=8 if quick else 30)
+    paired = rates["paired ratio"]
     lines = [
-        SECTION,
-        "",
-        f"ResNet-18 on 2D 48 x 48 patches of a simulated hospital (120 patients, 175 lesions, "
-        f"each served 8 times: 1,400 images an epoch), batch {args.batch}, {args.epochs} epochs, "
-        f"CPU; {args.repeats} runs of each loop taking turns.",
+        f"ResNet-18 on 2D 48 x 48 patches of a simulated hospital ({patients} patients, "
+        f"{rates['lesions']:.0f} lesions, each served {served} times: {rates['images']:,.0f} "
+        f"images an epoch), batch {batch}, {epochs} epoch, CPU; {repeats} run(s) of each loop "
+        "taking turns.",
         "",
         "| loop | training images per second | vs bare loop |",
         "|---|---:|---:|",
         f"| bare PyTorch loop | {bare:.1f} | 1.00x |",
-        f"| medadapt Trainer.fit (validation, checkpoints, hooks) "
-        f"| {ours:.1f} "
-        f"| {ours / bare:.2f}x |",
+        f"| medadapt Trainer.fit (validation, checkpoints, hooks) | {ours:.1f} | "
+        f"{ours / bare:.2f}x |",
         "",
-        f"- the engine's loop runs at {rates['paired ratio']:.2f}x the bare loop: the median of "
-        f"the {args.repeats} paired runs' ratios (target at least 0.95x); best against best "
-        f"{ours / bare:.2f}x",
+        f"- the engine's loop runs at {paired:.2f}x the bare loop: the median of the "
+        f"{repeats} paired runs' ratios (target at least 0.95x): {verdict(paired >= 0.95)}; "
+        f"best against best {ours / bare:.2f}x",
         "- what the engine adds per epoch, timed directly: "
-        f"{rates['epoch overhead seconds']:.2f} s "
-        f"(validation, checkpoint of model and optimiser, best weights, written "
-        f"synchronously in this timed run) against a {rates['epoch seconds']:.1f} s epoch. "
-        f"The batch-norm statistics pass ran after {rates['batch-norm passes']:.0f} of "
-        f"{args.epochs} epochs: it runs only after epochs of fewer than 44 steps, and these "
-        f"have {rates['steps']:.0f} (docs/training.md; 44 is the fewest that skip it, so a "
-        "slightly smaller data set would pay up to one more forward pass over 50 batches). "
-        "On this shared 2-core machine single runs vary by about 10%; the paired median and "
-        "the direct timing are steadier.",
+        f"{rates['epoch overhead seconds']:.2f} s (validation, checkpoint of model and "
+        "optimiser, best weights, written synchronously in this timed run) against a "
+        f"{rates['epoch seconds']:.1f} s epoch. The batch-norm statistics pass ran after "
+        f"{rates['batch-norm passes']:.0f} of {epochs} epochs: it runs only after epochs of "
+        f"fewer than 44 steps, and these have {rates['steps']:.0f} (docs/training.md). On a "
+        "shared 2-core machine single runs vary by about 10%; the paired median and the "
+        "direct timing are steadier.",
         "",
         "| patients | samples streamed | peak resident memory (MiB) |",
         "|---:|---:|---:|",
         *[f"| {r['patients']} | {r['samples']} | {r['peak_mib']:.0f} |" for r in rows],
         "",
         f"- four times the samples: peak memory {rows[1]['peak_mib'] / rows[0]['peak_mib']:.2f}x",
-        "",
-        machine(f"torch {torch.__version__}", f"{torch.get_num_threads()} torch threads"),
-        "Command: `.venv/bin/python benchmarks/training_loop.py` (or `make bench`).",
-        "",
     ]
-    publish(lines, SECTION, write=not args.no_write)
+    loop_rows = [
+        {"loop": "bare PyTorch loop", "images_per_second": round(bare, 2)},
+        {"loop": "medadapt Trainer.fit", "images_per_second": round(ours, 2)},
+        {"loop": "paired median ratio", "ratio": round(paired, 4)},
+        {"loop": "engine overhead per epoch", "seconds": rates["epoch overhead seconds"]},
+    ]
+    return Section(
+        heading="Training loop overhead and memory",
+        lines=lines,
+        tables={"training_loop": loop_rows, "training_memory": rows},
+        command=".venv/bin/python benchmarks/training_loop.py",
+    )
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--stream"]:  # one measured process of the memory benchmark
+        os.environ.setdefault("MEDADAPT_LOAD_PLUGINS", "backbones,phantom")
+        stream_epoch(int(sys.argv[2]), sys.argv[4])
+    else:
+        suite.main(["--only", "training_loop", *sys.argv[1:]])

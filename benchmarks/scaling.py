@@ -1,0 +1,160 @@
+"""Time and peak memory of scan, train and adapt at 1x, 2x and 4x the patients.
+
+Two simulated hospitals written as DICOM with labels.csv at each size (Siemens B30f at
+12 mGy, and GE's sharp LUNG kernel at 1.5 mGy), read through the dicom-ct source as a real
+export would be. Each job is the command a user runs, in its own process, from an empty
+cache; its wall time and its peak resident memory (``wait4``'s ``ru_maxrss``) are
+measured:
+
+- scan: ``medadapt inspect FOLDER --json`` (every file's header, series assembly);
+- train: ``medadapt train`` at the first site (decoding, resampling and caching every
+  patch on the first epoch, then a fixed number of epochs, no early stopping);
+- adapt: ``medadapt adapt --method coral --source-profile`` to the second site (labelled
+  source batches and unlabelled target batches every step, same fixed epochs).
+
+Targets: time grows at most linearly with the patients (4x the patients in at most 4x the
+time); peak memory grows by less than 20% from 1x to 4x.
+
+    .venv/bin/python benchmarks/scaling.py [--quick]     (or: make bench)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import suite
+from medadapt.plugins.phantom.hospital import HospitalSpec, write_hospital
+from sites import site_profile
+from suite import Section, verdict
+
+FACTORS = (1, 2, 4)
+JOBS = ("scan", "train", "adapt")
+SCANNERS = {"first": "siemens-smooth-standard-dose", "second": "ge-sharp-low-dose"}
+
+
+def measured(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run ``command``; its wall seconds and its own peak resident memory in MiB."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    errors = process.stderr.read() if process.stderr else ""
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}:\n{errors}")
+    return seconds, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def _profile(work: Path, site: str, hospital: Path, epochs: int) -> Path:
+    """The site's profile over its DICOM export: fixed epochs, no early stopping."""
+    path = site_profile(work, f"{site} site", patients=1, epochs=epochs, patience=None)
+    document = yaml.safe_load(path.read_text())
+    document["data"] = {
+        "source": "dicom-ct",
+        "params": {"root": str(hospital / "dicom")},
+        "label_file": str(hospital / "labels.csv"),
+        "split": {"train": 0.6, "validation": 0.2, "test": 0.2},
+    }
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def run(quick: bool, work: Path) -> Section:
+    """Each job at each size, in its own process, from an empty cache."""
+    base, epochs = (6, 1) if quick else (40, 3)
+    medadapt = [sys.executable, "-m", "medadapt.engine", "--quiet"]
+    rows: list[dict[str, Any]] = []
+    for factor in FACTORS:
+        patients = base * factor
+        hospitals = {}
+        for site, scanner in SCANNERS.items():
+            spec = HospitalSpec(scanner=scanner, patients=patients, slices=16, seed=31)
+            hospitals[site] = work / f"{site}-{factor}x"
+            write_hospital(spec, hospitals[site], workers=os.cpu_count() or 1)
+        first = _profile(work / f"{factor}x", "first", hospitals["first"], epochs)
+        second = _profile(work / f"{factor}x", "second", hospitals["second"], epochs)
+        runs = work / f"runs-{factor}x"
+        env = {**os.environ, "MEDADAPT_CACHE_DIR": str(work / f"cache-{factor}x")}
+        commands = {
+            "scan": [*medadapt, "inspect", str(hospitals["first"] / "dicom"), "--json"],
+            "train": [*medadapt, "train", "-p", str(first), "--out", str(runs / "train")],
+            "adapt": [
+                *medadapt,
+                "adapt",
+                "-p",
+                str(second),
+                "--from",
+                str(runs / "train" / "model"),
+                "--method",
+                "coral",
+                "--source-profile",
+                str(first),
+                "--out",
+                str(runs / "adapt"),
+            ],
+        }
+        files = sum(1 for _ in (hospitals["first"] / "dicom").rglob("*.dcm"))
+        for job, command in commands.items():
+            seconds, peak = measured(command, env)
+            rows.append(
+                {
+                    "job": job,
+                    "factor": factor,
+                    "patients": patients,
+                    "files": files,
+                    "seconds": round(seconds, 2),
+                    "peak_mib": round(peak, 1),
+                }
+            )
+            print(rows[-1], flush=True)
+    lines = [
+        f"Two simulated hospitals of {base}, {2 * base} and {4 * base} patients (16 slices of "
+        "256 x 256 each, DICOM with labels.csv), read through the dicom-ct source. Each job "
+        "is the `medadapt` command, run in its own process from an empty cache: scan = "
+        "`medadapt inspect FOLDER` (first site); train = `medadapt train` at the first site "
+        f"({epochs} epochs, no early stopping; the first epoch decodes and caches every "
+        "patch); adapt = `medadapt adapt --method coral --source-profile` to the second site "
+        f"({epochs} epochs). Peak memory: the process's peak resident memory (`wait4`). "
+        "Ratios against the same job at 1x.",
+        "",
+        "| job | patients | DICOM files | seconds | vs 1x | peak memory (MiB) | vs 1x |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    findings = []
+    for job in JOBS:
+        mine = [row for row in rows if row["job"] == job]
+        one = mine[0]
+        for row in mine:
+            lines.append(
+                f"| {job} | {row['patients']} | {row['files']:,} | {row['seconds']:.1f} "
+                f"| {row['seconds'] / one['seconds']:.2f}x | {row['peak_mib']:.0f} "
+                f"| {row['peak_mib'] / one['peak_mib']:.2f}x |"
+            )
+        four = mine[-1]
+        time_ratio = four["seconds"] / one["seconds"]
+        memory_ratio = four["peak_mib"] / one["peak_mib"]
+        findings.append(
+            f"- {job}: 4x the patients in {time_ratio:.2f}x the time (target at most 4x): "
+            f"{verdict(time_ratio <= 4.0)}; peak memory {memory_ratio:.2f}x (target under "
+            f"1.20x): {verdict(memory_ratio < 1.2)}"
+        )
+    lines += ["", *findings]
+    return Section(
+        heading="Scaling: scan, train and adapt at 1x, 2x and 4x the patients",
+        lines=lines,
+        tables={"scaling": rows},
+        command=".venv/bin/python benchmarks/scaling.py",
+    )
+
+
+if __name__ == "__main__":
+    suite.main(["--only", "scaling", *sys.argv[1:]])

@@ -1,0 +1,295 @@
+"""Run the benchmarks and write RESULTS.md from what they measured.
+
+    .venv/bin/python benchmarks/suite.py                 # every benchmark: about an hour
+    .venv/bin/python benchmarks/suite.py --quick         # every table, small: a few minutes
+    .venv/bin/python benchmarks/suite.py --only scaling  # one again; the others are kept
+
+``make bench`` runs the first. Each benchmark is a module here with ``run(quick, work)``
+returning a :class:`Section`: its text, its tables' raw rows and the command that made it.
+The suite writes each table's rows to ``results/<table>.csv``, the section's text to
+``results/<name>.md`` with the date, the machine and how long it took, and then
+RESULTS.md: a header and every section in order. A section is written as soon as it is
+measured, so a failure later in the run loses nothing already measured, and ``--only``
+measures some sections again and keeps the others (each says when it was measured).
+
+Quick mode measures the same things with fewer patients, seeds, epochs and repeats, to show
+that every benchmark runs; its figures mean nothing, so it writes to build/bench-quick
+unless told otherwise, never over the committed results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+#: The benchmarks, in the order RESULTS.md shows them.
+BENCHMARKS = [
+    "dicom_loading",
+    "dicom_scan",
+    "phantom_generation",
+    "training_loop",
+    "source_model",
+    "scaling",
+    "batch_throughput",
+    "adaptation",
+]
+#: Benchmarks run only when named with --only (too long for the hour of ``make bench``);
+#: RESULTS.md keeps their last measured section, which says when it was measured.
+OPTIONAL = ["augmentation_effect"]
+ORDER = BENCHMARKS + OPTIONAL
+QUICK_OUT = ROOT / "build" / "bench-quick"
+
+
+@dataclass
+class Section:
+    """What one benchmark measured, ready to be written.
+
+    Attributes:
+        heading: the section's title (without the ``##``).
+        lines: the section's Markdown: what was measured, the tables, the findings.
+        tables: raw rows of each table, by CSV name (``results/<name>.csv``).
+        command: how to run this benchmark alone.
+        versions: library versions that matter to this benchmark (``pydicom 3.0.2``).
+    """
+
+    heading: str
+    lines: list[str]
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    command: str = ""
+    versions: list[str] = field(default_factory=list)
+
+
+def verdict(met: bool) -> str:
+    """How a finding states whether its target was met."""
+    return "met" if met else "**not met**"
+
+
+def machine() -> dict[str, Any]:
+    """Where the benchmarks run: processor, cores, memory, Python, torch and its threads."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        kib = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
+        memory = f"{kib / 2**20:.0f} GiB memory"
+    return {
+        "processor": model,
+        "cores": os.cpu_count(),
+        "memory": memory,
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+
+
+def describe(info: dict[str, Any]) -> str:
+    """The machine in one line."""
+    parts = [
+        info["processor"],
+        f"{info['cores']} cores",
+        info["memory"],
+        info["system"],
+        f"Python {info['python']}",
+        f"torch {info['torch']} ({info['torch_threads']} threads)",
+        f"GPU: {info['gpu']}",
+    ]
+    return ", ".join(p for p in parts if p)
+
+
+def commit() -> str:
+    """The repository's commit, with ``+changes`` when the working tree differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + (" +changes" if dirty else "")
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows of one table; the columns are every key, in the order first seen."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def record(name: str, section: Section, out: Path, quick: bool, seconds: float) -> None:
+    """Write one section's CSVs, its Markdown and what it was measured with."""
+    results = out / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    for table, rows in section.tables.items():
+        write_csv(results / f"{table}.csv", rows)
+    info = machine()
+    meta = {
+        "name": name,
+        "heading": section.heading,
+        "date": time.strftime("%Y-%m-%d"),
+        "minutes": round(seconds / 60, 1),
+        "quick": quick,
+        "commit": commit(),
+        "machine": info,
+        "versions": section.versions,
+        "tables": sorted(section.tables),
+    }
+    raw = ", ".join(f"results/{table}.csv" for table in sorted(section.tables))
+    footer = [
+        f"Measured {meta['date']} in {meta['minutes']} min{' (quick mode)' if quick else ''} "
+        f"at commit {meta['commit']} on {describe(info)}"
+        + (f"; {', '.join(section.versions)}" if section.versions else "")
+        + ".",
+        f"Command: `{section.command}`"
+        + (" (or `make bench`, which runs every benchmark)." if section.command else ""),
+    ]
+    if raw:
+        footer.append(f"Raw numbers: {raw}.")
+    text = "\n".join([f"## {section.heading}", "", *section.lines, "", *footer, ""])
+    (results / f"{name}.md").write_text(text)
+    (results / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def render(out: Path) -> Path:
+    """RESULTS.md from every section measured so far, in the benchmarks' order."""
+    results = out / "results"
+    metas = [
+        json.loads((results / f"{name}.json").read_text())
+        for name in ORDER
+        if (results / f"{name}.json").is_file() and (results / f"{name}.md").is_file()
+    ]
+    measured = {meta["name"] for meta in metas}
+    dates = sorted({meta["date"] for meta in metas})
+    machines = {describe(meta["machine"]) for meta in metas}
+    quick = any(meta["quick"] for meta in metas)
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `make bench` (benchmarks/suite.py) from what the benchmarks measured; "
+        "nothing here is typed by hand. Timings are ratios against a baseline measured in "
+        "the same run, side by side; the absolute seconds are shown but only hold for this "
+        "machine.",
+        "",
+    ]
+    if quick:
+        lines += [
+            "**Quick mode: small data, few seeds and epochs. These figures show that every "
+            "benchmark runs; they are not results.**",
+            "",
+        ]
+    if len(machines) == 1:
+        lines.append(f"Machine: {machines.pop()}.")
+    else:
+        lines.append("Machines: each section names its own.")
+    lines.append(f"Measured: {', '.join(dates)}." if dates else "Nothing measured yet.")
+    missing = [name for name in BENCHMARKS if name not in measured]
+    if missing:
+        lines.append(
+            "Not measured yet: "
+            + ", ".join(f"`{name}` (`benchmarks/suite.py --only {name}`)" for name in missing)
+            + "."
+        )
+    lines += ["", "Sections:", ""]
+    lines += [f"- [{meta['heading']}](#{_anchor(meta['heading'])})" for meta in metas]
+    lines.append("")
+    body = [(results / f"{meta['name']}.md").read_text() for meta in metas]
+    path = out / "RESULTS.md"
+    path.write_text("\n".join(lines) + "\n" + "\n".join(body))
+    return path
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    kept = "".join(c for c in heading.lower() if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
+
+
+def run(names: list[str], quick: bool, out: Path, work: Path | None = None) -> Path:
+    """Measure ``names`` one after another, writing each section as soon as it is done."""
+    sys.path.insert(0, str(HERE))
+    os.environ.setdefault("MEDADAPT_PSEUDONYM_KEY", "benchmark-secret-0123456789")
+    for number, name in enumerate(names, start=1):
+        module = importlib.import_module(name)
+        print(f"[{number}/{len(names)}] {name} ...", flush=True)
+        environment = dict(os.environ)
+        start = time.perf_counter()
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"bench-{name}-", dir=work) as folder:
+                section = module.run(quick=quick, work=Path(folder))
+        finally:
+            # A benchmark may set variables (a cache folder, the plugins to load): the
+            # next one starts from the same environment as the first.
+            os.environ.clear()
+            os.environ.update(environment)
+        seconds = time.perf_counter() - start
+        record(name, section, out, quick, seconds)
+        print(f"[{number}/{len(names)}] {name}: {seconds / 60:.1f} min", flush=True)
+        print("\n".join(section.lines), flush=True)
+    return render(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="small and fast: shows every benchmark runs"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=ORDER,
+        metavar="NAME",
+        help=f"these benchmarks only, of: {', '.join(ORDER)}",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where RESULTS.md and results/ go (default: benchmarks/, or build/bench-quick "
+        "with --quick)",
+    )
+    parser.add_argument(
+        "--work", type=Path, help="where temporary data go (default: the system's temp folder)"
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="measure nothing: write RESULTS.md again"
+    )
+    args = parser.parse_args(argv)
+    out = args.out or (QUICK_OUT if args.quick else HERE)
+    out.mkdir(parents=True, exist_ok=True)
+    path = render(out) if args.render else run(args.only or BENCHMARKS, args.quick, out, args.work)
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The benchmark suite: its quick mode produces every table, and RESULTS.md is generated."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def suite():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("suite")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_a_section_is_written_with_its_csv_and_dated(suite, tmp_path):
+    section = suite.Section(
+        heading="Example",
+        lines=["| a | b |", "|---|---|", "| 1 | 2 |"],
+        tables={"example": [{"a": 1, "b": 2}, {"a": 3, "c": 4}]},
+        command="python benchmarks/example.py",
+    )
+    suite.record("dicom_scan", section, tmp_path, quick=False, seconds=90)
+    results = suite.render(tmp_path).read_text()
+    assert "## Example" in results
+    assert "Measured " in results and "in 1.5 min" in results
+    assert "Raw numbers: results/example.csv." in results
+    assert "Quick mode" not in results
+    assert "Not measured yet: `dicom_loading`" in results
+    with (tmp_path / "results" / "example.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows == [{"a": "1", "b": "2", "c": ""}, {"a": "3", "b": "", "c": "4"}]
+
+
+def test_quick_results_say_they_are_not_results(suite, tmp_path):
+    section = suite.Section(heading="Example", lines=["text"], command="x")
+    suite.record("dicom_scan", section, tmp_path, quick=True, seconds=1)
+    assert "Quick mode" in suite.render(tmp_path).read_text()
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_every_benchmark_and_writes_every_table(suite, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "suite.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert "Not measured yet" not in results
+    for name in suite.BENCHMARKS:
+        meta = (tmp_path / "results" / f"{name}.json").read_text()
+        section = (tmp_path / "results" / f"{name}.md").read_text()
+        assert section in results
+        assert "|---" in section, f"{name} has no table"
+        assert '"quick": true' in meta
+        for table in suite.json.loads(meta)["tables"]:
+            with (tmp_path / "results" / f"{table}.csv").open() as handle:
+                assert list(csv.DictReader(handle)), f"{table}.csv is empty"
+    # The comparison with SKADA and every target are in the tables.
+    assert "SKADA DANN" in results and "SKADA DeepCoral" in results
+    for target in ("DANN target", "auto target", "time target", "vs 1x"):
+        assert target in results
