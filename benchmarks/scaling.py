@@ -3,8 +3,8 @@
 Two simulated hospitals written as DICOM with labels.csv at each size (Siemens B30f at
 12 mGy, and GE's sharp LUNG kernel at 1.5 mGy), read through the dicom-ct source as a real
 export would be. Each job is the command a user runs, in its own process, from an empty
-cache; its wall time and its peak resident memory (``wait4``'s ``ru_maxrss``) are
-measured:
+cache; its wall time and the peak resident memory of its own address space (VmHWM) are
+measured (``suite.measured``):
 
 - scan: ``medadapt inspect FOLDER --json`` (every file's header, series assembly);
 - train: ``medadapt train`` at the first site (decoding, resampling and caching every
@@ -21,9 +21,7 @@ time); peak memory grows by less than 20% from 1x to 4x.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +30,11 @@ import yaml
 import suite
 from medadapt.plugins.phantom.hospital import HospitalSpec, write_hospital
 from sites import site_profile
-from suite import Section, verdict
+from suite import Section, measured, verdict
 
 FACTORS = (1, 2, 4)
 JOBS = ("scan", "train", "adapt")
 SCANNERS = {"first": "siemens-smooth-standard-dose", "second": "ge-sharp-low-dose"}
-
-
-def measured(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Run ``command``; its wall seconds and its own peak resident memory in MiB."""
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    errors = process.stderr.read() if process.stderr else ""
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}:\n{errors}")
-    return seconds, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
 def _profile(work: Path, site: str, hospital: Path, epochs: int) -> Path:
@@ -71,7 +54,7 @@ def _profile(work: Path, site: str, hospital: Path, epochs: int) -> Path:
 def run(quick: bool, work: Path) -> Section:
     """Each job at each size, in its own process, from an empty cache."""
     base, epochs = (6, 1) if quick else (40, 3)
-    medadapt = [sys.executable, "-m", "medadapt.engine", "--quiet"]
+    medadapt = ["-m", "medadapt.engine", "--quiet"]
     rows: list[dict[str, Any]] = []
     for factor in FACTORS:
         patients = base * factor
@@ -104,7 +87,7 @@ def run(quick: bool, work: Path) -> Section:
         }
         files = sum(1 for _ in (hospitals["first"] / "dicom").rglob("*.dcm"))
         for job, command in commands.items():
-            seconds, peak = measured(command, env)
+            seconds, peak, _ = measured(command, env)
             rows.append(
                 {
                     "job": job,
@@ -123,7 +106,7 @@ def run(quick: bool, work: Path) -> Section:
         "`medadapt inspect FOLDER` (first site); train = `medadapt train` at the first site "
         f"({epochs} epochs, no early stopping; the first epoch decodes and caches every "
         "patch); adapt = `medadapt adapt --method coral --source-profile` to the second site "
-        f"({epochs} epochs). Peak memory: the process's peak resident memory (`wait4`). "
+        f"({epochs} epochs). Peak memory: the process's peak resident memory (VmHWM). "
         "Ratios against the same job at 1x.",
         "",
         "| job | patients | DICOM files | seconds | vs 1x | peak memory (MiB) | vs 1x |",

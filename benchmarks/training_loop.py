@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import suite
-from suite import Section, verdict
+from suite import Section, measured, verdict
 
 
 def _setup(work: Path, patients: int, repeat: int = 1) -> tuple[Any, Callable[[], Any]]:
@@ -164,23 +162,25 @@ def throughput(
 
 
 def stream_epoch(patients: int, cache: str) -> None:
-    """One pass over every patch (run in a fresh process); prints samples and peak RSS."""
+    """One pass over every patch (run in a fresh process); prints the samples streamed."""
     from torch.utils.data import DataLoader
 
     data, _ = _setup(Path(cache), patients)
-    count = sum(len(y) for _, y in DataLoader(data, batch_size=32))
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"samples": count, "peak_mib": peak_mib}))
+    print(json.dumps({"samples": sum(len(y) for _, y in DataLoader(data, batch_size=32))}))
 
 
 def memory(small: int) -> list[dict[str, float]]:
+    """Peak memory of a process streaming a dataset, and one four times larger."""
     rows = []
+    env = {**os.environ, "MEDADAPT_LOAD_PLUGINS": "backbones,phantom"}
     with tempfile.TemporaryDirectory() as cache:
         for patients in (small, 4 * small):
-            command = [sys.executable, __file__, "--stream", str(patients), "--cache", cache]
-            subprocess.run(command, check=True, capture_output=True)  # fills the cache
-            measured = subprocess.run(command, check=True, capture_output=True, text=True)
-            rows.append({"patients": patients, **json.loads(measured.stdout.splitlines()[-1])})
+            arguments = [__file__, "--stream", str(patients), "--cache", cache]
+            measured(arguments, env)  # fills the cache
+            _, peak, printed = measured(arguments, env)
+            rows.append(
+                {"patients": patients, **json.loads(printed.splitlines()[-1]), "peak_mib": peak}
+            )
     return rows
 
 
@@ -238,7 +238,6 @@ def run(quick: bool, work: Path) -> Section:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--stream"]:  # one measured process of the memory benchmark
-        os.environ.setdefault("MEDADAPT_LOAD_PLUGINS", "backbones,phantom")
         stream_epoch(int(sys.argv[2]), sys.argv[4])
     else:
         suite.main(["--only", "training_loop", *sys.argv[1:]])
