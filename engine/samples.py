@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,10 @@ from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.patches import preprocessing_key, sample_patch_hu, window
 from medadapt.engine.profile import Preprocessing, Profile
 from medadapt.engine.registry import ComponentRegistry
+
+log = logging.getLogger(__name__)
+#: How many of a site's unused inputs a job names in its warning (``inspect`` lists all files).
+SHOWN_REJECTIONS = 10
 
 #: Bump when the way volumes or patches are computed changes, to retire old cache entries.
 CACHE_FORMAT = 2
@@ -145,5 +150,24 @@ def open_site_data(
     )
     assert isinstance(source, DataSource)
     found = source.scan(label_file=profile.data.label_file)
+    if found.rejections:
+        log.warning("%s", rejections_text(profile.site.name, found.rejections))
     loader = PatchLoader(source, profile.preprocessing, cache_dir)
     return SiteData(source, list(found.records), list(found.rejections), loader)
+
+
+def rejections_text(site: str, rejections: list[Rejection]) -> str:
+    """What a job says about a site's unused inputs: how many, and the first ones with why.
+
+    Example:
+        >>> print(rejections_text("B", [Rejection(Path("labels.csv"), "row 2: no label")]))
+        B: 1 input not used (files, or rows of the label file):
+          labels.csv: row 2: no label
+    """
+    count = len(rejections)
+    plural = "s" if count > 1 else ""
+    lines = [f"{site}: {count} input{plural} not used (files, or rows of the label file):"]
+    lines += [f"  {r.path}: {r.reason}" for r in rejections[:SHOWN_REJECTIONS]]
+    if count > SHOWN_REJECTIONS:
+        lines.append(f"  and {count - SHOWN_REJECTIONS} more; `medadapt inspect` lists every file")
+    return "\n".join(lines)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from medadapt.engine import ExitCode, InvalidInputError
 from medadapt.engine.cli import cli
 from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.profile import load_profile
 from medadapt.plugins.dicom_ct import DicomCT
 
 PHI = ("Doe^Jane", "Jane", "MRN-0042-PHI", "MRN-0077-PHI", "19700101", "ACC-PHI-991")
@@ -223,3 +226,36 @@ def test_loaded_volume_is_float32_hu(two_patients, site_key):
     image = source.load(record)
     assert image.hu.dtype == np.float32
     np.testing.assert_array_equal(image.hu, stored - 1024.0)
+
+
+def test_a_job_names_the_label_rows_it_cannot_use(two_patients, tmp_path, site_key, caplog):
+    from medadapt.engine.samples import open_site_data
+
+    root, _ = two_patients
+    labels = tmp_path / "labels.csv"
+    write_labels(
+        labels,
+        [
+            "patient_id,label,slice,row,column",
+            "MRN-9999-PHI,benign,1,1,1",
+            "MRN-0042-PHI,benign,1,1,1",
+        ],
+    )
+    profile = tmp_path / "site.yaml"
+    document = yaml.safe_load(
+        (Path(__file__).parent.parent / "hospital_profiles" / "template.yaml").read_text()
+    )
+    document["data"] = {
+        "source": "dicom-ct",
+        "params": {"root": str(root)},
+        "label_file": str(labels),
+    }
+    profile.write_text(yaml.safe_dump(document))
+    registry = get_plugin_host().registry()
+    with caplog.at_level(logging.WARNING, logger="medadapt"):
+        site = open_site_data(load_profile(profile, registry), registry, tmp_path / "cache")
+    assert len(site.records) == 1
+    warning = caplog.text
+    assert "Hospital B: 1 input not used" in warning
+    assert f"{labels}: row 2: no usable series for patient patient-" in warning
+    assert "MRN" not in warning
