@@ -373,3 +373,42 @@ def pseudonymizer() -> Pseudonymizer:
 def pydicom_test_files() -> Path:
     """The real files shipped inside pydicom."""
     return Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+# --- example plugin packages ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pip_install_example() -> Callable[[Path, Path], Path]:
+    """Pip-installs an example package into a folder of its own (put it on PYTHONPATH to
+    use it): ``pip_install_example(package, work)`` returns ``work/site``."""
+    return _pip_install
+
+
+def _pip_install(package: Path, work: Path) -> Path:
+    import shutil
+
+    source = work / "src"
+    shutil.copytree(
+        package, source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
+    )
+    target = work / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--disable-pip-version-check",
+            "-q",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return target

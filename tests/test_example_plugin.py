@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,33 +19,9 @@ EXAMPLE = REPO / "examples" / "medadapt-example-scores"
 
 
 @pytest.fixture(scope="module")
-def installed_example(tmp_path_factory) -> Path:
+def installed_example(tmp_path_factory, pip_install_example) -> Path:
     """The example package pip-installed into its own folder (a site-packages of its own)."""
-    work = tmp_path_factory.mktemp("example")
-    source = work / "src"
-    shutil.copytree(
-        EXAMPLE, source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
-    )
-    target = work / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--disable-pip-version-check",
-            "-q",
-            "install",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return target
+    return pip_install_example(EXAMPLE, tmp_path_factory.mktemp("example"))
 
 
 @pytest.fixture

@@ -52,6 +52,12 @@ def test_wheel_holds_engine_and_plugins_inside_the_medadapt_package(wheel):
     }
     assert expected <= set(names)
     assert "medadapt/engine/py.typed" in names
+    # The shipped profiles travel with the package: the demo builds its sites from them.
+    profiles = {
+        f"medadapt/hospital_profiles/{p.name}" for p in REPO.glob("hospital_profiles/*.yaml")
+    }
+    assert profiles
+    assert profiles <= set(names)
     top_levels = {name.split("/")[0] for name in names}
     assert top_levels == {"medadapt", wheel.name.split("-py")[0] + ".dist-info"}
 

@@ -1,0 +1,270 @@
+"""The demo: medadapt's whole job on simulated hospitals, with no data of one's own.
+
+Writes three simulated sites as DICOM exports with label files (Hospital A's chest CT,
+Hospital B's chest CT on another scanner at low dose, Hospital B's head CT), then runs the
+jobs a hospital runs: train at A, measure the shift from A to B (and to B's head CT),
+adapt to B without B's labels (``auto``), and validate on B's test patients against the
+unadapted model. Everything goes under one output folder: the sites, the profiles the
+jobs used (copies of hospital_profiles/ pointing at the sites), the cache, the models and
+the reports. The summary it returns is read from the reports' JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medadapt.engine.errors import InvalidInputError
+
+#: The shipped profiles the demo's sites use (hospital_profiles/ in the repository, installed
+#: as ``medadapt.hospital_profiles``), and the simulated scanners behind them.
+SITES: dict[str, dict[str, Any]] = {
+    "hospital-a": {
+        "profile": "hospital_a_chest.yaml",
+        "phantom": {"scanner": "siemens-smooth-standard-dose", "body_region": "chest", "seed": 1},
+    },
+    "hospital-b": {
+        "profile": "hospital_b_chest.yaml",
+        "phantom": {
+            "scanner": "ge-sharp-low-dose",
+            "dose_mgy": 0.3,
+            "body_region": "chest",
+            "seed": 2,
+        },
+    },
+    "hospital-b-head": {
+        "profile": "hospital_b_head.yaml",
+        "phantom": {"scanner": "ge-sharp-low-dose", "body_region": "head", "seed": 3},
+    },
+}
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is: patients per site, epochs and the methods ``auto`` tries."""
+
+    patients: dict[str, int]
+    epochs: int
+    candidates: list[str]
+
+
+FULL = DemoSize(
+    patients={"hospital-a": 120, "hospital-b": 120, "hospital-b-head": 40},
+    epochs=12,
+    candidates=["adabn", "tent", "coral", "mmd"],
+)
+FAST = DemoSize(
+    patients={"hospital-a": 40, "hospital-b": 40, "hospital-b-head": 12},
+    epochs=3,
+    candidates=["adabn", "coral"],
+)
+
+
+@dataclass
+class DemoResult:
+    """Where the demo wrote its work, and the summary read from its reports."""
+
+    out: Path
+    summary: dict[str, Any]
+
+
+def shipped_profiles() -> Path:
+    """The folder of the profiles shipped with medadapt (hospital_profiles/)."""
+    return Path(str(resources.files("medadapt.hospital_profiles")))
+
+
+def run_demo(
+    out: Path, *, fast: bool = False, step: Callable[[str], None] = lambda _: None
+) -> DemoResult:
+    """Run the whole demo into ``out``; ``step`` is told what is being done.
+
+    Running it again in the same folder reuses the simulated sites and finished runs.
+
+    Raises:
+        InvalidInputError: ``out`` holds something that is not a demo of the same size.
+    """
+    out = out.resolve()
+    _claim(out, fast)
+    # Before anything imports matplotlib, which picks its cache folder when imported.
+    _keep_inside(out)
+    from medadapt.engine.adapt import adapt
+    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.profile import load_profile
+    from medadapt.engine.shift import analyse_shift
+    from medadapt.engine.train import train
+    from medadapt.engine.validate import validate
+    from medadapt.plugins.phantom.hospital import HospitalSpec, write_hospital
+
+    size = FAST if fast else FULL
+    cache = out / "cache"
+    host = get_plugin_host()
+    registry = host.registry()
+    profiles = {}
+    for site, settings in SITES.items():
+        step(f"simulating {site}: {size.patients[site]} patients, written as DICOM")
+        folder = out / "sites" / site
+        spec = HospitalSpec(**settings["phantom"], patients=size.patients[site], slices=16)
+        write_hospital(spec, folder, workers=os.cpu_count() or 1)
+        path = _profile(out, site, settings["profile"], folder, size)
+        profiles[site] = load_profile(path, registry)
+    runs = out / "runs"
+    a, b, head = profiles["hospital-a"], profiles["hospital-b"], profiles["hospital-b-head"]
+
+    step("training the source model at Hospital A")
+    source = train(a, registry, host, runs / "hospital-a-train", quiet=True, cache_dir=cache)
+    step("measuring the shift from Hospital A to Hospital B, and to B's head CT")
+    shift_b = analyse_shift(
+        b, a, registry, source.model_dir, runs / "hospital-b-shift", cache_dir=cache
+    )
+    shift_head = analyse_shift(
+        head, a, registry, source.model_dir, runs / "hospital-b-head-shift", cache_dir=cache
+    )
+    step(f"adapting to Hospital B without its labels (auto: {', '.join(size.candidates)})")
+    adapted = adapt(
+        b,
+        registry,
+        host,
+        source.model_dir,
+        runs / "hospital-b-adapt",
+        method="auto",
+        source_profile=a,
+        quiet=True,
+        cache_dir=cache,
+    )
+    step("validating at Hospital A, and at Hospital B against the unadapted model")
+    home = validate(
+        a,
+        registry,
+        host,
+        source.model_dir,
+        runs / "hospital-a-validate",
+        cache_dir=cache,
+        quiet=True,
+    )
+    target = validate(
+        b,
+        registry,
+        host,
+        adapted.model_dir,
+        runs / "hospital-b-validate",
+        baseline_dir=source.model_dir,
+        shift=shift_b,
+        cache_dir=cache,
+        quiet=True,
+    )
+    summary = summarise(home.report, target.report, shift_b, shift_head, adapted.kept)
+    summary["report"] = str(runs / "hospital-b-validate" / "report.html")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return DemoResult(out, summary)
+
+
+def summarise(
+    home: dict[str, Any],
+    target: dict[str, Any],
+    shift_b: dict[str, Any],
+    shift_head: dict[str, Any],
+    kept: str,
+) -> dict[str, Any]:
+    """The figures the demo prints, taken from the reports and shift analyses as written."""
+    return {
+        "hospital_a_auroc": home["results"]["model"]["auroc"],
+        "hospital_a_test_patients": home["data"]["patients"].get("test", 0),
+        "hospital_b_before_auroc": target["results"]["baseline"]["auroc"],
+        "hospital_b_after_auroc": target["results"]["model"]["auroc"],
+        "hospital_b_test_patients": target["data"]["patients"].get("test", 0),
+        "auroc_difference": target["comparison"]["auroc_difference"],
+        "kept_method": kept,
+        "verdict": target["acceptance"]["verdict"],
+        "no_verdict_because": target["acceptance"]["no_verdict_because"],
+        "criteria": [
+            {k: c[k] for k in ("criterion", "status", "measured")}
+            for c in target["acceptance"]["criteria"]
+        ],
+        "shift_to_b": shift_b["verdict"],
+        "shift_to_b_head": shift_head["verdict"],
+    }
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """The summary as the demo prints it."""
+    from medadapt.engine.report import interval_text
+
+    criteria = [
+        f"    {c['status'].upper():<12} {c['criterion']}"
+        + ("" if c["measured"] is None else f": {c['measured']:.3f}")
+        for c in summary["criteria"]
+    ]
+    return "\n".join(
+        [
+            "Summary (AUROC with 95% patient-bootstrap intervals, on each site's test patients)",
+            f"  Hospital A, where the model was trained ({summary['hospital_a_test_patients']} "
+            f"patients): {interval_text(summary['hospital_a_auroc'])}",
+            f"  Hospital B before adaptation ({summary['hospital_b_test_patients']} patients): "
+            f"{interval_text(summary['hospital_b_before_auroc'])}",
+            f"  Hospital B after adaptation (auto kept {summary['kept_method']}): "
+            f"{interval_text(summary['hospital_b_after_auroc'])}",
+            f"  difference: {interval_text(summary['auroc_difference'])}",
+            f"  shift from A: to B {summary['shift_to_b'].upper()}, to B's head CT "
+            f"{summary['shift_to_b_head'].upper()}",
+            "  acceptance at Hospital B:",
+            *criteria,
+            f"  verdict: {summary['verdict'].upper()}",
+            *[f"    because {reason}" for reason in summary["no_verdict_because"]],
+            f"  report: {summary['report']}",
+        ]
+    )
+
+
+def _claim(out: Path, fast: bool) -> None:
+    """Use ``out`` only if it is empty or an earlier demo of the same size."""
+    marker = out / "medadapt-demo.json"
+    wanted = {"demo": 1, "fast": fast}
+    if marker.is_file():
+        if json.loads(marker.read_text()) != wanted:
+            raise InvalidInputError(
+                f"{out} holds a demo of another size; choose another --out or delete it"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise InvalidInputError(
+            f"{out} is not empty and holds no demo; choose an empty or new folder with --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(wanted) + "\n")
+
+
+def _keep_inside(out: Path) -> None:
+    """Point every cache and key the jobs use inside ``out``, so nothing is written elsewhere."""
+    key_file = out / "pseudonym.key"
+    if not key_file.is_file():
+        key_file.write_text(secrets.token_hex(32) + "\n")
+    # The demo's own key, kept with its data, unless the user set one.
+    os.environ.setdefault("MEDADAPT_PSEUDONYM_KEY", key_file.read_text().strip())
+    os.environ["MEDADAPT_CACHE_DIR"] = str(out / "cache")
+    os.environ.setdefault("MPLCONFIGDIR", str(out / "cache" / "matplotlib"))
+
+
+def _profile(out: Path, site: str, shipped: str, folder: Path, size: DemoSize) -> Path:
+    """The shipped profile, pointed at the simulated site and sized for this demo."""
+    document = yaml.safe_load((shipped_profiles() / shipped).read_text())
+    document["data"]["params"]["root"] = str(folder / "dicom")
+    document["data"]["label_file"] = str(folder / "labels.csv")
+    document["training"]["epochs"] = size.epochs
+    if "adaptation" in document:
+        document["adaptation"]["candidates"] = size.candidates
+    path = out / "profiles" / shipped
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"# The demo's copy of hospital_profiles/{shipped}, pointed at its simulated site\n"
+        f"# and sized for {'--fast' if size is FAST else 'the full demo'}.\n"
+    )
+    path.write_text(header + yaml.safe_dump(document, sort_keys=False))
+    return path

@@ -1,0 +1,1 @@
+"""The profiles shipped with medadapt: templates for a site's own, and the demo's sites."""
