@@ -222,7 +222,11 @@ def record(
         + (f"; {', '.join(section.versions)}" if section.versions else "")
         + ".",
         f"Command: `{section.command}`"
-        + (" (or `make bench`, which runs every benchmark)." if section.command else ""),
+        + (
+            " (not part of `make bench`, which would take too long with it)."
+            if name in OPTIONAL
+            else " (or `make bench`, which runs every benchmark)."
+        ),
     ]
     if raw:
         footer.append(f"Raw numbers: {raw}.")

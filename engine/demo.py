@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -45,6 +44,10 @@ SITES: dict[str, dict[str, Any]] = {
         "phantom": {"scanner": "ge-sharp-low-dose", "body_region": "head", "seed": 3},
     },
 }
+
+
+#: The pseudonym key of the demo's simulated patients (not a secret: nobody is real).
+DEMO_KEY = "medadapt-demo-simulated-patients-only"
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ def run_demo(
         quiet=True,
     )
     summary = summarise(home.report, target.report, shift_b, shift_head, adapted.kept)
-    summary["report"] = str(runs / "hospital-b-validate" / "report.html")
+    summary["report"] = _shown(runs / "hospital-b-validate" / "report.html")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return DemoResult(out, summary)
 
@@ -223,6 +226,14 @@ def summary_text(summary: dict[str, Any]) -> str:
     )
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it is inside it, else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _claim(out: Path, fast: bool) -> None:
     """Use ``out`` only if it is empty or an earlier demo of the same size."""
     marker = out / "medadapt-demo.json"
@@ -243,11 +254,9 @@ def _claim(out: Path, fast: bool) -> None:
 
 def _keep_inside(out: Path) -> None:
     """Point every cache and key the jobs use inside ``out``, so nothing is written elsewhere."""
-    key_file = out / "pseudonym.key"
-    if not key_file.is_file():
-        key_file.write_text(secrets.token_hex(32) + "\n")
-    # The demo's own key, kept with its data, unless the user set one.
-    os.environ.setdefault("MEDADAPT_PSEUDONYM_KEY", key_file.read_text().strip())
+    # The demo's patients are simulated, so its key is no secret: a fixed one gives the same
+    # split, and the same figures, on every machine (a site's key would change them).
+    os.environ["MEDADAPT_PSEUDONYM_KEY"] = DEMO_KEY
     os.environ["MEDADAPT_CACHE_DIR"] = str(out / "cache")
     os.environ.setdefault("MPLCONFIGDIR", str(out / "cache" / "matplotlib"))
 

@@ -58,6 +58,7 @@ def test_profile_key_is_documented(key):
     assert f"`{key}`" in (REPO / "docs" / "profiles.md").read_text()
 
 
-def test_readme_gives_the_test_command():
+def test_readme_gives_the_two_commands():
     readme = (REPO / "README.md").read_text()
+    assert re.search(r"^\s+make demo$", readme, re.MULTILINE)
     assert re.search(r"^\s+make test$", readme, re.MULTILINE)
