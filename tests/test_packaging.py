@@ -32,7 +32,7 @@ def wheel(tmp_path_factory) -> Path:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for folder in ("engine", "plugins"):
+    for folder in ("engine", "plugins", "hospital_profiles"):
         shutil.copytree(
             REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__")
         )
