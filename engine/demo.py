@@ -99,6 +99,7 @@ def run_demo(
     # Before anything imports matplotlib, which picks its cache folder when imported.
     _keep_inside(out)
     from medadapt.engine.adapt import adapt
+    from medadapt.engine.loop import CHECKPOINT
     from medadapt.engine.plugins import get_plugin_host
     from medadapt.engine.profile import load_profile
     from medadapt.engine.shift import analyse_shift
@@ -121,21 +122,25 @@ def run_demo(
     runs = out / "runs"
     a, b, head = profiles["hospital-a"], profiles["hospital-b"], profiles["hospital-b-head"]
 
-    step("training the source model at Hospital A")
-    source = train(a, registry, host, runs / "hospital-a-train", quiet=True, cache_dir=cache)
+    trained = runs / "hospital-a-train"
+    model = trained / "model"  # written only once training has finished
+    if model.is_dir():
+        step("reusing the source model trained at Hospital A")
+    else:
+        step("training the source model at Hospital A")
+        resume = (trained / CHECKPOINT).is_file()
+        train(a, registry, host, trained, resume=resume, quiet=True, cache_dir=cache)
     step("measuring the shift from Hospital A to Hospital B, and to B's head CT")
-    shift_b = analyse_shift(
-        b, a, registry, source.model_dir, runs / "hospital-b-shift", cache_dir=cache
-    )
+    shift_b = analyse_shift(b, a, registry, model, runs / "hospital-b-shift", cache_dir=cache)
     shift_head = analyse_shift(
-        head, a, registry, source.model_dir, runs / "hospital-b-head-shift", cache_dir=cache
+        head, a, registry, model, runs / "hospital-b-head-shift", cache_dir=cache
     )
     step(f"adapting to Hospital B without its labels (auto: {', '.join(size.candidates)})")
     adapted = adapt(
         b,
         registry,
         host,
-        source.model_dir,
+        model,
         runs / "hospital-b-adapt",
         method="auto",
         source_profile=a,
@@ -147,7 +152,7 @@ def run_demo(
         a,
         registry,
         host,
-        source.model_dir,
+        model,
         runs / "hospital-a-validate",
         cache_dir=cache,
         quiet=True,
@@ -158,7 +163,7 @@ def run_demo(
         host,
         adapted.model_dir,
         runs / "hospital-b-validate",
-        baseline_dir=source.model_dir,
+        baseline_dir=model,
         shift=shift_b,
         cache_dir=cache,
         quiet=True,

@@ -76,6 +76,18 @@ def test_the_fast_demo_prints_what_its_reports_say_and_writes_only_its_folder(tm
     assert summary["verdict"] == report["acceptance"]["verdict"]
     expected = {"pass": 0, "fail": 1, "no verdict": 5}[summary["verdict"]]
     assert done.returncode == expected
+    # Run again in the same folder: what is finished is reused, and the figures are the same.
+    again = subprocess.run(
+        [sys.executable, "-m", "medadapt.engine", "demo", "--fast", "--out", "demo"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == done.returncode, again.stderr[-3000:]
+    assert "reusing the source model trained at Hospital A" in again.stderr
+    assert again.stdout == done.stdout
     # The demo's profiles are the shipped ones, pointed at its sites.
     for site in SITES.values():
         assert (out / "profiles" / site["profile"]).is_file()
