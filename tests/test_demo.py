@@ -47,14 +47,18 @@ def test_the_fast_demo_prints_what_its_reports_say_and_writes_only_its_folder(tm
         if not key.startswith(("MEDADAPT_", "XDG_", "MPLCONFIGDIR", "TORCH_HOME"))
     }
     env["HOME"] = str(home)
-    done = subprocess.run(
-        [sys.executable, "-m", "medadapt.engine", "demo", "--fast", "--out", "demo"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+
+    def run_demo() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "medadapt.engine", "demo", "--fast", "--out", "demo"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    done = run_demo()
     assert done.returncode in (0, 1, 5), done.stdout + done.stderr[-3000:]
     out = work / "demo"
     # Nothing outside the output folder: not in the working folder, not in the home folder.
@@ -77,14 +81,7 @@ def test_the_fast_demo_prints_what_its_reports_say_and_writes_only_its_folder(tm
     expected = {"pass": 0, "fail": 1, "no verdict": 5}[summary["verdict"]]
     assert done.returncode == expected
     # Run again in the same folder: what is finished is reused, and the figures are the same.
-    again = subprocess.run(
-        [sys.executable, "-m", "medadapt.engine", "demo", "--fast", "--out", "demo"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = run_demo()
     assert again.returncode == done.returncode, again.stderr[-3000:]
     assert "reusing the source model trained at Hospital A" in again.stderr
     assert again.stdout == done.stdout
