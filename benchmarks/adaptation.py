@@ -110,7 +110,8 @@ def run_pair(
     from sklearn.metrics import roc_auc_score
 
     import peers
-    from medadapt.engine.adapt import SOURCE_ONLY, adapt
+    from medadapt.engine.adaptation import UNADAPTED as SOURCE_ONLY
+    from medadapt.engine.adaptation import adapt
     from medadapt.engine.evaluate import predict
     from medadapt.engine.model import load_model
     from medadapt.engine.plugins import get_plugin_host
@@ -266,7 +267,8 @@ def choose(auto: Any, rule: str) -> str:
     """The candidate that ``auto`` keeps under ``rule``, from its runs' validation outputs."""
     import numpy as np
 
-    from medadapt.engine.adapt import PROBABILITIES, ensemble_agreement
+    from medadapt.engine.adaptation import PROBABILITIES
+    from medadapt.plugins.decision_rules import ensemble_agreement
 
     runs = auto.runs
     if rule == "score":

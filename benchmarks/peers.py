@@ -147,7 +147,7 @@ def epoch_times(
     from torch.utils.data import TensorDataset
 
     from medadapt.engine import ComponentKind
-    from medadapt.engine.adapt import run_method
+    from medadapt.engine.adaptation import run_method
     from medadapt.engine.distributed import World
     from medadapt.engine.hookspecs import RunInfo
     from medadapt.engine.plugins import get_plugin_host
@@ -182,11 +182,9 @@ def epoch_times(
             target_data,
             validation_data,
             training,
-            out,
-            repeat,
+            RunInfo("adapt", "timing", out, repeat),
             World(0, 1, torch.device("cpu")),
             host,
-            RunInfo("adapt", "timing", out, repeat),
             positive_index=1,
             source_train=source_data,
         )

@@ -65,6 +65,7 @@ def throughput(
     from medadapt.engine.distributed import World
     from medadapt.engine.hookspecs import RunInfo
     from medadapt.engine.loop import Trainer
+    from medadapt.engine.objective import EpochJudge, Supervised
     from medadapt.engine.plugins import get_plugin_host
     from medadapt.engine.profile import Training
 
@@ -108,9 +109,9 @@ def throughput(
                 overhead["epochs"] += 1
                 return result
 
-            def _write_epoch(self, path, state, improved):  # noqa: ANN001, ANN202
+            def _write_epoch(self, path, state, improved, probabilities):  # noqa: ANN001, ANN202
                 start = time.perf_counter()
-                super()._write_epoch(path, state, improved)
+                super()._write_epoch(path, state, improved, probabilities)
                 self._writer.wait()
                 overhead["seconds"] += time.perf_counter() - start
 
@@ -130,12 +131,10 @@ def throughput(
                 data,
                 val,
                 training,
-                out,
-                0,
+                RunInfo("bench", "bench", out, 0),
                 World(0, 1, torch.device("cpu")),
                 get_plugin_host(),
-                RunInfo("bench", "bench", out, 0),
-                positive_index=1,
+                Supervised(EpochJudge(positive_index=1)),
                 quiet=True,
             ).fit()
 

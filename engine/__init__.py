@@ -7,13 +7,18 @@ A plugin needs only what is exported here::
 
 from importlib import metadata
 
+from medadapt.engine.components import UNADAPTED as UNADAPTED
 from medadapt.engine.components import (
     AdaptationMethod,
     Augmentation,
     Backbone,
+    Candidate,
     Component,
     ComponentKind,
     DataSource,
+    Decision,
+    DecisionRule,
+    Evidence,
     Image,
     LabelProperty,
     NoParams,
@@ -31,12 +36,17 @@ from medadapt.engine.hookspecs import ReportSection, RunInfo, hookimpl
 __version__ = metadata.version("medadapt")
 
 __all__ = [
+    "UNADAPTED",
     "AdaptationMethod",
     "Augmentation",
     "Backbone",
+    "Candidate",
     "Component",
     "ComponentKind",
     "DataSource",
+    "Decision",
+    "DecisionRule",
+    "Evidence",
     "ExitCode",
     "Image",
     "InvalidInputError",

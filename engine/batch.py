@@ -42,7 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.model import write_json_atomic
+from medadapt.engine.model import CARD, read_card, write_json_atomic
 
 JOB_JSON = "job.json"
 JOB_LOG = "job.log"
@@ -218,8 +218,8 @@ def _content(path: Path) -> str:
 
 def _model_hash(folder: Path) -> str:
     try:
-        return str(json.loads((folder / "card.json").read_text())["weights_sha256"])
-    except (OSError, ValueError, KeyError):
+        return str(read_card(folder / CARD).weights_sha256)
+    except (OSError, InvalidInputError):
         return f"unreadable {folder}"
 
 
@@ -270,7 +270,7 @@ def run_job(job: Job, batch_dir: Path, torch_threads: int | None = None) -> dict
 
 
 def _steps(job: Job, work: Path, log: logging.Logger) -> dict[str, Any]:
-    from medadapt.engine.adapt import adapt
+    from medadapt.engine.adaptation import adapt
     from medadapt.engine.plugins import get_plugin_host
     from medadapt.engine.profile import load_profile
     from medadapt.engine.train import train
@@ -312,7 +312,8 @@ def _steps(job: Job, work: Path, log: logging.Logger) -> dict[str, Any]:
     measured = report["results"]["model"]
     return {
         "kept": adapted.kept,
-        "adaptation_helped": adapted.helped,
+        "decision": adapted.decision.statement,
+        "decision_evidence": adapted.decision.evidence,
         "auroc": measured["auroc"],
         "baseline_auroc": report["results"]["baseline"]["auroc"],
         "sensitivity": measured["sensitivity"],

@@ -281,13 +281,15 @@ def adapt_command(
 ) -> None:
     """Carry a source model to the target site of the profile.
 
-    Without target labels, every epoch and every method is judged by the profile's
-    label-free selection score on the target validation split; the target test split is
-    set aside unread. --method auto tries every method the available data allow, and the
-    unadapted model, and keeps the best. Writes OUT/model and OUT/adapt.json; running the
-    same command again reuses finished runs and resumes an interrupted one.
+    With adaptation.target_labels: validation, the validation patients' labels choose each
+    run's best epoch, the method and whether to adapt at all (no method trains on them);
+    without labels, a label-free score chooses, and what is kept is a proposal. The target
+    test split is set aside unread. --method auto tries every method the data allow beside
+    the unadapted model, and keeps the unadapted model unless the evidence says otherwise.
+    Prints what was kept and on what evidence; writes OUT/model and OUT/adapt.json. Running
+    the same command again reuses finished runs and resumes an interrupted one.
     """
-    from medadapt.engine.adapt import adapt
+    from medadapt.engine.adaptation import adapt
 
     host = get_plugin_host()
     registry = host.registry()
@@ -318,20 +320,21 @@ def adapt_command(
     better = "higher" if summary["selection_higher_is_better"] else "lower"
     click.echo(
         f"model written to {result.model_dir}\n"
-        f"  selection: {summary['selection']} ({better} is better)"
+        f"  each run's epoch chosen by: {summary['selection']} ({better} is better)\n"
+        f"  decided by: {summary['decision']['rule']}"
     )
-    click.echo(f"  methods compared by: {summary['methods_compared_by']}")
     for name, figures in summary["methods"].items():
-        agreement = figures.get("agreement_mean")
+        compared = [
+            f"{key.replace('_', ' ')} {value:.3f}"
+            for run in figures["runs"][:1]
+            for key, value in (run["compared"] or {}).items()
+            if isinstance(value, float)
+        ]
         click.echo(
-            f"  {name:<12} score {figures['score_mean']:.3f} ± {figures['score_sd']:.3f} "
-            + ("" if agreement is None else f"agreement {agreement:.3f} ")
-            + f"over {len(figures['runs'])} seed(s)"
+            f"  {name:<12} epoch score {figures['score_mean']:.3f} ± {figures['score_sd']:.3f} "
+            f"over {len(figures['runs'])} seed(s)" + "".join(f", {c}" for c in compared)
         )
-    if summary["adaptation_helped"] is False:
-        click.echo("  adaptation did not help: the unadapted source model is kept")
-    else:
-        click.echo(f"  kept: {result.kept}")
+    click.echo(result.decision.statement)
 
 
 @cli.command("shift")
@@ -655,8 +658,9 @@ def demo_command(ctx: click.Context, out: Path, fast: bool, as_json: bool) -> No
 
     Writes Hospital A's and Hospital B's chest CT (different scanners) and B's head CT as
     DICOM with label files, trains at A, measures the shift to B and to B's head CT, adapts
-    to B without B's labels (auto), validates on B's test patients against the unadapted
-    model, and prints a summary read from the reports. Writes nothing outside OUT; running
+    to B (auto; B's validation labels decide what is kept, no method trains on them),
+    validates on B's test patients against the unadapted model, and prints a summary read
+    from the reports. Writes nothing outside OUT; running
     it again reuses what is finished.
     """
     from medadapt.engine.demo import run_demo, summary_text

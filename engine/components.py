@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
@@ -32,6 +32,7 @@ class ComponentKind(enum.StrEnum):
     BACKBONES = "backbones"
     ADAPTATION_METHODS = "adaptation_methods"
     SELECTION_SCORES = "selection_scores"
+    DECISION_RULES = "decision_rules"
 
     @property
     def label(self) -> str:
@@ -425,10 +426,119 @@ class SelectionScore(Component):
         """
 
 
+# --- the decision ---------------------------------------------------------------------------
+
+#: The name under which the unadapted source model stands among the candidates.
+UNADAPTED = "source-only"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model ``adapt`` may keep: a method's run at one seed, or the unadapted model.
+
+    Attributes:
+        method: the adaptation method, or :data:`UNADAPTED`.
+        seed: the run's seed.
+        probabilities: its predicted probabilities on the target validation samples (at
+            its best epoch), shape (samples, classes), in :class:`Evidence` order.
+    """
+
+    method: str
+    seed: int
+    probabilities: np.ndarray
+
+    @property
+    def unadapted(self) -> bool:
+        return self.method == UNADAPTED
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a decision rule may look at: every candidate's predictions on the target
+    validation samples, whose patients they belong to, and their labels where the site
+    gave them. The test split is never part of it.
+
+    Attributes:
+        candidates: the candidates; the unadapted model is always among them, once.
+        patients: the pseudonymised patient of each validation sample.
+        labels: 1 where a sample is of the positive class, 0 where it is of another, -1
+            where the site gave no label; None when no validation sample is labelled.
+        seed: fixes every resample a rule draws, so a decision can be repeated.
+    """
+
+    candidates: tuple[Candidate, ...]
+    patients: tuple[str, ...]
+    labels: np.ndarray | None
+    positive_index: int
+    seed: int = 0
+
+    @property
+    def unadapted(self) -> Candidate:
+        """The unadapted model."""
+        return next(c for c in self.candidates if c.unadapted)
+
+    def name(self, candidate: Candidate) -> str:
+        """How a person reads a candidate: ``"coral"``, or ``"coral seed 5"`` where a
+        method ran with several seeds."""
+        seeds = {c.seed for c in self.candidates if c.method == candidate.method}
+        return candidate.method if len(seeds) == 1 else f"{candidate.method} seed {candidate.seed}"
+
+    @property
+    def labelled_patients(self) -> int:
+        """How many validation patients have at least one labelled sample."""
+        if self.labels is None:
+            return 0
+        return len({p for p, y in zip(self.patients, self.labels, strict=True) if y >= 0})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which candidate a rule keeps, and what that rests on.
+
+    Attributes:
+        kept: the candidate kept.
+        evidence: ``"labels"`` when validation labels measured the candidates;
+            ``"label-free"`` when they did not: the choice is then a proposal that
+            ``validate`` must confirm.
+        statement: one sentence a person reads, with the figures it rests on.
+        margin: with labels: the kept model's validation AUROC minus the unadapted model's,
+            ``{"value", "low", "high", "level", "patients"}`` (paired patient bootstrap);
+            the best adapted model's when the unadapted model is kept. None without labels.
+        figures: per candidate (by :meth:`Evidence.name`), the figures the rule compared
+            (validation AUROC, agreement).
+    """
+
+    kept: Candidate
+    evidence: Literal["labels", "label-free"]
+    statement: str
+    margin: dict[str, float | int | None] | None = None
+    figures: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+
+class DecisionRule(Component):
+    """How ``auto`` decides which candidate to keep, the unadapted model among them.
+
+    A rule sees the :class:`Evidence` (validation predictions, patients, labels where
+    given) and returns a :class:`Decision` whose words say what it rests on. A rule that
+    ``needs_labels`` is used only when the site labels its validation patients; a label-free
+    rule's decision is always a proposal.
+    """
+
+    kind = ComponentKind.DECISION_RULES
+    #: Whether the rule needs labelled validation samples.
+    needs_labels: ClassVar[bool]
+
+    @abstractmethod
+    def decide(self, evidence: Evidence) -> Decision:
+        """Choose among ``evidence.candidates``; keep the unadapted model unless the
+        evidence says otherwise."""
+
+
 _CONTRACTS: dict[ComponentKind, type[Component]] = {
     ComponentKind.DATA_SOURCES: DataSource,
     ComponentKind.AUGMENTATIONS: Augmentation,
     ComponentKind.BACKBONES: Backbone,
     ComponentKind.ADAPTATION_METHODS: AdaptationMethod,
     ComponentKind.SELECTION_SCORES: SelectionScore,
+    ComponentKind.DECISION_RULES: DecisionRule,
 }

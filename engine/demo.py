@@ -3,10 +3,11 @@
 Writes three simulated sites as DICOM exports with label files (Hospital A's chest CT,
 Hospital B's chest CT on another scanner at low dose, Hospital B's head CT), then runs the
 jobs a hospital runs: train at A, measure the shift from A to B (and to B's head CT),
-adapt to B without B's labels (``auto``), and validate on B's test patients against the
-unadapted model. Everything goes under one output folder: the sites, the profiles the
-jobs used (copies of hospital_profiles/ pointing at the sites), the cache, the models and
-the reports. The summary it returns is read from the reports' JSON.
+adapt to B (``auto``: no method trains on B's labels; B's validation patients' labels
+decide what is kept), and validate on B's test patients against the unadapted model.
+Everything goes under one output folder: the sites, the profiles the jobs used (copies of
+hospital_profiles/ pointing at the sites), the cache, the models and the reports.
+The summary it returns is read from the reports' JSON.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from medadapt.engine.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from medadapt.engine.adaptation import AdaptResult
 
 #: The shipped profiles the demo's sites use (hospital_profiles/ in the repository, installed
 #: as ``medadapt.hospital_profiles``), and the simulated scanners behind them.
@@ -98,7 +102,7 @@ def run_demo(
     _claim(out, fast)
     # Before anything imports matplotlib, which picks its cache folder when imported.
     _keep_inside(out)
-    from medadapt.engine.adapt import adapt
+    from medadapt.engine.adaptation import adapt
     from medadapt.engine.loop import CHECKPOINT
     from medadapt.engine.plugins import get_plugin_host
     from medadapt.engine.profile import load_profile
@@ -135,7 +139,10 @@ def run_demo(
     shift_head = analyse_shift(
         head, a, registry, model, runs / "hospital-b-head-shift", cache_dir=cache
     )
-    step(f"adapting to Hospital B without its labels (auto: {', '.join(size.candidates)})")
+    step(
+        f"adapting to Hospital B (auto: {', '.join(size.candidates)}; B's validation labels "
+        "decide what is kept)"
+    )
     adapted = adapt(
         b,
         registry,
@@ -168,7 +175,7 @@ def run_demo(
         cache_dir=cache,
         quiet=True,
     )
-    summary = summarise(home.report, target.report, shift_b, shift_head, adapted.kept)
+    summary = summarise(home.report, target.report, shift_b, shift_head, adapted)
     summary["report"] = _shown(runs / "hospital-b-validate" / "report.html")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return DemoResult(out, summary)
@@ -179,7 +186,7 @@ def summarise(
     target: dict[str, Any],
     shift_b: dict[str, Any],
     shift_head: dict[str, Any],
-    kept: str,
+    adapted: AdaptResult,
 ) -> dict[str, Any]:
     """The figures the demo prints, taken from the reports and shift analyses as written."""
     return {
@@ -189,7 +196,9 @@ def summarise(
         "hospital_b_after_auroc": target["results"]["model"]["auroc"],
         "hospital_b_test_patients": target["data"]["patients"].get("test", 0),
         "auroc_difference": target["comparison"]["auroc_difference"],
-        "kept_method": kept,
+        "kept_method": adapted.kept,
+        "decision": adapted.decision.statement,
+        "decision_margin": adapted.decision.margin,
         "verdict": target["acceptance"]["verdict"],
         "no_verdict_because": target["acceptance"]["no_verdict_because"],
         "criteria": [
@@ -219,6 +228,7 @@ def summary_text(summary: dict[str, Any]) -> str:
             f"{interval_text(summary['hospital_b_before_auroc'])}",
             f"  Hospital B after adaptation (auto kept {summary['kept_method']}): "
             f"{interval_text(summary['hospital_b_after_auroc'])}",
+            f"  decision: {summary['decision']}",
             f"  difference: {interval_text(summary['auroc_difference'])}",
             f"  shift from A: to B {summary['shift_to_b'].upper()}, to B's head CT "
             f"{summary['shift_to_b_head'].upper()}",
@@ -260,7 +270,8 @@ def _claim(out: Path, fast: bool) -> None:
 def _keep_inside(out: Path) -> None:
     """Point every cache and key the jobs use inside ``out``, so nothing is written elsewhere."""
     # The demo's patients are simulated, so its key is no secret: a fixed one gives the same
-    # split, and the same figures, on every machine (a site's key would change them).
+    # patients the same splits on every machine (a site's key would change them). The
+    # figures can still differ slightly between machines (floating-point kernels).
     os.environ["MEDADAPT_PSEUDONYM_KEY"] = DEMO_KEY
     os.environ["MEDADAPT_CACHE_DIR"] = str(out / "cache")
     os.environ.setdefault("MPLCONFIGDIR", str(out / "cache" / "matplotlib"))

@@ -20,7 +20,7 @@ from medadapt.engine.components import DataSource, SampleRecord, Split
 from medadapt.engine.data import PatchDataset
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.model import LoadedModel, load_model
-from medadapt.engine.profile import Preprocessing, Profile
+from medadapt.engine.profile import Profile
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.samples import PatchLoader, open_site_data
 from medadapt.engine.splits import site_split
@@ -68,7 +68,7 @@ def predict(
     records = [
         r
         for r in site_split(site.records, profile)
-        if r.split is split and r.label in loaded.card["classes"]
+        if r.split is split and r.label in loaded.card.classes
     ]
     if not records:
         raise InvalidInputError(
@@ -79,7 +79,7 @@ def predict(
 
 def check_positive_class(loaded: LoadedModel, profile: Profile, model_dir: Path) -> None:
     """Refuse a model whose classes lack the profile's positive class."""
-    classes = list(loaded.card["classes"])
+    classes = list(loaded.card.classes)
     if profile.task.positive_class not in classes:
         raise InvalidInputError(
             f"{model_dir}: the model's classes {classes} do not include the profile's "
@@ -97,8 +97,8 @@ def predict_records(
 ) -> Predictions:
     """The loaded model's probability of ``positive`` for each record, with its own
     preprocessing (from its card)."""
-    classes = list(loaded.card["classes"])
-    spec = Preprocessing.model_validate(loaded.card["preprocessing"])
+    classes = list(loaded.card.classes)
+    spec = loaded.card.preprocessing
     loader = PatchLoader(source, spec, cache_dir)
     data = PatchDataset(loader, list(records), classes)
     model = loaded.model.eval()

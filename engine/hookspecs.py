@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         Augmentation,
         Backbone,
         DataSource,
+        DecisionRule,
         SelectionScore,
     )
 
@@ -123,6 +124,23 @@ def medadapt_selection_scores() -> Sequence[type[SelectionScore]]:
     """Return the label-free model-selection scores this plugin provides.
 
     :return: SelectionScore subclasses; each ``name`` must be unique across all plugins.
+
+    All implementations are called and their lists joined.
+    """
+
+
+@hookspec
+def medadapt_decision_rules() -> Sequence[type[DecisionRule]]:
+    """Return the decision rules this plugin provides.
+
+    A decision rule is how ``adapt --method auto`` chooses among its candidates, the
+    unadapted model always among them: it sees every candidate's predictions on the target
+    validation patients (and their labels, where the site gave them) and returns the
+    candidate kept and one sentence saying what that rests on. A rule that declares
+    ``needs_labels`` is used only with ``adaptation.target_labels: validation`` (or
+    ``all``); a label-free rule's choice is reported as a proposal.
+
+    :return: DecisionRule subclasses; each ``name`` must be unique across all plugins.
 
     All implementations are called and their lists joined.
     """

@@ -1,13 +1,15 @@
 """The engine's training loop, reused by every job that trains: epochs, validation, the best
 checkpoint, early stopping, resumable checkpoints, epoch-end hooks, DDP and mixed precision.
 
-What a step computes is a :class:`StepFunction`: plain supervised training by default; an
-adaptation method supplies its own. The loop owns everything else.
+What a step computes and how an epoch is judged come from an objective
+(:class:`~medadapt.engine.objective.Objective`): plain supervised training for ``train``,
+an adaptation method's for ``adapt``. The loop owns everything else.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import random
@@ -23,17 +25,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from rich.progress import Progress
-from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from medadapt.engine.batchnorm import recompute_batch_norm, stale_fraction
-from medadapt.engine.components import SelectionScore, SourceValidation
-from medadapt.engine.data import UNLABELLED
 from medadapt.engine.distributed import World
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.hookspecs import RunInfo
 from medadapt.engine.model import save_weights, state_to_cpu
+from medadapt.engine.objective import Devices, EpochMeasures, Objective, ValidationOutputs
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Training
 from medadapt.engine.progress import progress_bar
@@ -43,10 +43,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
-
-#: Computes the loss of one training batch: (model, patches, labels) -> named losses; the
-#: loop minimises the "loss" entry.
-StepFunction = Callable[[nn.Module, Tensor, Tensor], dict[str, Tensor]]
+#: Each epoch's predicted probabilities on the validation split, one file per epoch
+#: (``epoch-001.npy``, ...), in the validation data's order: numbers only.
+VALIDATION_PREDICTIONS = "validation"
 
 
 def seed_everything(seed: int) -> None:
@@ -97,39 +96,28 @@ class FitResult:
 
 
 class Trainer:
-    """Trains a classifier with the profile's training settings.
+    """Trains a model towards an objective with the profile's training settings.
 
     Args:
         model: the classifier (not yet wrapped for DDP).
-        train_data: the training dataset, yielding (patch, class index).
-        val_data: the validation dataset (patient-level validation split).
+        train_data: the training dataset, yielding (patch, class index or -1).
+        val_data: the validation dataset (patient-level validation split); every epoch's
+            predictions on it are judged by ``objective.judge`` and kept in
+            ``run.output_dir/validation/`` (numbers only) for the decision and audits.
         training: the profile's ``training`` section.
-        out_dir: where checkpoints and the best weights go (rank 0 only writes).
-        seed: the profile's seed.
+        run: the job, its output folder (checkpoints and the best weights; rank 0 writes)
+            and its seed; the epoch-end hook is told about it.
         world: this process's place in a distributed run.
         host: plugins, for the epoch-end hook.
-        run: what the epoch-end hook is told about the job.
-        positive_index: the class whose probability AUROC is computed for.
-        param_groups: optimiser parameter groups (for per-group learning rates); default
-            all trainable parameters at the profile's learning rate.
+        objective: the loss of a training batch, which parameters learn, and how an epoch
+            is judged (engine/objective.py).
         frozen: modules kept as loaded: no gradient, batch-norm statistics not updated.
-        class_weights: per-class loss weights, or None.
-        step: the loss of a training batch; plain cross-entropy by default.
         quiet: no progress bar.
-        selection: a label-free score that picks the best epoch from the model's
-            predictions on the (unlabelled) validation data, instead of its labels.
-        before_epoch: called with the epoch number before each training epoch.
-        extra_modules: modules outside the model that train with it (a domain
-            discriminator): moved to the device and kept in the checkpoint.
-        source_validation: labelled source data, for a selection score that needs them.
-        trains: False for a job that takes no training step (AdaBN): each epoch is
-            ``before_epoch`` then validation.
         batch_norm_pass: when to recompute the batch-norm statistics after an epoch:
             ``"when-stale"`` (training) only when the epoch took too few steps for the
             running averages to forget the weights it started with (see
             :func:`~medadapt.engine.batchnorm.stale_fraction`); ``"always"`` (adaptation,
             where the training batches may mix sites) after every epoch.
-        label: shown before the epoch line of the progress bar (which adaptation method).
     """
 
     def __init__(
@@ -138,32 +126,21 @@ class Trainer:
         train_data: Dataset,
         val_data: Dataset,
         training: Training,
-        out_dir: Path,
-        seed: int,
+        run: RunInfo,
         world: World,
         host: PluginHost,
-        run: RunInfo,
-        positive_index: int,
-        param_groups: Sequence[dict[str, Any]] | None = None,
+        objective: Objective,
+        *,
         frozen: Sequence[nn.Module] = (),
-        class_weights: Tensor | None = None,
-        step: StepFunction | None = None,
         quiet: bool = False,
-        selection: SelectionScore | None = None,
-        before_epoch: Callable[[int], None] | None = None,
-        extra_modules: dict[str, nn.Module] | None = None,
-        trains: bool = True,
-        source_validation: Dataset | None = None,
-        label: str = "",
         batch_norm_pass: Literal["when-stale", "always"] = "when-stale",
     ) -> None:
         self.training = training
-        self.out_dir = out_dir
-        self.seed = seed
+        self.out_dir = run.output_dir
+        self.seed = run.seed
         self.world = world
         self.host = host
         self.run = run
-        self.positive_index = positive_index
         self.frozen = list(frozen)
         self.quiet = quiet or not world.is_main
         self.device = world.device
@@ -177,15 +154,14 @@ class Trainer:
             self.wrapped = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.on_gpu else None
             )
-        weights = None if class_weights is None else class_weights.to(self.device)
-        self.criterion = nn.CrossEntropyLoss(weight=weights, ignore_index=UNLABELLED)
-        self.step = step or self._supervised_step
-        self.extra_modules = {k: m.to(self.device) for k, m in (extra_modules or {}).items()}
-        self.trains = trains
-        groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        self.objective = objective
+        objective.bind(Devices(self.device, self._to_device))
+        self.extra_modules = {k: m.to(self.device) for k, m in objective.extra_modules().items()}
+        self.trains = objective.trains
         # A job that takes no step still has an optimiser, over nothing that changes, so
         # that the loop, its schedule and its checkpoints stay one code path.
-        self.optimizer = _optimizer(groups if trains else [{"params": [_idle()]}], training)
+        groups = objective.parameter_groups(model) if self.trains else [{"params": [_idle()]}]
+        self.optimizer = _optimizer(groups, training)
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=training.epochs)
             if training.schedule == "cosine"
@@ -194,15 +170,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.train_data = train_data
         self.val_data = val_data
-        self.selection = selection
-        self.label = f"{label}  " if label else ""
-        self.source_validation = source_validation
-        if selection is not None and selection.needs_source_data and source_validation is None:
-            raise InvalidInputError(
-                f"the selection score {selection.name!r} needs the source site's validation "
-                "data: give the source profile"
-            )
-        self.before_epoch = before_epoch
+        self.label = f"{objective.label}  " if objective.label else ""
         self.batch_norm_pass = batch_norm_pass
         self._writer = _BackgroundWriter()
 
@@ -254,8 +222,7 @@ class Trainer:
                 if stopped:
                     break
                 started = time.perf_counter()
-                if self.before_epoch is not None:
-                    self.before_epoch(epoch)
+                self.objective.start_epoch(epoch)
                 train_seconds = 0.0
                 if self.trains:
                     train_loss, taken = self._train_epoch(epoch, progress, steps)
@@ -265,7 +232,7 @@ class Trainer:
                         self._recompute_batch_norm(epoch)
                 else:
                     train_loss = 0.0
-                result = self.world.broadcast(
+                result, probabilities = self.world.broadcast(
                     self._validate(epoch, train_loss) if self.world.is_main else None
                 )
                 if self.trains:
@@ -293,7 +260,7 @@ class Trainer:
                     stopped = stopped or "a plugin asked to stop"
                 state["epoch"], state["stopped"] = epoch, stopped
                 if self.world.is_main:
-                    self._write_epoch(checkpoint_file, state, improved)
+                    self._write_epoch(checkpoint_file, state, improved, probabilities)
                 self.world.barrier()
                 progress.update(epochs, advance=1, description=self.label + _describe(result))
                 log.debug("%sepoch %d: %s", self.label, epoch, _describe(result))
@@ -324,7 +291,7 @@ class Trainer:
             labels = labels.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                losses = self.step(self.wrapped, patches, labels)
+                losses = self.objective.step(self.wrapped, patches, labels)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise InvalidInputError(
@@ -352,83 +319,49 @@ class Trainer:
             prepare=self._to_device,
         )
 
-    def _supervised_step(
-        self, model: nn.Module, patches: Tensor, labels: Tensor
-    ) -> dict[str, Tensor]:
-        return {"loss": self.criterion(model(patches), labels)}
-
     @torch.no_grad()
-    def _predict(self, data: Dataset, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Probabilities, features (empty without a selection score) and labels."""
+    def _predict(self, data: Dataset, features: bool) -> ValidationOutputs:
+        """Probabilities, features (when asked for) and labels of ``data``, in order."""
         self.model.eval()
-        loader = self._loader(data, epoch, shuffle=False, distributed=False)
-        probabilities, labels, features = [], [], []
+        loader = self._loader(data, 0, shuffle=False, distributed=False)
+        probabilities, labels, kept = [], [], []
         for patches, target in loader:
             with self._autocast():
-                if self.selection is None:
-                    logits = self.model(self._to_device(patches)).float()
-                else:
+                if features:
                     feature = self.model.features(self._to_device(patches))
                     logits = self.model.head(feature).float()
-                    features.append(feature.float().flatten(1).cpu())
+                    kept.append(feature.float().flatten(1).cpu())
+                else:
+                    logits = self.model(self._to_device(patches)).float()
             probabilities.append(logits.softmax(dim=1).cpu())
             labels.append(target)
-        return (
+        return ValidationOutputs(
             torch.cat(probabilities).numpy(),
-            torch.cat(features).numpy() if features else np.empty((0, 0)),
+            torch.cat(kept).numpy() if kept else np.empty((0, 0)),
             torch.cat(labels).numpy(),
         )
 
-    def _validate(self, epoch: int, train_loss: float) -> EpochResult:
-        p, f, y = self._predict(self.val_data, epoch)
-        score = None
-        if self.selection is not None:
-            if self.selection.needs_source_data:
-                assert self.source_validation is not None
-                sp, sf, sy = self._predict(self.source_validation, epoch)
-                source = SourceValidation(sp, sf, sy)
-                score = float(self.selection.score(p, f, source=source))  # type: ignore[call-arg]
-            else:
-                score = float(self.selection.score(p, f))
-        labelled = y != UNLABELLED
-        p, y = p[labelled], y[labelled]
-        loss = accuracy = auroc = None
-        if len(y):
-            weight = self.criterion.weight
-            loss = float(
-                nn.functional.nll_loss(
-                    torch.log(torch.from_numpy(p).clamp(min=1e-12)),
-                    torch.from_numpy(y).long(),
-                    weight=None if weight is None else weight.cpu().float(),
-                )
-            )
-            accuracy = float((p.argmax(axis=1) == y).mean())
-            positive = (y == self.positive_index).astype(int)
-            if 0 < positive.sum() < len(y):
-                auroc = float(roc_auc_score(positive, p[:, self.positive_index]))
-        return EpochResult(
+    def _validate(self, epoch: int, train_loss: float) -> tuple[EpochResult, np.ndarray]:
+        """The epoch's result, and its probabilities on the validation split."""
+        judge = self.objective.judge
+        outputs = self._predict(self.val_data, judge.needs_features)
+        measures = judge.measure(outputs, self._predict)
+        result = EpochResult(
             epoch=epoch,
             train_loss=train_loss,
-            val_loss=loss,
-            val_auroc=auroc,
-            val_accuracy=accuracy,
             lr=float(self.optimizer.param_groups[-1]["lr"]),
-            val_score=score,
+            **dataclasses.asdict(measures),
         )
+        return result, outputs.probabilities
 
     def _improved(self, result: EpochResult, best: dict[str, Any] | None) -> bool:
         if best is None:
             return True
-        if self.selection is not None:
-            assert result.val_score is not None
-            if self.selection.higher_is_better:
-                return result.val_score > best["val_score"]
-            return result.val_score < best["val_score"]
-        if self.training.selection_metric == "auroc" and result.val_auroc is not None:
-            return best["val_auroc"] is None or result.val_auroc > best["val_auroc"]
-        if result.val_loss is None or best["val_loss"] is None:
-            return False
-        return result.val_loss < best["val_loss"]
+        fields = [f.name for f in dataclasses.fields(EpochMeasures)]
+        return self.objective.judge.better(
+            EpochMeasures(**{k: getattr(result, k) for k in fields}),
+            EpochMeasures(**{k: best.get(k) for k in fields}),
+        )
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -473,8 +406,14 @@ class Trainer:
     def _progress(self) -> Progress:
         return progress_bar(self.quiet, transient=False)
 
-    def _write_epoch(self, path: Path, state: dict[str, Any], improved: bool) -> None:
-        """Snapshot this epoch's state, then write it while the next epoch trains."""
+    def _write_epoch(
+        self, path: Path, state: dict[str, Any], improved: bool, probabilities: np.ndarray
+    ) -> None:
+        """Snapshot this epoch's state, then write it while the next epoch trains.
+
+        The epoch's validation predictions are written before its checkpoint, so a resumed
+        run has them for every epoch it does not repeat.
+        """
         model = state_to_cpu(self.model.state_dict(), copy=True)
         payload = {
             **copy.deepcopy(state),
@@ -489,7 +428,12 @@ class Trainer:
             "rng": torch.get_rng_state(),
         }
 
+        predictions = self.out_dir / VALIDATION_PREDICTIONS
+        epoch = state["epoch"]
+
         def write() -> None:
+            predictions.mkdir(exist_ok=True)
+            np.save(predictions / f"epoch-{epoch:03d}.npy", probabilities.astype(np.float32))
             if improved:
                 save_weights(model, self.out_dir / BEST)
             handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -565,3 +509,12 @@ def _describe(result: EpochResult) -> str:
     if result.val_score is not None:
         text += f"  val score {result.val_score:.3f}"
     return text
+
+
+def validation_predictions(run_dir: Path) -> dict[int, np.ndarray]:
+    """Every epoch's validation probabilities a run kept, by epoch (from 1)."""
+    folder = run_dir / VALIDATION_PREDICTIONS
+    return {
+        int(path.stem.removeprefix("epoch-")): np.load(path)
+        for path in sorted(folder.glob("epoch-*.npy"))
+    }

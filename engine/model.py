@@ -17,16 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from medadapt.engine.card import CARD_FORMAT, ModelCard
 from medadapt.engine.components import Backbone, ComponentKind
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.registry import ComponentRegistry
 
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
-CARD_FORMAT = 1
 
 
 class Classifier(nn.Module):
@@ -67,9 +68,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_model(
-    folder: Path, model: nn.Module | Mapping[str, Tensor], card: Mapping[str, Any]
-) -> Path:
+def save_model(folder: Path, model: nn.Module | Mapping[str, Tensor], card: ModelCard) -> Path:
     """Write a model folder atomically: weights first, then the card that names their hash.
 
     ``model`` is the network or its state dict.
@@ -77,8 +76,10 @@ def save_model(
     folder.mkdir(parents=True, exist_ok=True)
     state = model.state_dict() if isinstance(model, nn.Module) else model
     save_weights(state, folder / WEIGHTS)
-    full_card = {"format": CARD_FORMAT, **card, "weights_sha256": file_sha256(folder / WEIGHTS)}
-    write_json_atomic(folder / CARD, full_card)
+    final = card.model_copy(
+        update={"format": CARD_FORMAT, "weights_sha256": file_sha256(folder / WEIGHTS)}
+    )
+    write_json_atomic(folder / CARD, final.as_json())
     return folder
 
 
@@ -96,7 +97,7 @@ class LoadedModel:
     """A model read back from its folder."""
 
     model: Classifier
-    card: dict[str, Any]
+    card: ModelCard
     backbone: Backbone
 
 
@@ -110,15 +111,12 @@ def load_model(folder: Path, registry: ComponentRegistry) -> LoadedModel:
     card_file, weights_file = folder / CARD, folder / WEIGHTS
     if not card_file.is_file() or not weights_file.is_file():
         raise InvalidInputError(f"{folder}: not a medadapt model (expected {CARD} and {WEIGHTS})")
-    try:
-        card = json.loads(card_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"{card_file}: not valid JSON ({exc})") from None
+    card = read_card(card_file)
     actual = file_sha256(weights_file)
-    if card.get("weights_sha256") != actual:
+    if card.weights_sha256 != actual:
         raise InvalidInputError(
             f"{weights_file}: the weights do not match their card (sha256 {actual[:12]}..., "
-            f"the card says {str(card.get('weights_sha256'))[:12]}...): they were changed or "
+            f"the card says {str(card.weights_sha256)[:12]}...): they were changed or "
             "belong to another model; refusing to load them"
         )
     model, backbone = build_from_card(card, registry)
@@ -126,15 +124,37 @@ def load_model(folder: Path, registry: ComponentRegistry) -> LoadedModel:
     return LoadedModel(model, card, backbone)
 
 
-def build_from_card(
-    card: Mapping[str, Any], registry: ComponentRegistry
-) -> tuple[Classifier, Backbone]:
+def read_card(path: Path) -> ModelCard:
+    """Read and check a ``card.json``.
+
+    Raises:
+        InvalidInputError: the file is not JSON, is of a newer format, or a field is missing
+            or of the wrong type (the message names the field).
+    """
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{path}: not valid JSON ({exc})") from None
+    found = data.get("format") if isinstance(data, dict) else None
+    if isinstance(found, int) and found > CARD_FORMAT:
+        raise InvalidInputError(
+            f"{path}: card format {found} is newer than this medadapt reads ({CARD_FORMAT}); "
+            "upgrade medadapt"
+        )
+    try:
+        return ModelCard.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'card'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidInputError(f"{path}: not a valid model card ({problems})") from None
+
+
+def build_from_card(card: ModelCard, registry: ComponentRegistry) -> tuple[Classifier, Backbone]:
     """The untrained network a model card describes, and its backbone component."""
-    backbone = registry.create(
-        ComponentKind.BACKBONES, card["backbone"]["name"], card["backbone"].get("params", {})
-    )
+    backbone = registry.create(ComponentKind.BACKBONES, card.backbone.name, card.backbone.params)
     assert isinstance(backbone, Backbone)
-    model = build_classifier(backbone, card["preprocessing"]["patch_mode"], len(card["classes"]))
+    model = build_classifier(backbone, card.preprocessing.patch_mode, len(card.classes))
     return model, backbone
 
 

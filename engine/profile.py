@@ -38,6 +38,7 @@ from medadapt.engine.components import (
     Backbone,
     Component,
     ComponentKind,
+    DecisionRule,
     LabelProperty,
     ProfilePath,
 )
@@ -194,22 +195,40 @@ class BackboneChoice(_Section):
 AUTO = "auto"
 
 
+def validation_labelled(target_labels: str) -> bool:
+    """Whether adaptation may see the validation patients' labels."""
+    return target_labels in ("validation", "all")
+
+
+class DecisionChoice(_Section):
+    """How ``auto`` decides which candidate to keep, the unadapted model among them."""
+
+    rule: str | None = Field(
+        default=None,
+        description="a decision rule component; default validation-bootstrap when the "
+        "validation patients are labelled, else agreement-guard",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
+
+
 class AdaptationChoice(_Section):
     """How the model is carried to this site, and which of its labels may be used."""
 
     method: str = Field(
         default=AUTO,
         description="an adaptation method component (e.g. tent), or auto: try every "
-        "candidate the data allow and keep the best by the selection score",
+        "candidate the data allow and keep one, or the unadapted model, by the decision rule",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
     source_model: ProfilePath | None = Field(
         default=None, description="the model folder trained at the source site"
     )
-    target_labels: Literal["none", "few", "all"] = Field(
+    target_labels: Literal["none", "validation", "few", "all"] = Field(
         default="none",
-        description="which labels of this site adaptation may use: none, a few per class "
-        "(labels_per_class, drawn from training patients) or all training labels",
+        description="which labels of this site adaptation may use: none; validation (the "
+        "validation patients' labels choose each run's epoch, the method and whether to "
+        "adapt at all, and no method trains on them); few per class (labels_per_class, "
+        "drawn from training patients); or all (training and validation)",
     )
     labels_per_class: PositiveInt = Field(
         default=10, description="with target_labels: few, the labelled samples per class"
@@ -218,10 +237,9 @@ class AdaptationChoice(_Section):
         default_factory=list,
         description="the methods auto tries; empty: every installed method the data allow",
     )
-    auto_selection: Literal["ensemble", "score"] = Field(
-        default="ensemble",
-        description="how auto compares methods without labels: ensemble (agreement with "
-        "the other candidates' mean prediction, EnsV) or score (the selection score)",
+    decision: DecisionChoice = Field(
+        default_factory=DecisionChoice,
+        description="how auto decides which candidate to keep (docs/adaptation.md)",
     )
 
 
@@ -668,6 +686,16 @@ def _chosen_components(profile: Profile) -> list[tuple[ComponentKind, Loc, str, 
             chosen.append(
                 (ComponentKind.ADAPTATION_METHODS, ("adaptation", "candidates", index), name, {})
             )
+        decision = profile.adaptation.decision
+        if decision.rule is not None:
+            chosen.append(
+                (
+                    ComponentKind.DECISION_RULES,
+                    ("adaptation", "decision", "rule"),
+                    decision.rule,
+                    decision.params,
+                )
+            )
     if profile.selection is not None:
         chosen.append(
             (
@@ -704,6 +732,14 @@ def _check_components(
 
 def _unsuitable(component: object, profile: Profile, registry: ComponentRegistry) -> str | None:
     """Why a component cannot serve this profile's task, or None when it can."""
+    if isinstance(component, DecisionRule) and component.needs_labels:
+        assert profile.adaptation is not None
+        if not validation_labelled(profile.adaptation.target_labels):
+            return (
+                f"the decision rule {component.name!r} needs labelled validation patients, "
+                f"and adaptation.target_labels is {profile.adaptation.target_labels}; set it "
+                "to validation, or choose a label-free rule (agreement-guard)"
+            )
     if isinstance(component, Augmentation):
         return unsafe_augmentation(component, profile.task, registry)
     if isinstance(component, Backbone):

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from medadapt.engine.components import SampleRecord, Split
 from medadapt.engine.data import PatchDataset
 from medadapt.engine.model import load_model, write_json_atomic
-from medadapt.engine.profile import Preprocessing, Profile, SubgroupAttribute
+from medadapt.engine.profile import Profile, SubgroupAttribute
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.samples import PatchLoader, SiteData, open_site_data
 from medadapt.engine.splits import site_split
@@ -197,18 +197,18 @@ def _features(
     seed: int,
 ) -> dict[str, Any]:
     loaded = load_model(model_dir, registry)
-    spec = Preprocessing.model_validate(loaded.card["preprocessing"])
+    spec = loaded.card.preprocessing
     model = loaded.model.eval()
     features, groups = [], []
     for name, site in sites.items():
         loader = PatchLoader(site.source, spec, cache_dir)
-        data = PatchDataset(loader, chosen[name], list(loaded.card["classes"]))
+        data = PatchDataset(loader, chosen[name], list(loaded.card.classes))
         rows = [model.features(p).flatten(1).numpy() for p, _ in DataLoader(data, batch_size=64)]
         features.append(np.concatenate(rows))
         groups += [f"{name}/{r.patient_key}" for r in chosen[name]]
     mmd, p_value = mmd_permutation_test(features[0], features[1], permutations, seed)
     return {
-        "model_site": loaded.card["site"],
+        "model_site": loaded.card.site,
         "mmd": mmd,
         "mmd_p_value": p_value,
         "mmd_permutations": permutations,

@@ -16,14 +16,16 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from medadapt.engine.augment import training_transform
+from medadapt.engine.card import BackboneInfo, ModelCard
 from medadapt.engine.components import Backbone, ComponentKind, SampleRecord, Split
 from medadapt.engine.data import PatchDataset
 from medadapt.engine.diagnostics import diagnose
 from medadapt.engine.distributed import World, join_world, leave_world
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine.loop import Trainer, seed_everything
+from medadapt.engine.loop import FitResult, Trainer, seed_everything
 from medadapt.engine.model import build_classifier, save_model, write_json_atomic
+from medadapt.engine.objective import EpochJudge, Supervised
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Profile
 from medadapt.engine.registry import ComponentRegistry
@@ -132,22 +134,24 @@ def _train(
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     world.barrier()
+    weights = (
+        _class_weights(train_data.labels(), len(classes))
+        if profile.training.class_weights == "balanced"
+        else None
+    )
+    judge = EpochJudge(
+        classes.index(profile.task.positive_class), profile.training.selection_metric, weights
+    )
     trainer = Trainer(
         model,
         train_data,
         val_data,
         profile.training,
-        out_dir,
-        profile.seed,
+        RunInfo(job="train", site=profile.site.name, output_dir=out_dir, seed=profile.seed),
         world,
         host,
-        RunInfo(job="train", site=profile.site.name, output_dir=out_dir, seed=profile.seed),
-        positive_index=classes.index(profile.task.positive_class),
-        param_groups=_param_groups(model, profile),
+        Supervised(judge, _param_groups(model, profile), weights),
         frozen=frozen,
-        class_weights=_class_weights(train_data.labels(), len(classes))
-        if profile.training.class_weights == "balanced"
-        else None,
         quiet=quiet,
     )
     fit = trainer.fit(resume=resume)
@@ -155,8 +159,7 @@ def _train(
     model_dir = out_dir / "model"
     if world.is_main:
         model.load_state_dict(load_file(str(fit.best_weights)))
-        card = _card(profile, backbone, records, fit.best_epoch, fit.best, world, host)
-        card["history"] = fit.history
+        card = _card(profile, backbone, records, fit, world, host)
         save_model(model_dir, model, card)
         write_json_atomic(
             out_dir / RUN,
@@ -236,37 +239,37 @@ def _card(
     profile: Profile,
     backbone: Backbone,
     records: list[SampleRecord],
-    best_epoch: int,
-    best: dict[str, Any],
+    fit: FitResult,
     world: World,
     host: PluginHost,
-) -> dict[str, Any]:
+) -> ModelCard:
     assert profile.backbone is not None
     weights = profile.backbone.weights
-    return {
-        "site": profile.site.name,
-        "intended_use": profile.intended_use,
-        "body_region": profile.body_region,
-        "classes": profile.task.classes,
-        "positive_class": profile.task.positive_class,
-        "preprocessing": profile.preprocessing.model_dump(mode="json"),
-        "backbone": {
-            "name": backbone.name,
-            "params": backbone.params.model_dump(mode="json"),
-            "pretrained": weights if weights in ("imagenet", "none") else Path(weights).name,
-        },
-        "training": profile.training.model_dump(mode="json"),
-        "seed": profile.seed,
-        "profile_sha256": profile_hash(profile),
-        "data_manifest_sha256": data_manifest_hash(records),
-        "best_epoch": best_epoch,
-        "validation": {k: v for k, v in best.items() if k.startswith("val_")},
-        "versions": {
+    return ModelCard(
+        site=profile.site.name,
+        intended_use=profile.intended_use,
+        body_region=profile.body_region,
+        classes=profile.task.classes,
+        positive_class=profile.task.positive_class,
+        preprocessing=profile.preprocessing,
+        backbone=BackboneInfo(
+            name=backbone.name,
+            params=backbone.params.model_dump(mode="json"),
+            pretrained=weights if weights in ("imagenet", "none") else Path(weights).name,
+        ),
+        training=profile.training.model_dump(mode="json"),
+        seed=profile.seed,
+        profile_sha256=profile_hash(profile),
+        data_manifest_sha256=data_manifest_hash(records),
+        best_epoch=fit.best_epoch,
+        validation={k: v for k, v in fit.best.items() if k.startswith("val_")},
+        versions={
             "medadapt": metadata.version("medadapt"),
             "torch": torch.__version__,
             "python": platform.python_version(),
             "plugins": {p.name: p.version for p in host.describe()},
         },
-        "world_size": world.size,
-        "device": str(world.device),
-    }
+        world_size=world.size,
+        device=str(world.device),
+        history=fit.history,
+    )

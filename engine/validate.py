@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medadapt.engine.components import Rejection, SampleRecord, Split
+from medadapt.engine.components import UNADAPTED, Rejection, SampleRecord, Split
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.evaluate import Predictions, check_positive_class, predict_records
 from medadapt.engine.metrics import (
@@ -103,7 +103,7 @@ def validate(
     loaded = load_model(model_dir, registry)
     check_positive_class(loaded, profile, model_dir)
     splits = {
-        split: [r for r in records if r.split is split and r.label in loaded.card["classes"]]
+        split: [r for r in records if r.split is split and r.label in loaded.card.classes]
         for split in (Split.VALIDATION, Split.TEST)
     }
     for split, chosen in splits.items():
@@ -416,15 +416,14 @@ def judge(profile: Profile, report: Mapping[str, Any]) -> dict[str, Any]:
 
 def _describe_model(loaded: LoadedModel, folder: Path) -> dict[str, Any]:
     card = loaded.card
-    adaptation = card.get("adaptation")
     return {
         "folder": folder.name,
-        "trained_at": adaptation["source_site"] if adaptation else card.get("site"),
-        "adapted_to": card["site"] if adaptation else None,
-        "adaptation": adaptation,
-        "weights_sha256": card.get("weights_sha256"),
-        "backbone": card.get("backbone", {}).get("name"),
-        "seed": card.get("seed"),
+        "trained_at": card.trained_at,
+        "adapted_to": card.adapted_to,
+        "adaptation": card.adaptation.model_dump(mode="json") if card.adaptation else None,
+        "weights_sha256": card.weights_sha256,
+        "backbone": card.backbone.name,
+        "seed": card.seed,
     }
 
 
@@ -473,26 +472,24 @@ def _curves(loaded: LoadedModel) -> dict[str, list[dict[str, Any]]]:
     """Per-epoch history from the model card: the adaptation's and the source training's
     for an adapted model, the training's otherwise (empty for cards without history)."""
     card = loaded.card
-    if card.get("adaptation"):
-        curves = {
-            "adaptation": card.get("history", []),
-            "source training": card.get("source_history", []),
-        }
+    if card.adapted_to:
+        curves = {"adaptation": card.history, "source training": card.source_history}
     else:
-        curves = {"training": card.get("history", [])}
+        curves = {"training": card.history}
     return {name: list(rows) for name, rows in curves.items() if rows}
 
 
 def _what_changed(report: Mapping[str, Any]) -> str:
     model = report["models"]["model"]
-    if model["adaptation"]:
-        a = model["adaptation"]
+    a = model["adaptation"]
+    decision = a.get("decision") if a else None
+    why = f" How adapt chose it: {decision['statement']}." if decision else ""
+    if a and a["method"] != UNADAPTED:
         return (
-            f"The model trained at {a.get('source_site', 'the source site')} was adapted to "
-            f"{report['site']} with {a.get('method')} "
-            f"(target labels used: {a.get('target_labels', 'none')})."
+            f"The model trained at {a['source_site']} was adapted to {report['site']} with "
+            f"{a['method']} (target labels used: {a['target_labels']}).{why}"
         )
-    return f"The model trained at {model['trained_at']} is used at {report['site']} as it is."
+    return f"The model trained at {model['trained_at']} is used at {report['site']} as it is.{why}"
 
 
 def _limitations(report: Mapping[str, Any], profile: Profile) -> list[str]:
@@ -527,15 +524,14 @@ def _provenance(
 ) -> dict[str, Any]:
     from importlib import metadata
 
-    card = loaded.card
     return {
         "medadapt": metadata.version("medadapt"),
         "plugins": {p.name: p.version for p in host.describe()},
         "profile_sha256": profile_hash(profile),
         "data_manifest_sha256": data_manifest_hash(records),
-        "model_card": {
-            k: card.get(k)
-            for k in (
+        "model_card": loaded.card.model_dump(
+            mode="json",
+            include={
                 "site",
                 "classes",
                 "positive_class",
@@ -546,8 +542,8 @@ def _provenance(
                 "data_manifest_sha256",
                 "weights_sha256",
                 "versions",
-            )
-        },
+            },
+        ),
         "seed": profile.seed,
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

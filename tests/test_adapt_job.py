@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from medadapt.engine import InvalidInputError, Split
-from medadapt.engine.adapt import SOURCE_ONLY, SUMMARY, adapt, ensemble_agreement, target_split
+from medadapt.engine.adaptation import SUMMARY, UNADAPTED, adapt, target_split
 from medadapt.engine.cli import cli
 from medadapt.engine.errors import ExitCode
 from medadapt.engine.evaluate import predict
@@ -21,6 +21,7 @@ from medadapt.engine.profile import load_profile
 from medadapt.engine.samples import PatchLoader, open_site_data
 from medadapt.engine.splits import split_by_patient
 from medadapt.engine.train import train
+from medadapt.plugins.decision_rules import ensemble_agreement
 
 SOURCE = {
     "site": {"name": "Source Hospital"},
@@ -90,27 +91,39 @@ def run_adapt(sites, out: Path, profile: dict, **options):
     return adapt(load(target), host.registry(), host, sites["model"], out, quiet=True, **options)
 
 
-def test_auto_scores_the_source_model_and_each_method_and_keeps_the_best(sites, tmp_path):
+def test_auto_without_labels_scores_every_candidate_and_calls_its_choice_a_proposal(
+    sites, tmp_path
+):
     result = run_adapt(sites, tmp_path / "auto", target_profile())
     summary = json.loads((tmp_path / "auto" / SUMMARY).read_text())
-    assert set(summary["methods"]) == {SOURCE_ONLY, "adabn", "tent"}
+    assert set(summary["methods"]) == {UNADAPTED, "adabn", "tent"}
     assert summary["selection"] == "information-maximization"
     assert summary["target_labels"] == "none"
     assert summary["samples"]["labelled"] == {}
     assert summary["samples"]["test_set_aside"] > 0
-    # Methods are compared by agreement with the candidates' mean prediction (EnsV).
-    assert "EnsV" in summary["methods_compared_by"]
-    agreement = {m: f["agreement_mean"] for m, f in summary["methods"].items()}
-    assert agreement[summary["kept"]] == max(agreement.values())
+    decision = summary["decision"]
+    assert decision["rule"] == "agreement-guard"
+    assert decision["evidence"] == "label-free"
+    assert decision["margin"] is None
+    assert "label-free proposal (not measured; run validate)" in decision["statement"]
+    agreement = {name: figures["agreement"] for name, figures in decision["figures"].items()}
+    assert set(agreement) == {UNADAPTED, "adabn", "tent"}
     assert all(0.0 <= a <= 1.0 for a in agreement.values())
-    assert summary["adaptation_helped"] == (summary["kept"] != SOURCE_ONLY)
+    # Nothing claims that adaptation helped: no labels measured it.
+    assert "adaptation_helped" not in summary
+    assert summary["measured_with_labels"] is False
+    assert summary["adapted"] == (summary["kept"] != UNADAPTED)
     loaded = load_model(result.model_dir, get_plugin_host().registry())
-    if result.helped:
-        assert loaded.card["site"] == "Target Hospital"
-        assert loaded.card["adaptation"]["method"] == summary["kept"]
-        assert loaded.card["adaptation"]["source_site"] == "Source Hospital"
+    assert loaded.card.adaptation is not None
+    assert loaded.card.adaptation.decision.statement == decision["statement"]
+    assert loaded.card.adaptation.method == summary["kept"]
+    assert loaded.card.adaptation.source_site == "Source Hospital"
+    if result.adapted:
+        assert loaded.card.site == "Target Hospital"
+        assert loaded.card.adapted_to == "Target Hospital"
     else:
-        assert loaded.card["site"] == "Source Hospital"
+        assert loaded.card.site == "Source Hospital"
+        assert loaded.card.adapted_to is None
     for name in summary["methods"]:
         assert (tmp_path / "auto" / "runs" / f"{name}-seed3" / "model" / "card.json").is_file()
     # Only now, with the model final, is the test split read: by evaluate.predict.
@@ -193,6 +206,7 @@ def test_coral_with_the_source_profile_and_two_seeds(sites, tmp_path):
     assert result.summary["selection_higher_is_better"] is False
     assert result.summary["methods"]["coral"]["score_sd"] >= 0.0
     assert result.kept == "coral"
+    assert result.decision.statement.startswith("kept coral as asked, not compared with")
 
 
 def test_the_command_line_adapts_and_explains_refusals(sites, tmp_path):
@@ -204,13 +218,18 @@ def test_the_command_line_adapts_and_explains_refusals(sites, tmp_path):
     )
     assert ok.exit_code == 0, ok.output
     assert "model written to" in ok.output
-    assert "adabn" in ok.output
+    # One line says what was kept and on what evidence.
+    assert ok.output.strip().splitlines()[-1] == (
+        "kept adabn as asked, not compared with the unadapted model (no validation labels; "
+        "not measured: run validate)"
+    )
     refused = runner.invoke(
         cli,
         ["adapt", "-p", str(target), "--from", str(sites["model"]), "--method", "finetune"],
     )
     assert refused.exit_code == ExitCode.INVALID_INPUT
     assert "adaptation.target_labels is none" in refused.output
+    assert "training patients" in refused.output
     other = json.loads(json.dumps(target_profile()))
     other["preprocessing"]["window"] = {"level": -600, "width": 1500}
     mismatched = write(tmp_path, "mismatch.yaml", other)
@@ -220,12 +239,13 @@ def test_the_command_line_adapts_and_explains_refusals(sites, tmp_path):
 
 
 def test_other_classes_get_a_new_head_and_only_finetune(sites, tmp_path):
-    from medadapt.engine.adapt import _candidates, _fresh_model
+    from medadapt.engine.adaptation.access import candidate_methods as _candidates
+    from medadapt.engine.adaptation.runs import fresh_model
     from medadapt.engine.profile import AdaptationChoice
 
     registry = get_plugin_host().registry()
     loaded = load_model(sites["model"], registry)
-    model, _ = _fresh_model(registry, loaded.card, loaded.model.state_dict(), 3)
+    model, _ = fresh_model(registry, loaded.card, loaded.model.state_dict(), 3)
     assert model.head.out_features == 3
     for key, value in loaded.model.features.state_dict().items():
         assert (model.features.state_dict()[key] == value).all()
@@ -242,9 +262,10 @@ def test_finetune_keeps_frozen_stages_as_loaded(sites, tmp_path):
 
     profile = target_profile(method="finetune", target_labels="all")
     profile["training"] = {**profile["training"], "freeze": ["stem"]}
-    result = run_adapt(sites, tmp_path / "frozen", profile)
+    run_adapt(sites, tmp_path / "frozen", profile)
     source = load_file(str(sites["model"] / "weights.safetensors"))
-    adapted = load_file(str(result.model_dir / "weights.safetensors"))
+    run = tmp_path / "frozen" / "runs" / "finetune-seed3" / "model"
+    adapted = load_file(str(run / "weights.safetensors"))
     stem = [k for k in source if k.startswith("features.stem.")]
     assert stem
     for key in stem:
@@ -268,3 +289,47 @@ def test_ensemble_agreement_leaves_each_candidate_out_of_its_own_ensemble():
     agreement = ensemble_agreement({"a": a, "b": b, "c": c, "odd": odd})
     assert agreement == {"a": 0.0, "b": 0.0, "c": 0.5, "odd": 0.0}
     assert ensemble_agreement({"only": a}) == {"only": 1.0}
+
+
+def test_validation_labels_choose_the_epochs_and_the_model_and_no_method_trains_on_them(
+    sites, tmp_path
+):
+    profile = target_profile(target_labels="validation")
+    target = load(write(tmp_path, "labelled.yaml", profile))
+    split = target_split(open_site_data(target, get_plugin_host().registry()).records, target)
+    assert all(r.label is None for r in split.train)
+    assert split.validation
+    assert all(r.label is not None for r in split.validation)
+    result = run_adapt(sites, tmp_path / "labelled", profile)
+    summary = result.summary
+    assert set(summary["methods"]) == {UNADAPTED, "adabn", "tent"}
+    assert summary["selection"] == "validation AUROC (target labels)"
+    decision = summary["decision"]
+    assert decision["rule"] == "validation-bootstrap"
+    assert decision["evidence"] == "labels"
+    assert summary["measured_with_labels"] is True
+    patients = summary["samples"]["validation_patients"]
+    assert f"on {patients} labelled patients" in decision["statement"]
+    margin = decision["margin"]
+    assert margin["patients"] == patients
+    assert margin["low"] <= margin["value"] <= margin["high"]
+    if result.adapted:
+        assert margin["low"] > 0.0
+        assert decision["statement"].startswith(f"kept {result.kept}: validation AUROC +")
+    else:
+        assert margin["low"] <= 0.0
+        assert decision["statement"].startswith("kept the unadapted model")
+    card = load_model(result.model_dir, get_plugin_host().registry()).card
+    assert card.adaptation.decision.evidence == "labels"
+    assert card.adaptation.decision.margin == margin
+
+
+def test_a_decision_rule_that_needs_labels_is_refused_without_them(tmp_path):
+    from medadapt.engine.profile import ProfileError
+
+    profile = target_profile(decision={"rule": "validation-bootstrap"})
+    with pytest.raises(ProfileError, match="needs labelled validation patients"):
+        load(write(tmp_path, "refused.yaml", profile))
+    profile["adaptation"]["decision"] = {"rule": "agreement-gaurd"}
+    with pytest.raises(ProfileError, match="did you mean 'agreement-guard'"):
+        load(write(tmp_path, "typo.yaml", profile))

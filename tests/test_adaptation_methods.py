@@ -20,11 +20,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from medadapt.engine import AdaptationMethod, ComponentKind
-from medadapt.engine.adapt import run_method
+from medadapt.engine.adaptation import run_method
 from medadapt.engine.distributed import World
 from medadapt.engine.hookspecs import RunInfo
 from medadapt.engine.loop import Trainer
 from medadapt.engine.model import Classifier
+from medadapt.engine.objective import EpochJudge, Supervised
 from medadapt.engine.plugins import get_plugin_host
 from medadapt.engine.profile import Training
 from medadapt.plugins.adaptation.coral import coral_distance
@@ -102,12 +103,10 @@ def source_model(tmp_path_factory) -> Classifier:
         SOURCE,
         site(128, 2),
         training(epochs=8, lr=0.01),
-        folder,
-        0,
+        RunInfo("train", "source", folder, 0),
         WORLD,
         HOST,
-        RunInfo("train", "source", folder, 0),
-        positive_index=1,
+        Supervised(EpochJudge(positive_index=1)),
         quiet=True,
     ).fit()
     model.load_state_dict(load_file(str(folder / "best.safetensors")))
@@ -131,11 +130,9 @@ def adapt(source_model, name, folder: Path, labelled_val=False, target=None, **o
         target if target is not None else unlabelled(TARGET_TRAIN),
         TARGET_VAL if labelled_val else unlabelled(TARGET_VAL),
         training(**options),
-        folder,
-        0,
+        RunInfo("adapt", "target", folder, 0),
         WORLD,
         HOST,
-        RunInfo("adapt", "target", folder, 0),
         positive_index=1,
         selection=selection,
         source_train=SOURCE,
@@ -275,11 +272,9 @@ def test_l2_sp_keeps_finetuned_weights_near_the_source(source_model, tmp_path):
             TARGET_TRAIN,
             TARGET_VAL,
             training(epochs=3, lr=0.01, batch_norm_batches=0),
-            folder,
-            0,
+            RunInfo("adapt", "target", folder, 0),
             WORLD,
             HOST,
-            RunInfo("adapt", "target", folder, 0),
             positive_index=1,
         )
         return sum(
@@ -315,11 +310,9 @@ def test_a_source_split_smaller_than_one_batch_is_used_whole(source_model, name,
             unlabelled(TARGET_TRAIN),
             unlabelled(TARGET_VAL),
             training(epochs=1),
-            tmp_path,
-            0,
+            RunInfo("adapt", "target", tmp_path, 0),
             WORLD,
             HOST,
-            RunInfo("adapt", "target", tmp_path, 0),
             positive_index=1,
             source_train=small,
         )

@@ -14,6 +14,7 @@ from medadapt.engine.distributed import World
 from medadapt.engine.hookspecs import RunInfo
 from medadapt.engine.loop import Trainer
 from medadapt.engine.model import Classifier
+from medadapt.engine.objective import EpochJudge, Supervised
 from medadapt.engine.plugins import get_plugin_host
 from medadapt.engine.profile import Training
 
@@ -88,12 +89,10 @@ def _fit_counts(tmp_path: Path, n: int, batch_size: int, pass_: str = "when-stal
         data,
         data,
         training,
-        tmp_path,
-        0,
+        run,
         world,
         get_plugin_host(),
-        run,
-        1,
+        Supervised(EpochJudge(positive_index=1)),
         quiet=True,
         batch_norm_pass=pass_,
     ).fit()

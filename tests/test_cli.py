@@ -47,6 +47,7 @@ def test_plugins_json_lists_every_plugin_with_what_it_provides():
         "backbones",
         "adaptation_methods",
         "selection_scores",
+        "decision_rules",
     }
     assert builtin["provides"]["selection_scores"] == [
         "dev",

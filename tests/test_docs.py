@@ -21,7 +21,7 @@ HOOKS = [
 
 
 def test_every_hook_is_specified():
-    assert len(HOOKS) == 8
+    assert len(HOOKS) == 9
 
 
 @pytest.mark.parametrize(("name", "function"), HOOKS)

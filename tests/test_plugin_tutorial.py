@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from medadapt.engine import ComponentKind
-from medadapt.engine.adapt import run_method
+from medadapt.engine.adaptation import run_method
 from medadapt.engine.distributed import World
 from medadapt.engine.hookspecs import RunInfo
 from medadapt.engine.model import Classifier
@@ -115,11 +115,9 @@ def test_the_engine_trains_with_it(installed, tmp_path, monkeypatch):
             unlabelled,
             unlabelled,
             training,
-            tmp_path,
-            0,
+            RunInfo("adapt", "target", tmp_path, 0),
             World(0, 1, torch.device("cpu")),
             host,
-            RunInfo("adapt", "target", tmp_path, 0),
             positive_index=1,
             source_train=_site(128, 1),
         )

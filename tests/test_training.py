@@ -221,7 +221,7 @@ def test_training_writes_a_model_folder_whose_card_matches_its_weights(quick_pro
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert len(run["history"]) == 3
     loaded = load_model(result.model_dir, get_plugin_host().registry())
-    assert loaded.card == card
+    assert loaded.card.as_json() == card
     weights = result.model_dir / WEIGHTS
     tampered = load_file(str(weights))
     tampered["head.bias"] += 1
@@ -260,7 +260,7 @@ def test_training_saves_recomputed_batch_norm_statistics(quick_profile, tmp_path
     saved = load_file(str(off.model_dir / WEIGHTS))
     counts = {int(v) for k, v in saved.items() if k.endswith("num_batches_tracked")}
     assert counts == {
-        steps * load_model(off.model_dir, get_plugin_host().registry()).card["best_epoch"]
+        steps * load_model(off.model_dir, get_plugin_host().registry()).card.best_epoch
     }
 
 
@@ -363,7 +363,7 @@ def test_torchrun_trains_with_two_cpu_processes(quick_profile, tmp_path):
     card = json.loads((out / "model" / "card.json").read_text())
     assert card["world_size"] == 2
     assert np.isfinite(run["history"][-1]["val_loss"])
-    assert load_model(out / "model", get_plugin_host().registry()).card["classes"] == [
+    assert load_model(out / "model", get_plugin_host().registry()).card.classes == [
         "benign",
         "malignant",
     ]

@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from medadapt.engine.adapt import adapt
+from medadapt.engine.adaptation import adapt
 from medadapt.engine.cli import cli
 from medadapt.engine.errors import ExitCode
 from medadapt.engine.metrics import PatientBootstrap, expected_calibration_error, rank_auroc

@@ -1,0 +1,122 @@
+"""The model card: what a model is, where it came from, and, for an adapted model, what the
+decision to keep it rested on.
+
+A card is ``card.json`` beside the weights in a model folder (engine/model.py). In code it
+is a typed, frozen :class:`ModelCard`; nothing reads it through string keys. Cards are
+checked when read: a card missing a field, or with a field of the wrong type, is refused
+with the field's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medadapt.engine.components import UNADAPTED
+from medadapt.engine.profile import Preprocessing
+
+#: The card's format; a reader refuses formats newer than it knows.
+CARD_FORMAT = 1
+
+
+class _Part(BaseModel):
+    # Unknown fields are ignored, so a card written by a later release still loads.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class BackboneInfo(_Part):
+    """The feature extractor: a backbone component and its parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    #: ``imagenet``, ``none`` or the name of the weights file it started from.
+    pretrained: str = "none"
+
+
+class DecisionRecord(_Part):
+    """Why ``adapt`` kept this model (engine/adaptation/decision.py).
+
+    Attributes:
+        rule: the decision rule component that decided.
+        evidence: ``labels`` when the site's validation labels measured the candidates,
+            ``label-free`` when they did not (the choice is then a proposal).
+        statement: one sentence a person reads, e.g. "kept coral: validation AUROC +0.08
+            (0.02 to 0.14) over the unadapted model, on 40 labelled patients".
+        margin: the kept model's validation AUROC minus the unadapted model's, with its
+            paired patient-bootstrap interval; None without labels.
+    """
+
+    rule: str
+    evidence: Literal["labels", "label-free"]
+    statement: str
+    margin: dict[str, float | int | None] | None = None
+
+
+class AdaptationRecord(_Part):
+    """How an adapted model was made from its source model."""
+
+    method: str
+    selection: str
+    target_labels: str
+    source_site: str
+    source_weights_sha256: str
+    source_card_sha256: str
+    decision: DecisionRecord | None = None
+
+
+class ModelCard(_Part):
+    """Everything a model folder says about its model, besides the weights.
+
+    Example:
+        >>> card = ModelCard.model_validate({
+        ...     "site": "A", "classes": ["benign", "malignant"], "positive_class": "malignant",
+        ...     "preprocessing": {"window": {"level": 40, "width": 400}, "patch_mode": "2d",
+        ...                       "patch_size": [48, 48]},
+        ...     "backbone": {"name": "resnet18"}})
+        >>> card.trained_at, card.adaptation is None
+        ('A', True)
+    """
+
+    format: int = CARD_FORMAT
+    site: str
+    intended_use: str | None = None
+    body_region: str | None = None
+    classes: list[str]
+    positive_class: str
+    preprocessing: Preprocessing
+    backbone: BackboneInfo
+    training: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    profile_sha256: str | None = None
+    data_manifest_sha256: str | None = None
+    best_epoch: int | None = None
+    #: The best epoch's validation figures (``val_auroc``, ``val_score``, ...).
+    validation: dict[str, float | None] = Field(default_factory=dict)
+    versions: dict[str, Any] = Field(default_factory=dict)
+    world_size: int = 1
+    device: str | None = None
+    #: Per-epoch figures of the run that made these weights.
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    #: For an adapted model: the source model's training history.
+    source_history: list[dict[str, Any]] = Field(default_factory=list)
+    adaptation: AdaptationRecord | None = None
+    #: Written by :func:`~medadapt.engine.model.save_model`; loading checks it.
+    weights_sha256: str | None = None
+
+    @property
+    def trained_at(self) -> str:
+        """The site whose labels trained the model (the source site of an adapted one)."""
+        return self.adaptation.source_site if self.adaptation else self.site
+
+    @property
+    def adapted_to(self) -> str | None:
+        """The site it was adapted to, or None for a model that was not adapted (the
+        unadapted model kept by ``adapt`` has a record of that decision, and no site)."""
+        if self.adaptation is None or self.adaptation.method == UNADAPTED:
+            return None
+        return self.site
+
+    def as_json(self) -> dict[str, Any]:
+        """The card as JSON values, as ``card.json`` holds it."""
+        return self.model_dump(mode="json")
