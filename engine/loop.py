@@ -242,6 +242,8 @@ class Trainer:
                     seconds=round(time.perf_counter() - started, 3),
                     train_seconds=round(train_seconds, 3),
                 )
+                if self.world.is_main:
+                    self.objective.end_epoch(epoch, self._predict)
                 state["history"].append(result.as_dict())
                 improved = self._improved(result, state["best"])
                 if improved:

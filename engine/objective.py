@@ -218,6 +218,10 @@ class Objective:
         """The losses of one training batch; the loop minimises the ``"loss"`` entry."""
         raise NotImplementedError
 
+    def end_epoch(self, epoch: int, predict: Predict) -> None:
+        """Called on the main process after each epoch is judged (not timed with it), with
+        a way to predict any dataset with the epoch's model."""
+
 
 class Supervised(Objective):
     """Plain supervised training: cross-entropy on the labelled samples.

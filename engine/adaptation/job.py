@@ -34,6 +34,7 @@ from medadapt.engine.adaptation.runs import (
     FINISHED,
     PROBABILITIES,
     CandidateRun,
+    EpochObserver,
     fresh_model,
     probabilities,
     run_method,
@@ -114,6 +115,7 @@ class _Inputs:
     source_train: Dataset | None
     source_validation: Dataset | None
     quiet: bool
+    observer: EpochObserver | None
 
 
 def adapt(
@@ -128,6 +130,7 @@ def adapt(
     seeds: int = 1,
     quiet: bool = False,
     cache_dir: Path | None = None,
+    observer: EpochObserver | None = None,
 ) -> AdaptResult:
     """Adapt ``source_model`` to the target site and write ``out_dir/model`` and a summary.
 
@@ -137,6 +140,8 @@ def adapt(
         method: a method name or ``auto``; default the profile's ``adaptation.method``.
         source_profile: the source site's profile, for methods that need source data.
         seeds: repeat every method with this many seeds (the profile's seed, +1, ...).
+        observer: told about every epoch of every run (not of runs reused from an earlier
+            call), with a way to predict with that epoch's model; for benchmarks.
 
     The unadapted model is a candidate under ``auto``, and under a named method when the
     validation patients are labelled; the decision rule keeps it unless the evidence says
@@ -190,6 +195,7 @@ def adapt(
             source_train,
             source_validation,
             quiet,
+            observer,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         compare = same_classes and (name == AUTO or split.validation_labelled)
@@ -270,6 +276,7 @@ def _run_candidate(name: str, seed: int, folder: Path, inputs: _Inputs) -> Candi
         source_validation=inputs.source_validation,
         quiet=inputs.quiet,
         frozen=[m for stage in target.training.freeze for m in stages[stage]],
+        observer=inputs.observer,
     )
     run = CandidateRun(
         method=name,

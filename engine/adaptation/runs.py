@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.hookspecs import RunInfo
 from medadapt.engine.loop import FitResult, Trainer
 from medadapt.engine.model import Classifier, build_from_card
-from medadapt.engine.objective import EpochJudge, Objective, ScoreJudge
+from medadapt.engine.objective import EpochJudge, Objective, Predict, ScoreJudge
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Training
 from medadapt.engine.registry import ComponentRegistry
@@ -62,6 +62,13 @@ class CandidateRun:
         return np.load(self.folder / PROBABILITIES)
 
 
+#: Told about every epoch of every candidate run: (method, seed, epoch, predict), where
+#: ``predict(data, with_features)`` predicts a dataset with that epoch's model. For
+#: benchmarks and research (benchmarks/adaptation.py measures every epoch on the test split
+#: with it); ``adapt`` itself never hands one the test split.
+EpochObserver = Callable[[str, int, int, Predict], None]
+
+
 class MethodObjective(Objective):
     """An adaptation method's training step in the loop: it draws the source batches a
     method needs, tells the method how far training is, and starts its epochs.
@@ -91,9 +98,11 @@ class MethodObjective(Objective):
         lr: float,
         backbone_lr: float,
         label: str = "",
+        observer: EpochObserver | None = None,
     ) -> None:
         super().__init__(judge, label)
         self.method = method
+        self.observer = observer
         self.trains = method.trains
         self.plain = plain
         self.source_train = source_train
@@ -133,6 +142,10 @@ class MethodObjective(Objective):
         loader = DataLoader(self.plain, batch_size=self.batch_size, shuffle=False)
         return (self.devices.to_device(patches) for patches, _ in loader)
 
+    def end_epoch(self, epoch: int, predict: Predict) -> None:
+        if self.observer is not None:
+            self.observer(self.method.name, self.seed, epoch, predict)
+
     def step(self, model: nn.Module, patches: Tensor, labels: Tensor) -> dict[str, Tensor]:
         assert self.devices is not None
         self.method.progress = min(1.0, next(self._taken) / self.total_steps)
@@ -166,6 +179,7 @@ def run_method(
     source_validation: Dataset | None = None,
     quiet: bool = True,
     frozen: Sequence[nn.Module] = (),
+    observer: EpochObserver | None = None,
 ) -> FitResult:
     """Adapt ``model`` in place with ``method``, with the engine's training loop.
 
@@ -182,6 +196,7 @@ def run_method(
             it (DEV).
         frozen: modules kept as loaded (``training.freeze``): no gradient, and their
             batch-norm statistics are not recomputed.
+        observer: told about every epoch, with a way to predict any dataset with it.
 
     Returns:
         The loop's result; ``run.output_dir/best.safetensors`` holds the best epoch's
@@ -212,6 +227,7 @@ def run_method(
         lr=options.lr,
         backbone_lr=options.lr * options.backbone_lr_factor,
         label=f"{method.name} seed {run.seed}",
+        observer=observer,
     )
     run.output_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(
