@@ -333,3 +333,30 @@ def test_a_decision_rule_that_needs_labels_is_refused_without_them(tmp_path):
     profile["adaptation"]["decision"] = {"rule": "agreement-gaurd"}
     with pytest.raises(ProfileError, match="did you mean 'agreement-guard'"):
         load(write(tmp_path, "typo.yaml", profile))
+
+
+def test_every_epoch_is_kept_and_shown_to_an_observer(sites, tmp_path):
+    from medadapt.engine.loop import validation_predictions
+
+    seen: list[tuple[str, int, int, int]] = []
+
+    def observe(method, seed, epoch, predict):
+        seen.append((method, seed, epoch, len(predict(validation, False).probabilities)))
+
+    from medadapt.engine.data import PatchDataset
+
+    profile = target_profile(method="tent")
+    target = load(write(tmp_path, "observed.yaml", profile))
+    site = open_site_data(target, get_plugin_host().registry())
+    split = target_split(site.records, target)
+    validation = PatchDataset(site.loader, split.validation, target.task.classes)
+    host = get_plugin_host()
+    result = adapt(
+        target, host.registry(), host, sites["model"], tmp_path / "o", quiet=True, observer=observe
+    )
+    [run] = result.runs
+    epochs = validation_predictions(run.folder)
+    history = json.loads((run.folder / "history.json").read_text())["history"]
+    assert sorted(epochs) == [e["epoch"] for e in history] == [1, 2]
+    assert seen == [("tent", 3, 1, len(split.validation)), ("tent", 3, 2, len(split.validation))]
+    np.testing.assert_allclose(epochs[run.best_epoch], run.probabilities(), atol=1e-6)

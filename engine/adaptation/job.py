@@ -183,19 +183,19 @@ def adapt(
         ):
             source_train, source_validation = source_data(source_profile, registry, cache_dir)
         inputs = _Inputs(
-            target,
-            registry,
-            host,
-            world,
-            loaded,
-            file_sha256(source_model / CARD),
-            site,
-            split,
-            selection,
-            source_train,
-            source_validation,
-            quiet,
-            observer,
+            target=target,
+            registry=registry,
+            host=host,
+            world=world,
+            loaded=loaded,
+            source_card_sha256=file_sha256(source_model / CARD),
+            site=site,
+            split=split,
+            selection=selection,
+            source_train=source_train,
+            source_validation=source_validation,
+            quiet=quiet,
+            observer=observer,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         compare = same_classes and (name == AUTO or split.validation_labelled)
