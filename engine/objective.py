@@ -241,7 +241,6 @@ class Supervised(Objective):
     ) -> None:
         super().__init__(judge)
         self.groups = param_groups
-        self.class_weights = class_weights
         self.criterion = nn.CrossEntropyLoss(weight=class_weights, ignore_index=UNLABELLED)
 
     def bind(self, devices: Devices) -> None:

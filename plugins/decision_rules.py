@@ -44,15 +44,19 @@ def ensemble_agreement(probabilities: dict[str, np.ndarray]) -> dict[str, float]
         >>> ensemble_agreement(p)
         {'a': 1.0, 'b': 1.0, 'c': 0.5}
     """
-    names = list(probabilities)
-    if len(names) < 2:
-        return {name: 1.0 for name in names}
-    total = np.sum([probabilities[name] for name in names], axis=0)
-    agreement = {}
-    for name, own in probabilities.items():
-        others = (total - own).argmax(axis=1)
-        agreement[name] = float((own.argmax(axis=1) == others).mean())
-    return agreement
+    if len(probabilities) < 2:
+        return {name: 1.0 for name in probabilities}
+    return {name: float(m.mean()) for name, m in _matches(probabilities).items()}
+
+
+def _matches(probabilities: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per candidate and sample, whether its predicted class matches the mean prediction
+    of the other candidates."""
+    total = np.sum(list(probabilities.values()), axis=0)
+    return {
+        name: own.argmax(axis=1) == (total - own).argmax(axis=1)
+        for name, own in probabilities.items()
+    }
 
 
 def _best(scores: dict[str, float], unadapted: str) -> str:
@@ -353,14 +357,8 @@ class AgreementGuard(DecisionRule):
         boot = PatientBootstrap(
             evidence.patients, resamples=self.params.resamples, seed=evidence.seed
         )
-        names = list(tables)
-        predicted = np.stack([tables[n].argmax(axis=1) for n in names])
-        total = np.sum([tables[n] for n in names], axis=0)
-        # Per sample, whether each candidate matches the mean of the others: resampling
-        # patients only reweighs these, so they are computed once.
-        matches = {
-            n: predicted[i] == (total - tables[n]).argmax(axis=1) for i, n in enumerate(names)
-        }
+        # Resampling patients only reweighs the per-sample matches, so they are computed once.
+        matches = _matches(tables)
         ours, theirs = matches[proposed], matches[unadapted]
         won = [ours[idx].mean() > theirs[idx].mean() for idx in boot.indices()]
         return float(np.mean(won))
