@@ -82,36 +82,6 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool, str]] = {
     "unguarded, validation labels": ("best-validation-auroc", {}, True, "validation split"),
     "unguarded, label-free (EnsV)": ("ensemble-agreement", {}, False, ""),
 }
-#: Further rows of the development run only: the alternatives each default was chosen from.
-DEVELOPMENT_ROWS: dict[str, tuple[str, dict[str, Any], bool, str]] = {
-    **{
-        f"guard level {level:.2f}, validation labels": (
-            "validation-bootstrap",
-            {"level": level},
-            True,
-            "validation split",
-        )
-        for level in (0.8, 0.95)
-    },
-    **{
-        f"guard margin {margin:.2f}, validation labels": (
-            "validation-bootstrap",
-            {"margin": margin},
-            True,
-            "validation split",
-        )
-        for margin in (0.01, 0.02)
-    },
-    **{
-        f"label-free stability {stability:.2f}": (
-            "agreement-guard",
-            {"stability": stability},
-            False,
-            "",
-        )
-        for stability in (0.8, 0.9, 0.99)
-    },
-}
 #: Seeds 1 to 3 are the development run, in which every rule and default was chosen
 #: (``--development``, docs/adaptation.md); seeds 4 to 6 were reported before these rules
 #: existed; the reported run uses five seeds that played no part in any choice.
@@ -134,7 +104,7 @@ class Settings:
             self.seeds = DEVELOPMENT_SEEDS[:1]
         else:
             self.seeds = DEVELOPMENT_SEEDS if self.development else REPORTED_SEEDS
-        self.rows = {**ROWS, **(DEVELOPMENT_ROWS if self.development else {})}
+        self.rows = ROWS
         #: Quick: one scanner pair and the body-region pair, which differ in code paths
         #: (another body region); the second scanner pair differs only in its numbers.
         self.pairs = ["sharp kernel", "head"] if quick else list(PAIRS)
@@ -372,18 +342,81 @@ def _split(profile: Any, which: str, registry: Any, cache: Path) -> Any:
     return PatchDataset(site.loader, records, profile.task.classes)
 
 
+class Finished:
+    """The pair-seeds already measured with this very code and these settings, so that a
+    run that was stopped (or cut by a time limit) goes on where it stopped.
+
+    Each finished pair-seed is kept as ``build/bench-adaptation/<run>/<pair>-seed<N>.json``
+    with a fingerprint of the settings and of every file whose change could change a figure
+    (medadapt's package and plugins, these benchmark modules); a kept result whose
+    fingerprint differs is measured again. Delete the folder to measure everything again.
+    """
+
+    SOURCES = ("engine", "plugins")
+    MODULES = ("adaptation.py", "decision.py", "peers.py", "sites.py", "suite.py")
+
+    def __init__(self, settings: Settings, quick: bool) -> None:
+        import hashlib
+
+        kind = "quick" if quick else "development" if settings.development else "reported"
+        self.folder = suite.ROOT / "build" / "bench-adaptation" / kind
+        digest = hashlib.sha256(json.dumps(vars(settings), sort_keys=True, default=str).encode())
+        files = [p for top in self.SOURCES for p in sorted((suite.ROOT / top).rglob("*.py"))]
+        files += [suite.HERE / name for name in self.MODULES]
+        for path in files:
+            digest.update(str(path.relative_to(suite.ROOT)).encode())
+            digest.update(path.read_bytes())
+        self.fingerprint = digest.hexdigest()
+        self.reused: list[str] = []
+
+    def _path(self, pair: str, seed: int) -> Path:
+        return self.folder / f"{pair.replace(' ', '-')}-seed{seed}.json"
+
+    def get(self, pair: str, seed: int) -> dict[str, Any] | None:
+        path = self._path(pair, seed)
+        if not path.is_file():
+            return None
+        kept = json.loads(path.read_text())
+        if kept.get("fingerprint") != self.fingerprint:
+            print(f"{path}: made by other code or settings, measured again", flush=True)
+            return None
+        self.reused.append(f"{pair} seed {seed} ({kept['measured']}, commit {kept['commit']})")
+        print(f"{pair} seed {seed}: kept from {kept['measured']} ({path})", flush=True)
+        return kept["result"]
+
+    def put(self, pair: str, seed: int, result: dict[str, Any]) -> None:
+        import time
+
+        path = self._path(pair, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = {
+            "fingerprint": self.fingerprint,
+            "measured": time.strftime("%Y-%m-%d %H:%M"),
+            "commit": suite.commit(),
+            "result": result,
+        }
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(kept, indent=1) + "\n")
+        partial.replace(path)
+
+
 def run(quick: bool, work: Path) -> Section:
     """Every pair at every seed, then the tables and what they answer."""
     import skada
 
     settings = Settings(quick)
+    done = Finished(settings, quick)
     results: dict[str, list[dict[str, Any]]] = {}
     for pair in settings.pairs:
         results[pair] = []
         for seed in settings.seeds:
             first = pair == PAIRS_FIRST and seed == settings.seeds[0]
-            results[pair].append(run_pair(work, pair, seed, settings, timing=first))
-            print(pair, seed, json.dumps(results[pair][-1]["auroc"]), flush=True)
+            result = done.get(pair, seed)
+            if result is None:
+                result = run_pair(work, pair, seed, settings, timing=first)
+                done.put(pair, seed, result)
+            results[pair].append(result)
+            print(pair, seed, json.dumps(result["auroc"]), flush=True)
     rows = [
         {
             "pair": pair,
@@ -439,6 +472,15 @@ def run(quick: bool, work: Path) -> Section:
         "the selection score's epochs. The unguarded rows make the same choices without the "
         "guard. Gap closed = (AUROC - source only) / (oracle - source only).",
         "",
+        *(
+            [
+                "Pair-seeds measured by an earlier invocation of this run with identical code "
+                f"and settings (class Finished), and kept: {'; '.join(done.reused)}.",
+                "",
+            ]
+            if done.reused
+            else []
+        ),
         "SKADA "
         f"{skada.__version__} (benchmarks/peers.py): each method adapts the same trained "
         "source model, on the same preprocessed patches (the source's training split with "
@@ -461,6 +503,19 @@ def run(quick: bool, work: Path) -> Section:
         *_timing(timing, settings),
         "",
     ]
+    if settings.development:
+        import decision
+
+        lines += [
+            "### Every alternative on the development seeds",
+            "",
+            "From the recorded runs (build/bench-development/records; "
+            "`.venv/bin/python benchmarks/decision.py` judges them again without training): "
+            "each decision rule's parameters at each label budget. vs best method: against "
+            "the single method with the best mean at the epochs the same labels pick.",
+            "",
+            *decision.judge_development(DEVELOPMENT_RECORDS),
+        ]
     for pair, per_seed in results.items():
         lines += [
             f"### {pair}: {PAIRS[pair][0]}",
@@ -569,7 +624,7 @@ def _table(per_seed: list[dict[str, Any]], settings: Settings) -> list[str]:
         "| model | AUROC mean ± sd | per seed | gap closed | seconds per epoch |",
         "|---|---|---|---|---:|",
     ]
-    for key in [k for k in per_seed[0]["auroc"] if k not in DEVELOPMENT_ROWS]:
+    for key in per_seed[0]["auroc"]:
         values = _values(per_seed, key)
         if not values:
             lines.append(f"| {key} | not measurable | | | |")

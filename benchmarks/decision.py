@@ -199,3 +199,92 @@ def load_records(path: Any) -> tuple[list[RecordedRun], Truth]:
         else:
             run.test[int(rest[1])] = value
     return list(runs.values()), truth
+
+
+#: The alternatives the development run judges: (rule, parameters, budget) per row. Budget:
+#: None label-free, else the number of labelled validation patients (0: all of them).
+def development_grid() -> dict[str, tuple[str, dict[str, Any], int | None]]:
+    grid: dict[str, tuple[str, dict[str, Any], int | None]] = {}
+    for budget, name in ((0, "validation split"), (20, "20 patients"), (10, "10 patients")):
+        for level in (0.80, 0.90, 0.95):
+            for margin in (0.0, 0.01, 0.02):
+                grid[f"{name}: level {level:.2f}, margin {margin:.2f}"] = (
+                    "validation-bootstrap",
+                    {"level": level, "margin": margin},
+                    budget,
+                )
+        grid[f"{name}: unguarded"] = ("best-validation-auroc", {}, budget)
+    for consensus in (0.0, 0.6, 0.7, 0.8, 0.9):
+        for stability in (0.80, 0.90, 0.95, 0.99):
+            grid[f"label-free: consensus {consensus:.2f}, stability {stability:.2f}"] = (
+                "agreement-guard",
+                {"consensus": consensus, "stability": stability},
+                None,
+            )
+    grid["label-free: unguarded (EnsV)"] = ("ensemble-agreement", {}, None)
+    return grid
+
+
+def judge_development(folder: Any, only: str = "") -> list[str]:
+    """Every alternative of :func:`development_grid` on every recorded pair-seed under
+    ``folder`` (``<pair>-seed<N>.npz``), as a Markdown table per pair: mean test AUROC, the
+    gap to the best single method at the same labels' epochs, the worst seed against the
+    unadapted model, and how often it kept the unadapted model or harmed."""
+    from pathlib import Path
+
+    from medadapt.engine import ComponentKind
+    from medadapt.engine.adaptation import UNADAPTED
+    from medadapt.engine.plugins import get_plugin_host
+
+    registry = get_plugin_host().registry()
+    files = sorted(Path(folder).glob("*-seed*.npz"))
+    if not files:
+        raise SystemExit(f"{folder}: no recorded pair-seeds (<pair>-seed<N>.npz) found")
+    pairs: dict[str, list[Path]] = {}
+    for path in files:
+        pairs.setdefault(path.stem.rsplit("-seed", 1)[0], []).append(path)
+    lines: list[str] = []
+    for pair, paths in pairs.items():
+        recorded = [load_records(p) for p in paths]
+        seeds = [truth.seed for _, truth in recorded]
+        lines += [
+            f"### {pair} (seeds {', '.join(map(str, seeds))})",
+            "",
+            "| alternative | mean | vs best method | worst seed vs unadapted | kept unadapted "
+            "| harm | kept, per seed |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for label, (rule_name, params, budget) in development_grid().items():
+            if only not in label:
+                continue
+            rule = registry.create(ComponentKind.DECISION_RULES, rule_name, params)
+            values, differences, kept = [], [], []
+            per_method: dict[str, list[float]] = {}
+            for runs, truth in recorded:
+                labels = None if budget is None else budget_labels(truth, budget or None)
+                outcome = decide(rule, runs, truth, labels)
+                unadapted = next(r for r in runs if r.method == UNADAPTED)
+                base = test_auroc(truth.test_labels, unadapted.test[min(unadapted.test)])
+                values.append(outcome.test_auroc)
+                differences.append(outcome.test_auroc - base)
+                kept.append(outcome.kept)
+                for method, value in method_aurocs(runs, truth, labels).items():
+                    if method != UNADAPTED:
+                        per_method.setdefault(method, []).append(value)
+            bests = max(float(np.mean(v)) for v in per_method.values())
+            mean = float(np.mean(values))
+            lines.append(
+                f"| {label} | {mean:.3f} | {mean - bests:+.3f} | {min(differences):+.3f} "
+                f"| {kept.count(UNADAPTED)}/{len(kept)} | {sum(d < 0 for d in differences)}"
+                f"/{len(kept)} | {', '.join(kept)} |"
+            )
+        lines.append("")
+    return lines
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python benchmarks/decision.py [RECORDS_FOLDER [ROWS_CONTAINING]]
+    folder = sys.argv[1] if len(sys.argv) > 1 else "build/bench-development/records"
+    print("\n".join(judge_development(folder, *sys.argv[2:3])))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 import scipy.stats
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
@@ -62,6 +63,42 @@ def rank_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     ranks = scipy.stats.rankdata(scores)
     u = ranks[labels == 1].sum() - positives * (positives + 1) / 2
     return float(u / (positives * negatives))
+
+
+def resampled_auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The AUROC of every bootstrap resample at once, NaN where a resample holds one class.
+
+    ``weights`` (resamples, samples) says how often each sample is drawn in each resample
+    (:meth:`PatientBootstrap.weights`). A resample's AUROC is the Mann-Whitney statistic of
+    its drawn samples, each counted as often as it is drawn: for every drawn positive, the
+    drawn negatives scored below it, ties counted half, over all (positive, negative)
+    pairs. That is :func:`rank_auroc` of the resampled samples, in time and memory linear
+    in the samples, from one sort instead of one ranking per resample.
+
+    Example:
+        >>> labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.4, 0.8])
+        >>> resampled_auroc(labels, scores, np.array([[1, 1, 1, 1], [2, 0, 1, 1], [1, 1, 0, 0]]))
+        array([0.875, 1.   ,   nan])
+    """
+    positive = labels == 1
+    _, level = np.unique(scores, return_inverse=True)
+    level = level.ravel()
+    samples, levels = len(scores), int(level.max()) + 1 if len(scores) else 0
+    # Which score level each sample has, to add up the drawn negatives per level.
+    at_level = scipy.sparse.csr_matrix(
+        (np.ones(samples), (level, np.arange(samples))), shape=(levels, samples)
+    )
+    result = np.empty(len(weights))
+    for start in range(0, len(weights), 256):  # bounded memory for large validation sets
+        drawn = weights[start : start + 256].astype(float)
+        negatives = drawn * ~positive
+        per_level = np.asarray(at_level @ negatives.T).T
+        credit = np.cumsum(per_level, axis=1) - 0.5 * per_level  # below + half the ties
+        ranked = (drawn[:, positive] * credit[:, level[positive]]).sum(axis=1)
+        pairs = drawn[:, positive].sum(axis=1) * negatives.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result[start : start + 256] = np.where(pairs > 0, ranked / pairs, np.nan)
+    return result
 
 
 def rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | None]:
@@ -247,6 +284,7 @@ class PatientBootstrap:
         self.resamples = resamples
         self.seed = seed
         self._indices: list[np.ndarray] | None = None
+        self._weights: np.ndarray | None = None
 
     @property
     def patients(self) -> int:
@@ -255,12 +293,45 @@ class PatientBootstrap:
     def indices(self) -> list[np.ndarray]:
         """The sample indices of every resample (the same for every call)."""
         if self._indices is None:
-            rng = np.random.default_rng(self.seed)
-            draws = rng.integers(0, len(self.groups), size=(self.resamples, len(self.groups)))
+            draws = self._draws()
             self._indices = [
                 np.concatenate([self.groups[p] for p in draw]).astype(np.int32) for draw in draws
             ]
         return self._indices
+
+    def _draws(self) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        return rng.integers(0, len(self.groups), size=(self.resamples, len(self.groups)))
+
+    def weights(self) -> np.ndarray:
+        """How often each sample is drawn in each resample (resamples, samples): the same
+        resamples as :meth:`indices`, as counts, for statistics computed on all resamples
+        at once (:func:`resampled_auroc`)."""
+        if self._weights is not None:
+            return self._weights
+        samples = sum(len(g) for g in self.groups)
+        draws = self._draws()
+        per_patient = np.zeros((self.resamples, len(self.groups)), dtype=np.int32)
+        rows = np.repeat(np.arange(self.resamples), draws.shape[1])
+        np.add.at(per_patient, (rows, draws.ravel()), 1)
+        counts = np.zeros((self.resamples, samples), dtype=np.int32)
+        for patient, group in enumerate(self.groups):
+            counts[:, group] = per_patient[:, [patient]]
+        self._weights = counts
+        return counts
+
+    def interval(self, value: float | None, values: np.ndarray) -> Estimate:
+        """``value`` with the percentile interval of a statistic's ``values`` over the
+        resamples (NaN where undefined), as :meth:`estimate` gives it."""
+        n = sum(len(g) for g in self.groups)
+        if value is None:
+            return Estimate(None, n=n)
+        defined = values[~np.isnan(values)]
+        if len(defined) < self.resamples / 2:
+            return Estimate(value, n=n)
+        tail = (1.0 - self.level) / 2 * 100
+        low, high = np.percentile(defined, [tail, 100 - tail])
+        return Estimate(value, float(low), float(high), n=n)
 
     def estimate(
         self, statistic: Callable[[np.ndarray], float | None], value: float | None = None
@@ -276,9 +347,5 @@ class PatientBootstrap:
             value = statistic(np.sort(everything))
         if value is None:
             return Estimate(None, n=len(everything))
-        values = [v for idx in self.indices() if (v := statistic(idx)) is not None]
-        if len(values) < self.resamples / 2:
-            return Estimate(value, n=len(everything))
-        tail = (1.0 - self.level) / 2 * 100
-        low, high = np.percentile(values, [tail, 100 - tail])
-        return Estimate(value, float(low), float(high), n=len(everything))
+        values = [np.nan if (v := statistic(idx)) is None else v for idx in self.indices()]
+        return self.interval(value, np.array(values, dtype=float))

@@ -36,9 +36,9 @@ from medadapt.engine.metrics import (
     expected_calibration_error,
     fit_temperature,
     operating_threshold,
-    rank_auroc,
     rates,
     reliability,
+    resampled_auroc,
     roc_points,
 )
 from medadapt.engine.model import LoadedModel, load_model
@@ -197,8 +197,8 @@ def _measure(
     threshold = operating_threshold(val.labels, val.scores, point.rule, point.target)
     labels, scores = test.labels, test.scores
     measured: dict[str, Any] = {
-        "auroc": boot.estimate(
-            lambda i: rank_auroc(labels[i], scores[i]), auroc(labels, scores)
+        "auroc": boot.interval(
+            auroc(labels, scores), resampled_auroc(labels, scores, boot.weights())
         ).as_dict(),
         "roc": roc_points(labels, scores),
         "threshold": threshold,
@@ -254,12 +254,10 @@ def _compare(
     labels = model.labels
     a, b = auroc(labels, model.scores), auroc(labels, baseline.scores)
     compared = {
-        "auroc_difference": boot.estimate(
-            _paired(
-                lambda i: rank_auroc(labels[i], model.scores[i]),
-                lambda i: rank_auroc(labels[i], baseline.scores[i]),
-            ),
+        "auroc_difference": boot.interval(
             None if a is None or b is None else a - b,
+            resampled_auroc(labels, model.scores, boot.weights())
+            - resampled_auroc(labels, baseline.scores, boot.weights()),
         ).as_dict()
     }
     for name in ("sensitivity", "specificity"):
@@ -294,8 +292,8 @@ def _subgroups(test: Predictions, profile: Profile, level: float) -> list[dict[s
             patients = [p for p, keep in zip(test.patients, inside, strict=True) if keep]
             labels, scores = test.labels[inside], test.scores[inside]
             boot = PatientBootstrap(patients, level=level, seed=profile.seed)
-            estimate = boot.estimate(
-                lambda i, lab=labels, sco=scores: rank_auroc(lab[i], sco[i]), auroc(labels, scores)
+            estimate = boot.interval(
+                auroc(labels, scores), resampled_auroc(labels, scores, boot.weights())
             )
             count = len(set(patients))
             groups.append(

@@ -7,7 +7,8 @@ sentence what its choice rests on:
   adapted model is kept only when its validation AUROC beats the unadapted model's by more
   than a margin at the lower bound of a paired patient-level bootstrap interval;
 - ``agreement-guard`` (the default without labels): the candidate that agrees most with the
-  others (EnsV), kept only when it beats the unadapted model in most bootstrap resamples of
+  others (EnsV), kept only when the candidates agree (it matches their mean on most
+  validation samples) and it out-agrees the unadapted model in most bootstrap resamples of
   the validation patients; its choice is a label-free proposal;
 - ``best-validation-auroc`` and ``ensemble-agreement``: the same choices without the guard,
   for comparison (benchmarks/adaptation.py shows what the guards change).
@@ -21,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from medadapt.engine import Candidate, Decision, DecisionRule, Evidence, hookimpl
-from medadapt.engine.metrics import PatientBootstrap, rank_auroc
+from medadapt.engine.metrics import PatientBootstrap, rank_auroc, resampled_auroc
 
 
 def ensemble_agreement(probabilities: dict[str, np.ndarray]) -> dict[str, float]:
@@ -97,14 +98,13 @@ class _Labelled:
     ) -> dict[str, float | int | None]:
         """AUROC of ``name`` minus the unadapted model's, paired patient bootstrap."""
         boot = PatientBootstrap(self.patients, level=level, resamples=resamples, seed=seed)
-        ours, theirs = self.scores[name], self.scores[unadapted]
-
-        def statistic(idx: np.ndarray) -> float | None:
-            a = rank_auroc(self.labels[idx], ours[idx])
-            b = rank_auroc(self.labels[idx], theirs[idx])
-            return None if a is None or b is None else a - b
-
-        estimate = boot.estimate(statistic)
+        ours, theirs = self.auroc[name], self.auroc[unadapted]
+        weights = boot.weights()
+        estimate = boot.interval(
+            None if ours is None or theirs is None else ours - theirs,
+            resampled_auroc(self.labels, self.scores[name], weights)
+            - resampled_auroc(self.labels, self.scores[unadapted], weights),
+        )
         return {
             "value": estimate.value,
             "low": estimate.low,
@@ -149,14 +149,14 @@ class ValidationBootstrap(DecisionRule):
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
         level: float = Field(
-            default=0.90,
+            default=0.80,
             gt=0.5,
             lt=1.0,
             description="the two-sided level of the bootstrap interval whose lower bound "
-            "must clear the margin (0.90: a one-sided 95% bound)",
+            "must clear the margin (0.80: a one-sided 90% bound)",
         )
         margin: float = Field(
-            default=0.0,
+            default=0.01,
             ge=0.0,
             lt=1.0,
             description="how much higher than the unadapted model's the kept model's "
@@ -286,8 +286,9 @@ class EnsembleAgreement(DecisionRule):
 
 class AgreementGuard(DecisionRule):
     """Propose the candidate that agrees most with the others (EnsV), but keep the unadapted
-    model unless that candidate out-agrees it in most bootstrap resamples of the validation
-    patients."""
+    model when the candidates disagree (the proposal matches their mean prediction on too few
+    samples), or unless the proposal out-agrees it in most bootstrap resamples of the
+    validation patients."""
 
     name = "agreement-guard"
     needs_labels = False
@@ -295,16 +296,25 @@ class AgreementGuard(DecisionRule):
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
         stability: float = Field(
-            default=0.95,
+            default=0.99,
             gt=0.5,
             le=1.0,
             description="the share of patient-bootstrap resamples in which the proposed "
             "model must agree with the others more than the unadapted model does",
         )
+        consensus: float = Field(
+            default=0.80,
+            ge=0.0,
+            le=1.0,
+            description="the share of validation samples on which the proposed model must "
+            "match the other candidates' mean prediction: below it the candidates disagree, "
+            "their mean is no reliable labeller, and the unadapted model is kept",
+        )
         resamples: int = Field(default=1000, ge=100, description="bootstrap resamples")
 
     def decide(self, evidence: Evidence) -> Decision:
-        """The proposal, or the unadapted model when the proposal is not stable.
+        """The proposal, or the unadapted model when the candidates disagree or the
+        proposal is not stable.
 
         Example:
             >>> import numpy as np
@@ -329,6 +339,14 @@ class AgreementGuard(DecisionRule):
             statement = (
                 f"kept the unadapted model {PROPOSAL}: no adapted model agrees more with the "
                 f"other candidates ({agreement[unadapted]:.3f} of {samples} validation samples)"
+            )
+            return Decision(evidence.unadapted, "label-free", statement, figures=figures)
+        if agreement[proposed] < self.params.consensus:
+            statement = (
+                f"kept the unadapted model {PROPOSAL}: the candidates disagree; {proposed}, "
+                f"which agrees most with the others, matches their mean prediction on only "
+                f"{agreement[proposed]:.3f} of {samples} validation samples, below "
+                f"{self.params.consensus:.2f}"
             )
             return Decision(evidence.unadapted, "label-free", statement, figures=figures)
         wins = self._wins(tables, proposed, unadapted, evidence)

@@ -68,7 +68,7 @@ def test_a_clearly_better_model_is_kept_with_its_margin_and_interval():
     assert margin["low"] > 0
     assert margin["low"] <= margin["value"] <= margin["high"]
     assert margin["patients"] == PATIENTS
-    assert margin["level"] == 0.90
+    assert margin["level"] == 0.80
     assert decision.statement.startswith(f"kept coral: validation AUROC +{margin['value']:.3f} (")
     assert f"on {PATIENTS} labelled patients" in decision.statement
 
@@ -80,7 +80,7 @@ def test_a_small_gain_that_the_bootstrap_does_not_support_keeps_the_unadapted_mo
     assert decision.margin["value"] > 0
     assert decision.margin["low"] <= 0
     assert decision.kept.unadapted
-    assert "does not clear the margin 0.00" in decision.statement
+    assert "does not clear the margin 0.01" in decision.statement
     assert (
         BestValidationAuroc()
         .decide(evidence((UNADAPTED, unadapted), ("coral", slightly)))
@@ -131,17 +131,52 @@ def disagreeing(seed: int) -> Evidence:
 
 def test_label_free_disagreement_keeps_the_unadapted_model():
     decision = AgreementGuard().decide(disagreeing(0))
-    # tent agrees most with the others (0.49 against 0.41), but not in 95% of resamples.
+    # tent agrees most with the others (0.49 against 0.41), but the candidates disagree.
     assert decision.figures["tent"]["agreement"] > decision.figures[UNADAPTED]["agreement"]
     assert decision.kept.unadapted
     assert decision.evidence == "label-free"
     assert decision.margin is None
     assert decision.statement.startswith(
-        "kept the unadapted model as a label-free proposal (not measured; run validate): tent "
-        "agrees most with the other candidates"
+        "kept the unadapted model as a label-free proposal (not measured; run validate): the "
+        "candidates disagree; tent, which agrees most with the others, matches their mean "
+        "prediction on only 0.487 of 80 validation samples, below 0.80"
     )
-    assert "short of 95%" in decision.statement
     assert EnsembleAgreement().decide(disagreeing(0)).kept.method == "tent"
+
+
+def test_a_proposal_that_is_not_stable_under_the_bootstrap_keeps_the_unadapted_model():
+    # Without the consensus check, the bootstrap of the patients still refuses tent.
+    decision = AgreementGuard.from_params({"consensus": 0.0}).decide(disagreeing(0))
+    assert decision.kept.unadapted
+    assert decision.figures["tent"]["bootstrap_wins"] < 0.99
+    assert "agrees most with the other candidates" in decision.statement
+    assert "short of 99%" in decision.statement
+
+
+def test_two_camps_of_candidates_keep_the_unadapted_model_where_ensv_does_not():
+    # As on a development seed of the head pair: two adapted models predict one way, the
+    # unadapted model and two others the other way, and one model calls everything
+    # positive. EnsV's winner matches the others' mean on about 0.6 of the samples.
+    good = scores(0.8, 5)
+    flipped = good[:, ::-1]
+    rng = np.random.default_rng(6)
+    mixed = np.where(rng.random((len(LABELS), 1)) < 0.5, good, flipped)
+    everything = np.tile([0.01, 0.99], (len(LABELS), 1))
+    candidates = evidence(
+        (UNADAPTED, good),
+        ("adabn", scores(0.8, 7)),
+        ("tent", mixed),
+        ("coral", flipped),
+        ("dann", flipped.copy()),
+        ("shot", everything),
+        labels=None,
+    )
+    bare = EnsembleAgreement().decide(candidates)
+    guarded = AgreementGuard().decide(candidates)
+    assert not bare.kept.unadapted
+    assert bare.figures[bare.kept.method]["agreement"] < 0.80
+    assert guarded.kept.unadapted
+    assert "the candidates disagree" in guarded.statement
 
 
 def test_the_guard_keeps_the_unadapted_model_on_most_disagreements_the_bare_rule_does_not():
@@ -166,7 +201,7 @@ def test_label_free_consensus_against_the_unadapted_model_is_proposed():
     )
     assert not decision.kept.unadapted
     assert decision.statement.startswith(f"kept {decision.kept.method} as a label-free proposal")
-    assert decision.figures[decision.kept.method]["bootstrap_wins"] >= 0.95
+    assert decision.figures[decision.kept.method]["bootstrap_wins"] >= 0.99
 
 
 def test_a_decision_repeats_exactly():

@@ -17,6 +17,7 @@ from medadapt.engine.metrics import (
     rank_auroc,
     rates,
     reliability,
+    resampled_auroc,
 )
 
 
@@ -130,3 +131,26 @@ def test_the_rank_auroc_of_the_resamples_is_scikit_learns():
         if 0 < labels.sum() < 30:
             assert rank_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
     assert rank_auroc(np.ones(3), np.arange(3.0)) is None
+
+
+def test_the_resampled_auroc_of_all_resamples_at_once_is_each_resamples_rank_auroc():
+    rng = np.random.default_rng(8)
+    for ties in (False, True):
+        labels = rng.integers(0, 2, 45)
+        scores = rng.integers(0, 5, 45) / 4 if ties else rng.random(45)
+        patients = [f"p{i // 3}" for i in range(45)]  # three samples per patient
+        boot = PatientBootstrap(patients, resamples=300, seed=2)
+        weights = boot.weights()
+        assert weights.shape == (300, 45)
+        # The weights are the resamples of indices(), counted.
+        for row, idx in zip(weights[:20], boot.indices()[:20], strict=False):
+            assert np.array_equal(row, np.bincount(idx, minlength=45))
+        expected = [rank_auroc(labels[i], scores[i]) for i in boot.indices()]
+        fast = resampled_auroc(labels, scores, weights)
+        assert np.array_equal(np.isnan(fast), [e is None for e in expected])
+        assert fast[~np.isnan(fast)] == pytest.approx([e for e in expected if e is not None])
+        # And the interval is the one estimate() computes resample by resample.
+        value = rank_auroc(labels, scores)
+        assert boot.interval(value, fast) == boot.estimate(
+            lambda i, y=labels, s=scores: rank_auroc(y[i], s[i])
+        )
