@@ -62,3 +62,107 @@ def test_readme_gives_the_two_commands():
     readme = (REPO / "README.md").read_text()
     assert re.search(r"^\s+make demo$", readme, re.MULTILINE)
     assert re.search(r"^\s+make test$", readme, re.MULTILINE)
+
+
+# --- the component contracts, as the docs write them ----------------------------------------
+
+DOCS = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
+
+
+def _contracts() -> dict[str, dict[str, inspect.Signature]]:
+    """Each component base class (not the data it passes) and its public methods."""
+    import dataclasses
+
+    import medadapt.engine as engine
+
+    contracts = {}
+    for name in dir(engine):
+        cls = getattr(engine, name)
+        if not inspect.isclass(cls) or cls.__module__ != "medadapt.engine.components":
+            continue
+        methods = {
+            method: inspect.signature(function)
+            for method, function in vars(cls).items()
+            if inspect.isfunction(function) and not method.startswith("_")
+        }
+        if methods and not dataclasses.is_dataclass(cls):
+            contracts[name] = methods
+    return contracts
+
+
+def _parameters(signature: inspect.Signature) -> list[str]:
+    return list(signature.parameters)[1:]  # less self
+
+
+def _code_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.DOTALL)
+
+
+def _documented_methods() -> list[tuple[str, str, str, list[str]]]:
+    """(doc, base class, method, parameters) for every method a doc's code block defines on a
+    subclass of a component."""
+    import ast
+
+    contracts = _contracts()
+    found = []
+    for path in DOCS:
+        for block in _code_blocks(path):
+            try:
+                tree = ast.parse(block)
+            except SyntaxError:
+                continue
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.ClassDef):
+                    continue
+                bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+                for base in (b for b in bases if b in contracts):
+                    for item in node.body:
+                        if isinstance(item, ast.FunctionDef) and item.name in contracts[base]:
+                            parameters = [a.arg for a in item.args.args[1:]]
+                            found.append((path.name, base, item.name, parameters))
+    return found
+
+
+def test_the_docs_define_component_methods():
+    # The check below has something to check: the tutorials subclass every kind.
+    assert {base for _, base, _, _ in _documented_methods()} >= {
+        "Backbone",
+        "AdaptationMethod",
+        "SelectionScore",
+        "DecisionRule",
+        "DataSource",
+    }
+
+
+@pytest.mark.parametrize(
+    ("doc", "base", "method", "parameters"),
+    _documented_methods(),
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_a_method_in_the_docs_takes_the_contracts_parameters(doc, base, method, parameters):
+    signature = _contracts()[base][method]
+    expected = _parameters(signature)
+    required = [p for p in expected if signature.parameters[p].default is inspect.Parameter.empty]
+    # Required parameters in the contract's order; optional ones may be left out.
+    written = f"docs/{doc}: {base}.{method}({', '.join(parameters)})"
+    contract = f"{method}({', '.join(expected)})"
+    assert parameters[: len(required)] == required, f"{written} but the contract is {contract}"
+    assert set(parameters) <= set(expected), f"{written} but the contract is {contract}"
+
+
+def test_a_contract_method_named_in_the_docs_prose_has_its_parameters():
+    """`build(in_channels, weights)` in a sentence is checked like a code block."""
+    contracts = _contracts()
+    methods = {m: _parameters(sig) for c in contracts.values() for m, sig in c.items()}
+    wrong = []
+    for path in DOCS:
+        prose = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+        for method, arguments in re.findall(r"`(?:\w+\.)?(\w+)\(([\w, =]*)\)`", prose):
+            if method not in methods:
+                continue
+            named = [a.split("=")[0].strip() for a in arguments.split(",") if a.strip()]
+            if named and named != methods[method][: len(named)]:
+                wrong.append(
+                    f"docs/{path.name}: `{method}({arguments})`, contract {methods[method]}"
+                )
+    assert not wrong, "\n".join(wrong)
