@@ -166,3 +166,84 @@ def test_a_contract_method_named_in_the_docs_prose_has_its_parameters():
                     f"docs/{path.name}: `{method}({arguments})`, contract {methods[method]}"
                 )
     assert not wrong, "\n".join(wrong)
+
+
+# --- the defaults docs/profiles.md names ------------------------------------------------------
+
+
+def _schema_field(key: str):
+    model: type[BaseModel] | None = Profile
+    field = None
+    for part in key.replace("[]", "").split("."):
+        assert model is not None, key
+        field = model.model_fields[part]
+        model = _as_model(field.annotation)
+    return field
+
+
+def _documented_defaults() -> list[tuple[str, str]]:
+    """(key, the default as written) for every row of docs/profiles.md that names one."""
+    found = []
+    for line in (REPO / "docs" / "profiles.md").read_text().splitlines():
+        row = re.match(r"\| `([\w.\[\]]+)` \| ([^|]*) \|", line)
+        if not row:
+            continue
+        key, kind = row.groups()
+        written = re.search(r"default (-?[\d.]+|true|false|empty)\b", kind) or re.search(
+            r"`([\w-]+)` \(default\)", kind
+        )
+        if written:
+            found.append((key, written.group(1)))
+    return found
+
+
+def test_profiles_md_names_defaults():
+    assert len(_documented_defaults()) >= 25
+
+
+@pytest.mark.parametrize(("key", "written"), _documented_defaults())
+def test_a_default_in_profiles_md_is_the_schemas(key, written):
+    field = _schema_field(key)
+    default = field.get_default(call_default_factory=True)
+    default = getattr(default, "value", default)  # an enum's value
+    if written == "empty":
+        assert not default, f"docs/profiles.md: {key} default empty, schema {default!r}"
+    elif written in ("true", "false"):
+        assert default is (written == "true"), f"docs/profiles.md: {key} {written}, {default!r}"
+    elif re.fullmatch(r"-?[\d.]+", written):
+        assert float(default) == pytest.approx(float(written)), (
+            f"docs/profiles.md: {key} default {written}, schema {default!r}"
+        )
+    else:
+        assert str(default) == written, f"docs/profiles.md: {key} default {written}, {default!r}"
+
+
+def test_the_decision_rules_defaults_in_the_docs_are_the_rules():
+    from medadapt.plugins.decision_rules import AgreementGuard, ValidationBootstrap
+
+    row = next(
+        line
+        for line in (REPO / "docs" / "profiles.md").read_text().splitlines()
+        if line.startswith("| `adaptation.decision.params`")
+    )
+    for rule in (ValidationBootstrap, AgreementGuard):
+        written = row.split(f"`{rule.name}` takes", 1)[1].split(";", 1)[0]
+        for name, field in rule.Params.model_fields.items():
+            value = re.search(rf"`{name}` \((?:default )?([\d.]+)", written)
+            assert value, f"docs/profiles.md: {rule.name}'s {name} not documented"
+            assert float(value.group(1)) == pytest.approx(field.default), (rule.name, name)
+
+
+def test_the_selection_scores_defaults_in_the_docs_are_adapts():
+    from medadapt.engine.adaptation.job import DEFAULT_SCORE, DEFAULT_SCORE_WITH_SOURCE
+
+    row = next(
+        line
+        for line in (REPO / "docs" / "profiles.md").read_text().splitlines()
+        if line.startswith("| `selection.score`")
+    )
+    with_source = re.search(r"`([\w-]+)` \([^)]*default for `adapt` with `--source-profile`", row)
+    without = re.search(r"`([\w-]+)` \(the default for `adapt` without the source profile", row)
+    assert with_source, row
+    assert without, row
+    assert (with_source.group(1), without.group(1)) == (DEFAULT_SCORE_WITH_SOURCE, DEFAULT_SCORE)
