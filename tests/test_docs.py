@@ -247,3 +247,83 @@ def test_the_selection_scores_defaults_in_the_docs_are_adapts():
     assert with_source, row
     assert without, row
     assert (with_source.group(1), without.group(1)) == (DEFAULT_SCORE_WITH_SOURCE, DEFAULT_SCORE)
+
+
+# --- every command and option the docs name -------------------------------------------------
+
+
+def _command_lines() -> list[tuple[str, str]]:
+    """(doc, command line) for every `medadapt ...` the docs show: in code spans, and as
+    lines of indented or fenced blocks, with continuation lines joined."""
+    found = []
+    for path in DOCS:
+        text = path.read_text().replace("\\\n", " ")
+        spans = re.findall(r"`(?:\.venv/bin/)?medadapt ([^`]+)`", text)
+        lines = re.findall(r"^(?: {4,}|\$ )\s*(?:\.venv/bin/)?medadapt (.+)$", text, re.MULTILINE)
+        lines += [
+            line
+            for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.DOTALL)
+            for line in re.findall(
+                r"^\s*(?:\$ )?(?:\.venv/bin/)?medadapt (.+)$", block, re.MULTILINE
+            )
+        ]
+        found += [(path.name, command.strip()) for command in spans + lines]
+    return found
+
+
+def _resolve(words: list[str]):
+    """The click command the words name, and the words left after it."""
+    import click
+
+    from medadapt.engine.cli import cli
+
+    command, rest = cli, list(words)
+    while isinstance(command, click.Group) and rest and rest[0] in command.commands:
+        command = command.commands[rest.pop(0)]
+    return command, rest
+
+
+def test_the_docs_show_commands():
+    assert len(_command_lines()) >= 30
+
+
+def test_every_command_and_option_the_docs_show_exists():
+    import click
+
+    from medadapt.engine.cli import cli
+    from medadapt.engine.plugins import get_plugin_host
+
+    get_plugin_host().add_commands(cli)
+    wrong = []
+    for doc, line in _command_lines():
+        words = line.split()
+        command, rest = _resolve(words)
+        if command is cli or (isinstance(command, click.Group) and rest and rest[0][0] != "-"):
+            if words[0] not in ("--help", "-h", "--version"):
+                wrong.append(f"{doc}: `medadapt {line}`: no command {words[0]!r}")
+            continue
+        options = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+        options |= {"--help", "-h"}
+        for word in rest:
+            option = word.split("=", 1)[0].rstrip(".,;:)")
+            known = option in options or not re.fullmatch(r"--?[a-z][\w-]*", option)
+            if not known:
+                wrong.append(f"{doc}: `medadapt {line}`: {command.name} has no {option}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_command_the_docs_call_a_command_or_job_exists():
+    from medadapt.engine.cli import cli
+
+    named = {
+        (path.name, word)
+        for path in DOCS
+        for word in re.findall(
+            r"`([a-z][\w-]*)` (?:command|job)|(?:command|job)s? `([a-z][\w-]*)`",
+            path.read_text(),
+        )
+    }
+    words = {(doc, a or b) for doc, (a, b) in named}
+    assert words
+    missing = [f"{doc}: `{w}`" for doc, w in sorted(words) if w not in {*cli.commands, "medadapt"}]
+    assert not missing, f"no such command: {missing}"
