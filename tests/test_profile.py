@@ -255,3 +255,25 @@ def test_summarize_reports_what_the_profile_chose():
 def test_every_shipped_hospital_profile_passes_the_check(profile):
     result = check(profile)
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("name", ["hospital_a_chest", "hospital_b_chest", "hospital_b_head"])
+def test_the_demos_profiles_carry_the_demos_key_and_say_a_real_site_must_not(name, monkeypatch):
+    from medadapt.engine.demo import DEMO_KEY
+    from medadapt.engine.pseudonym import KEY_ENV, Pseudonymizer
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    path = TEMPLATE.parent / f"{name}.yaml"
+    text = path.read_text()
+    assert "A real site's profile must not hold its key" in text
+    registry = get_plugin_host().registry()
+    profile = load_profile(path, registry)
+    source = registry.create(ComponentKind.DATA_SOURCES, profile.data.source, profile.data.params)
+    # The README's workflow on the demo's sites needs no key of the user's, and gives the
+    # demo's pseudonyms.
+    ours = source.pseudonymizer().pseudonym("patient", "p1")
+    assert ours == Pseudonymizer(DEMO_KEY).pseudonym("patient", "p1")
+
+
+def test_the_template_holds_no_key():
+    assert "pseudonym_key" not in TEMPLATE.read_text()
