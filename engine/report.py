@@ -28,7 +28,7 @@ from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.samples import SiteData
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
-COLOURS = {"model": "#1b6ca8", "baseline": "#a0a0a0"}
+COLOURS = {"model": "#1b6ca8", "baseline": "#a0a0a0", "fail": "#b3261e"}
 
 
 def write_report(
@@ -205,16 +205,23 @@ def _curves_figure(curves: Mapping[str, list[Mapping[str, Any]]]) -> str | None:
 
 
 def _failures_figure(report: Mapping[str, Any], site: SiteData, test: Predictions) -> str | None:
-    """Thumbnails of the most confident errors: windowed pixels only, no header text."""
+    """Thumbnails of the most confident errors, missed positives first: windowed pixels
+    only, no header text; each titled with its kind, probability and the threshold."""
     failures = report["failures"]
-    if not failures:
+    examples = failures["examples"]
+    if not examples:
         return None
-    fig, axes = _figure(2.0 * len(failures), 2.4, columns=len(failures))
+    fig, axes = _figure(2.0 * len(examples), 2.6, columns=len(examples))
     axes = np.atleast_1d(axes)
-    for ax, failure in zip(axes, failures, strict=True):
+    for ax, failure in zip(axes, examples, strict=True):
         patch = np.asarray(site.loader.patch(test.records[failure["index"]]))
         ax.imshow(_middle(patch), cmap="gray", vmin=0.0, vmax=1.0)
-        ax.set_title(f"{failure['kind']}\np = {failure['score']:.2f}", fontsize=8)
+        relation = "<" if failure["score"] < failures["threshold"] else ">="
+        ax.set_title(
+            f"{failure['kind']}\np = {failure['score']:.2f} {relation} {failures['threshold']:.2f}",
+            fontsize=8,
+            color=COLOURS["fail"] if failure["kind"].startswith("missed") else "black",
+        )
         ax.axis("off")
     return _png(fig)
 

@@ -324,26 +324,42 @@ def attribute_text(value: Any) -> str:
     return str(value)
 
 
-def _failures(test: Predictions, threshold: float, profile: Profile) -> list[dict[str, Any]]:
-    """The most confident errors at the operating point: index into the test samples."""
-    wrong = [
-        (abs(float(s) - threshold), i)
-        for i, (s, y) in enumerate(zip(test.scores, test.labels, strict=True))
-        if (s >= threshold) != bool(y)
-    ]
-    chosen = sorted(wrong, reverse=True)[: profile.report.failure_examples]
-    return [
-        {
-            "index": i,
-            "patient": test.patients[i],
-            "truth": profile.task.positive_class
-            if test.labels[i]
-            else "not " + profile.task.positive_class,
-            "kind": "false negative" if test.labels[i] else "false positive",
-            "score": float(test.scores[i]),
-        }
-        for _, i in chosen
-    ]
+def _failures(test: Predictions, threshold: float, profile: Profile) -> dict[str, Any]:
+    """The most confident errors at the operating point, of both kinds: first the missed
+    positives the model was surest were not positive (the error a clinician most needs to
+    see), then the false alarms it was surest of, half of ``report.failure_examples`` each
+    (the other kind fills in where one has too few). Each example indexes the test samples.
+    """
+    positive = profile.task.positive_class
+    scores, labels = test.scores, test.labels
+    missed = sorted(
+        (i for i in range(len(scores)) if labels[i] and scores[i] < threshold),
+        key=lambda i: (scores[i], i),
+    )
+    alarms = sorted(
+        (i for i in range(len(scores)) if not labels[i] and scores[i] >= threshold),
+        key=lambda i: (-scores[i], i),
+    )
+    wanted = profile.report.failure_examples
+    shown_missed = min(len(missed), max((wanted + 1) // 2, wanted - len(alarms)))
+    shown_alarms = min(len(alarms), wanted - shown_missed)
+    kinds = [(i, f"missed {positive}") for i in missed[:shown_missed]]
+    kinds += [(i, "false alarm") for i in alarms[:shown_alarms]]
+    return {
+        "threshold": threshold,
+        "missed_positives": len(missed),
+        "false_alarms": len(alarms),
+        "examples": [
+            {
+                "index": i,
+                "patient": test.patients[i],
+                "truth": positive if labels[i] else f"not {positive}",
+                "kind": kind,
+                "score": float(scores[i]),
+            }
+            for i, kind in kinds
+        ],
+    }
 
 
 # --- judgement -----------------------------------------------------------------------------

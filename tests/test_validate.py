@@ -25,6 +25,8 @@ from medadapt.engine.shift import SHIFT_JSON, analyse_shift
 from medadapt.engine.train import train
 from medadapt.engine.validate import PREDICTIONS, REPORT_HTML, REPORT_JSON, validate
 
+TEMPLATE = Path(__file__).resolve().parent.parent / "hospital_profiles" / "template.yaml"
+
 
 def site(phantom_site, name: str, seed: int, **params) -> dict:
     """A harder task than the default (difficulty 0.9), so the models make mistakes."""
@@ -220,7 +222,7 @@ def test_the_html_report_shows_the_json_numbers(validated):
     ):
         assert f"<h2>{heading}</h2>" in html
     # Self-contained: ROC, calibration, shift, augmentations, training, errors embedded.
-    assert report["failures"]
+    assert report["failures"]["examples"]
     assert html.count("data:image/png;base64,") == 6
     for encoded in re.findall(r'src="data:image/png;base64,([^"]+)"', html):
         assert base64.b64decode(encoded).startswith(b"\x89PNG\r\n\x1a\n")
@@ -413,3 +415,40 @@ def test_the_report_renders_and_prints_in_headless_chromium(validated, tmp_path)
         [*common, "--dump-dom", page], capture_output=True, text=True, timeout=120
     ).stdout
     assert dom.count("<img") == dom.count("data:image/png;base64,") == 6
+
+
+def test_failure_examples_show_the_missed_positives_first_then_the_false_alarms():
+    from medadapt.engine.evaluate import Predictions
+    from medadapt.engine.validate import _failures
+
+    profile = load_profile(TEMPLATE, None)  # positive class malignant, 6 examples
+    # Positives the model scores low (missed) and negatives it scores high (false alarms).
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0])
+    scores = np.array([0.02, 0.30, 0.10, 0.90, 0.95, 0.60, 0.10, 0.80, 0.45, 0.20])
+    test = Predictions(scores, labels, [f"p{i}" for i in range(10)])
+    failures = _failures(test, 0.5, profile)
+    assert (failures["missed_positives"], failures["false_alarms"]) == (4, 3)
+    shown = [(e["kind"], e["score"]) for e in failures["examples"]]
+    assert shown == [
+        ("missed malignant", 0.02),
+        ("missed malignant", 0.10),
+        ("missed malignant", 0.30),
+        ("false alarm", 0.95),
+        ("false alarm", 0.80),
+        ("false alarm", 0.60),
+    ]
+    # With few false alarms, the missed positives fill the examples, and the other way round.
+    few_alarms = _failures(Predictions(scores[:5], labels[:5], ["p"] * 5), 0.5, profile)
+    assert [e["kind"] for e in few_alarms["examples"]] == ["missed malignant"] * 3 + ["false alarm"]
+    flagged = np.where(labels == 1, 0.9, 0.7)  # every positive found, every negative flagged
+    no_misses = _failures(Predictions(flagged, labels, ["p"] * 10), 0.5, profile)
+    assert [e["kind"] for e in no_misses["examples"]] == ["false alarm"] * 5
+
+
+def test_the_report_shows_the_missed_positives_it_counts(validated):
+    report = validated["result"].report
+    failures = report["failures"]
+    assert failures["missed_positives"] > 0  # the hard site: the model misses some
+    assert failures["examples"][0]["kind"] == "missed malignant"
+    html = (validated["folder"] / "report" / REPORT_HTML).read_text()
+    assert f"<strong>{failures['missed_positives']} malignant</strong>" in html
