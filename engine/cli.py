@@ -486,6 +486,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 def _validation_text(report: dict[str, Any], out: Path) -> str:
     from medadapt.engine.report import interval_text
+    from medadapt.engine.validate import criterion_text
 
     model = report["results"]["model"]
     lines = [
@@ -503,17 +504,10 @@ def _validation_text(report: dict[str, Any], out: Path) -> str:
         )
     acceptance = report["acceptance"]
     for criterion in acceptance["criteria"]:
-        margin = criterion["margin"]
-        lines.append(
-            f"  {criterion['status'].upper():<12} {criterion['criterion']}: measured "
-            + ("n/a" if criterion["measured"] is None else f"{criterion['measured']:.3f}")
-            + (
-                ""
-                if margin is None
-                else f" ({'short by' if margin < 0 else 'margin'} {abs(margin):.3f})"
-            )
-        )
+        lines.append(f"  {criterion['status'].upper():<12} {criterion_text(criterion)}")
     lines.append(f"  verdict: {acceptance['verdict'].upper()}")
+    if acceptance.get("caveat"):
+        lines.append(f"  {acceptance['caveat']}")
     lines += [f"  no verdict because {reason}" for reason in acceptance["no_verdict_because"]]
     return "\n".join(lines)
 

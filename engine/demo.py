@@ -189,6 +189,8 @@ def summarise(
     adapted: AdaptResult,
 ) -> dict[str, Any]:
     """The figures the demo prints, taken from the reports and shift analyses as written."""
+    from medadapt.engine.validate import criterion_text
+
     return {
         "hospital_a_auroc": home["results"]["model"]["auroc"],
         "hospital_a_test_patients": home["data"]["patients"].get("test", 0),
@@ -202,9 +204,10 @@ def summarise(
         "verdict": target["acceptance"]["verdict"],
         "no_verdict_because": target["acceptance"]["no_verdict_because"],
         "criteria": [
-            {k: c[k] for k in ("criterion", "status", "measured")}
+            {"status": c["status"], "text": criterion_text(c)}
             for c in target["acceptance"]["criteria"]
         ],
+        "caveat": target["acceptance"].get("caveat"),
         "shift_to_b": shift_b["verdict"],
         "shift_to_b_head": shift_head["verdict"],
     }
@@ -214,11 +217,7 @@ def summary_text(summary: dict[str, Any]) -> str:
     """The summary as the demo prints it."""
     from medadapt.engine.report import interval_text
 
-    criteria = [
-        f"    {c['status'].upper():<12} {c['criterion']}"
-        + ("" if c["measured"] is None else f": {c['measured']:.3f}")
-        for c in summary["criteria"]
-    ]
+    criteria = [f"    {c['status'].upper():<12} {c['text']}" for c in summary["criteria"]]
     return "\n".join(
         [
             "Summary (AUROC with 95% patient-bootstrap intervals, on each site's test patients)",
@@ -235,6 +234,7 @@ def summary_text(summary: dict[str, Any]) -> str:
             "  acceptance at Hospital B:",
             *criteria,
             f"  verdict: {summary['verdict'].upper()}",
+            *([f"    {summary['caveat']}"] if summary.get("caveat") else []),
             *[f"    because {reason}" for reason in summary["no_verdict_because"]],
             f"  report: {summary['report']}",
         ]

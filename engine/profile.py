@@ -343,6 +343,12 @@ class Acceptance(_Section):
     min_test_patients: PositiveInt = Field(
         default=30, description="fewer test patients than this and the report says no verdict"
     )
+    judge_on: Literal["lower_bound", "point"] = Field(
+        default="lower_bound",
+        description="lower_bound: a criterion passes only when its whole confidence interval "
+        "is on the right side (the lower bound for a minimum, the upper bound for a maximum); "
+        "point: on the estimate, and the report says where the interval crosses",
+    )
 
     @model_validator(mode="after")
     def _has_a_criterion(self) -> Acceptance:

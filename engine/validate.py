@@ -368,44 +368,62 @@ def _failures(test: Predictions, threshold: float, profile: Profile) -> dict[str
 def judge(profile: Profile, report: Mapping[str, Any]) -> dict[str, Any]:
     """Each declared criterion, PASS or FAIL with its margin, and the verdict.
 
-    A criterion is judged on the point estimate on the test split, except non-inferiority,
-    which by definition is judged on the lower bound of the paired difference's interval.
-    A criterion that cannot be measured (no baseline, a rate without cases) is "not
-    measured", and then, as with too few test patients, the verdict is "no verdict":
-    never a pass.
+    With ``acceptance.judge_on: lower_bound`` (the default) a criterion is judged on the
+    side of its confidence interval that must clear it: the lower bound for a minimum, the
+    upper bound for a maximum; with ``point``, on the estimate, and a criterion whose
+    interval reaches past the requirement says so (``crosses``). Non-inferiority is judged
+    on the lower bound of the paired difference's interval either way: that is what it
+    means. A criterion that cannot be measured (no baseline, a rate without cases, no
+    interval to judge on) is "not measured", and then, as with too few test patients, the
+    verdict is "no verdict": never a pass.
     """
     gate = profile.acceptance
     measured = report["results"]["model"]
     comparison = report.get("comparison")
-    lower_bound = None if comparison is None else comparison["auroc_difference"]["low"]
-    # (name, wording, threshold, what is measured, whether higher is better)
+    difference = None if comparison is None else comparison["auroc_difference"]
+    # (name, wording, threshold, estimate with interval, whether higher is better)
     declared = [
-        ("min_auroc", "AUROC at least {:g}", gate.min_auroc, measured["auroc"]["value"], True),
+        ("min_auroc", "AUROC at least {:g}", gate.min_auroc, measured.get("auroc"), True),
         ("min_sensitivity", "sensitivity at the operating point at least {:g}",
-         gate.min_sensitivity, measured["sensitivity"]["value"], True),
+         gate.min_sensitivity, measured.get("sensitivity"), True),
         ("min_specificity", "specificity at the operating point at least {:g}",
-         gate.min_specificity, measured["specificity"]["value"], True),
+         gate.min_specificity, measured.get("specificity"), True),
         ("max_calibration_error", "expected calibration error at most {:g}",
-         gate.max_calibration_error, measured["calibration_error"]["value"], False),
+         gate.max_calibration_error, measured.get("calibration_error"), False),
         ("non_inferiority_margin", "AUROC not worse than the baseline's by {:g} or more "
-         "(lower bound of the difference)", gate.non_inferiority_margin, lower_bound, True),
+         "(lower bound of the difference)", gate.non_inferiority_margin, difference, True),
     ]  # fmt: skip
     criteria = []
-    for name, wording, threshold, value, higher in declared:
+    for name, wording, threshold, estimate, higher in declared:
         if threshold is None:
             continue
+        estimate = estimate or {}
+        point, low, high = estimate.get("value"), estimate.get("low"), estimate.get("high")
         # Non-inferiority: the difference must stay above minus the margin.
         required = -threshold if name == "non_inferiority_margin" else threshold
+        bound = low if higher else high  # the side of the interval that must clear it
+        if name == "non_inferiority_margin":
+            judged_on, value = "lower_bound", low
+        elif gate.judge_on == "lower_bound":
+            judged_on, value = "lower_bound" if higher else "upper_bound", bound
+        else:
+            judged_on, value = "point", point
         margin = None if value is None else (value - required if higher else required - value)
         status = NOT_MEASURED if margin is None else (PASS if margin >= 0 else FAIL)
+        crosses = bound is not None and (bound < required if higher else bound > required)
         criteria.append(
             {
                 "name": name,
                 "criterion": wording.format(threshold),
                 "required": required,
                 "measured": value,
+                "judged_on": judged_on,
+                "estimate": point,
+                "low": low,
+                "high": high,
                 "margin": margin,
                 "status": status,
+                "crosses": bool(status == PASS and crosses),
             }
         )
     patients = report["data"]["patients"]["test"]
@@ -422,7 +440,52 @@ def judge(profile: Profile, report: Mapping[str, Any]) -> dict[str, Any]:
         verdict = NO_VERDICT
     else:
         verdict = PASS if all(c["status"] == PASS for c in criteria) else FAIL
-    return {"verdict": verdict, "criteria": criteria, "no_verdict_because": reasons}
+    crossing = [c for c in criteria if c["crosses"]]
+    caveat = None
+    if verdict == PASS and crossing:
+        caveat = "passes on the estimate; " + "; ".join(_crossing_text(c) for c in crossing)
+    return {
+        "verdict": verdict,
+        "judge_on": gate.judge_on,
+        "criteria": criteria,
+        "no_verdict_because": reasons,
+        "caveat": caveat,
+    }
+
+
+def criterion_text(criterion: Mapping[str, Any]) -> str:
+    """One criterion in a line: 'AUROC at least 0.85: 0.978 (0.941 to 1.000), judged on the
+    lower bound 0.941, margin +0.091' (the CLI's and the demo's summaries)."""
+    estimate, low, high = criterion["estimate"], criterion["low"], criterion["high"]
+    text = f"{criterion['criterion']}: "
+    if estimate is None and criterion["measured"] is None:
+        return text + "not measured"
+    if estimate is not None:
+        text += f"{estimate:.3f}"
+        if low is not None and high is not None:
+            text += f" ({low:.3f} to {high:.3f})"
+        text += ", "
+    judged = criterion["judged_on"].replace("_", " ")
+    measured = criterion["measured"]
+    if criterion["judged_on"] == "point":
+        text += "judged on the estimate"
+    else:
+        text += f"judged on the {judged} " + ("n/a" if measured is None else f"{measured:.3f}")
+    margin = criterion["margin"]
+    if margin is not None:
+        text += f", {'short by' if margin < 0 else 'margin'} {abs(margin):.3f}"
+    if criterion["crosses"]:
+        text += " (the interval crosses)"
+    return text
+
+
+def _crossing_text(criterion: Mapping[str, Any]) -> str:
+    """'the interval of AUROC reaches below 0.85', for a criterion passed on its estimate."""
+    what = criterion["criterion"].split(" at least ")[0].split(" at most ")[0]
+    higher = criterion["judged_on"] != "upper_bound" and not criterion["name"].startswith("max_")
+    side = "below" if higher else "above"
+    edge = criterion["low"] if higher else criterion["high"]
+    return f"the interval of {what} reaches {side} {criterion['required']:g} (to {edge:.3f})"
 
 
 # --- context -------------------------------------------------------------------------------

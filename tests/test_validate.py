@@ -193,8 +193,11 @@ def test_the_verdict_follows_the_criteria(validated):
         "non_inferiority_margin",
     }
     measured = report["results"]["model"]
-    assert criteria["min_auroc"]["measured"] == measured["auroc"]["value"]
-    assert criteria["min_auroc"]["margin"] == pytest.approx(measured["auroc"]["value"] - 0.6)
+    # Judged on the lower bound (the default): the estimate is kept beside it.
+    assert criteria["min_auroc"]["measured"] == measured["auroc"]["low"]
+    assert criteria["min_auroc"]["estimate"] == measured["auroc"]["value"]
+    assert criteria["min_auroc"]["margin"] == pytest.approx(measured["auroc"]["low"] - 0.6)
+    assert criteria["max_calibration_error"]["measured"] == measured["calibration_error"]["high"]
     low = report["comparison"]["auroc_difference"]["low"]
     assert criteria["non_inferiority_margin"]["measured"] == low
     expected = "pass" if all(c["margin"] >= 0 for c in criteria.values()) else "fail"
@@ -246,10 +249,11 @@ def test_a_failing_criterion_exits_1_and_says_by_how_much(validated, tmp_path):
     )
     assert result.exit_code == ExitCode.NOT_PASSED, result.output
     auroc = json.loads((tmp_path / "strict" / REPORT_JSON).read_text())["results"]["model"]
-    assert f"FAIL         AUROC at least 0.999: measured {auroc['auroc']['value']:.3f} " in (
-        result.output
-    )
-    assert f"short by {0.999 - auroc['auroc']['value']:.3f}" in result.output
+    value, low, high = (auroc["auroc"][k] for k in ("value", "low", "high"))
+    assert (
+        f"FAIL         AUROC at least 0.999: {value:.3f} ({low:.3f} to {high:.3f}), judged on "
+        f"the lower bound {low:.3f}, short by {0.999 - low:.3f}"
+    ) in result.output
     assert "verdict: FAIL" in result.output
 
 
@@ -452,3 +456,69 @@ def test_the_report_shows_the_missed_positives_it_counts(validated):
     assert failures["examples"][0]["kind"] == "missed malignant"
     html = (validated["folder"] / "report" / REPORT_HTML).read_text()
     assert f"<strong>{failures['missed_positives']} malignant</strong>" in html
+
+
+def _judged(judge_on: str, auroc: dict) -> dict:
+    from medadapt.engine.profile import Acceptance
+    from medadapt.engine.validate import judge
+
+    profile = load_profile(TEMPLATE, None)
+    gate = Acceptance(min_auroc=0.85, max_calibration_error=0.2, judge_on=judge_on)
+    profile = profile.model_copy(update={"acceptance": gate})
+    calibration = {"value": 0.10, "low": 0.05, "high": 0.15}
+    report = {
+        "results": {"model": {"auroc": auroc, "calibration_error": calibration}},
+        "comparison": None,
+        "data": {"patients": {"test": 40}},
+    }
+    return judge(profile, report)
+
+
+def test_a_criterion_met_on_the_estimate_but_not_the_interval_fails_on_the_lower_bound():
+    auroc = {"value": 0.87, "low": 0.79, "high": 0.93}
+    strict = _judged("lower_bound", auroc)
+    assert strict["verdict"] == "fail"
+    [criterion, calibration] = strict["criteria"]
+    assert (criterion["judged_on"], criterion["measured"]) == ("lower_bound", 0.79)
+    assert criterion["margin"] == pytest.approx(-0.06)
+    # An "at most" is judged on the upper bound: 0.15 is within 0.2.
+    assert (calibration["judged_on"], calibration["status"]) == ("upper_bound", "pass")
+    assert strict["caveat"] is None
+
+    lenient = _judged("point", auroc)
+    assert lenient["verdict"] == "pass"
+    assert lenient["criteria"][0]["crosses"]
+    assert lenient["caveat"] == (
+        "passes on the estimate; the interval of AUROC reaches below 0.85 (to 0.790)"
+    )
+    # Both figures are kept, labelled: the estimate with its interval, and what was judged.
+    assert (lenient["criteria"][0]["estimate"], lenient["criteria"][0]["low"]) == (0.87, 0.79)
+    # An interval wholly above the requirement passes either way, with no caveat.
+    clear = {"value": 0.95, "low": 0.90, "high": 0.98}
+    assert _judged("lower_bound", clear)["verdict"] == _judged("point", clear)["verdict"] == "pass"
+    assert _judged("point", clear)["caveat"] is None
+
+
+def test_without_an_interval_the_lower_bound_cannot_judge():
+    judged = _judged("lower_bound", {"value": 0.95, "low": None, "high": None})
+    assert judged["verdict"] == "no verdict"
+    assert judged["criteria"][0]["status"] == "not measured"
+
+
+def test_the_verdict_box_says_where_the_interval_crosses(validated):
+    from medadapt.engine.report import render
+    from medadapt.engine.validate import criterion_text
+
+    report = json.loads(json.dumps(validated["result"].report))
+    auroc = report["results"]["model"]["auroc"]
+    point = {**report, "acceptance": _judged("point", {**auroc, "value": 0.9, "low": 0.8})}
+    html = render(point, dict.fromkeys(["roc", "calibration", "curves", "failures",
+                                        "augmentations", "shift"]), [])  # fmt: skip
+    box = html.split('<div class="verdict', 1)[1].split("</div>", 1)[0]
+    assert "PASS" in box
+    assert "passes on the estimate; the interval of AUROC reaches below 0.85" in box
+    assert "interval crosses" in html
+    assert criterion_text(point["acceptance"]["criteria"][0]) == (
+        "AUROC at least 0.85: 0.900 (0.800 to "
+        f"{auroc['high']:.3f}), judged on the estimate, margin 0.050 (the interval crosses)"
+    )
