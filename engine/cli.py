@@ -508,6 +508,7 @@ def _validation_text(report: dict[str, Any], out: Path) -> str:
     lines.append(f"  verdict: {acceptance['verdict'].upper()}")
     if acceptance.get("caveat"):
         lines.append(f"  {acceptance['caveat']}")
+    lines += [f"  warning: {w['text']} {w['advice']}" for w in report.get("warnings", [])]
     lines += [f"  no verdict because {reason}" for reason in acceptance["no_verdict_because"]]
     return "\n".join(lines)
 

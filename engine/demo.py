@@ -208,6 +208,7 @@ def summarise(
             for c in target["acceptance"]["criteria"]
         ],
         "caveat": target["acceptance"].get("caveat"),
+        "warnings": [w["text"] for w in target.get("warnings", [])],
         "shift_to_b": shift_b["verdict"],
         "shift_to_b_head": shift_head["verdict"],
     }
@@ -235,6 +236,7 @@ def summary_text(summary: dict[str, Any]) -> str:
             *criteria,
             f"  verdict: {summary['verdict'].upper()}",
             *([f"    {summary['caveat']}"] if summary.get("caveat") else []),
+            *[f"  warning: {text}" for text in summary.get("warnings", [])],
             *[f"    because {reason}" for reason in summary["no_verdict_because"]],
             f"  report: {summary['report']}",
         ]

@@ -154,6 +154,10 @@ def validate(
         "failures": _failures(test, results["model"]["threshold"], profile),
     }
     report["acceptance"] = judge(profile, report)
+    if "baseline" in results:
+        alone = {**report, "results": {"model": results["baseline"]}, "comparison": None}
+        report["baseline_acceptance"] = judge(profile, alone, baseline=True)
+    report["warnings"] = warnings(report, profile)
     report["what_changed"] = _what_changed(report)
     report["limitations"] = _limitations(report, profile)
     report["provenance"] = _provenance(profile, loaded, records, host)
@@ -365,7 +369,7 @@ def _failures(test: Predictions, threshold: float, profile: Profile) -> dict[str
 # --- judgement -----------------------------------------------------------------------------
 
 
-def judge(profile: Profile, report: Mapping[str, Any]) -> dict[str, Any]:
+def judge(profile: Profile, report: Mapping[str, Any], baseline: bool = False) -> dict[str, Any]:
     """Each declared criterion, PASS or FAIL with its margin, and the verdict.
 
     With ``acceptance.judge_on: lower_bound`` (the default) a criterion is judged on the
@@ -375,7 +379,8 @@ def judge(profile: Profile, report: Mapping[str, Any]) -> dict[str, Any]:
     on the lower bound of the paired difference's interval either way: that is what it
     means. A criterion that cannot be measured (no baseline, a rate without cases, no
     interval to judge on) is "not measured", and then, as with too few test patients, the
-    verdict is "no verdict": never a pass.
+    verdict is "no verdict": never a pass. ``baseline``: judge the baseline model by the
+    same criteria, less non-inferiority (a comparison with itself).
     """
     gate = profile.acceptance
     measured = report["results"]["model"]
@@ -395,7 +400,7 @@ def judge(profile: Profile, report: Mapping[str, Any]) -> dict[str, Any]:
     ]  # fmt: skip
     criteria = []
     for name, wording, threshold, estimate, higher in declared:
-        if threshold is None:
+        if threshold is None or (baseline and name == "non_inferiority_margin"):
             continue
         estimate = estimate or {}
         point, low, high = estimate.get("value"), estimate.get("low"), estimate.get("high")
@@ -451,6 +456,78 @@ def judge(profile: Profile, report: Mapping[str, Any]) -> dict[str, Any]:
         "no_verdict_because": reasons,
         "caveat": caveat,
     }
+
+
+#: Below or above these, an operating threshold sits where the probabilities are squeezed.
+EXTREME_THRESHOLD = (0.05, 0.95)
+#: A calibration error above this (or the profile's own limit) is worth a warning.
+CALIBRATION_WARNING = 0.1
+
+
+def warnings(report: Mapping[str, Any], profile: Profile) -> list[dict[str, str]]:
+    """Where the report's numbers are fragile or the decision rests on less than it seems,
+    each with what to do: in the report, its JSON and the summaries."""
+    found = []
+    model = report["results"]["model"]
+    threshold = model["threshold"]
+    low, high = EXTREME_THRESHOLD
+    if threshold is not None and not low <= threshold <= high:
+        found.append({
+            "kind": "extreme_threshold",
+            "text": f"The operating threshold is {threshold:.3f}, at the edge of the "
+            "probability scale: the model's probabilities are squeezed there, so a small "
+            "change in them (another scanner, another week) moves many patients across it.",
+            "advice": "Recalibrate (report.recalibrate: true shows the effect) and label "
+            "more validation patients, so that the threshold rests on more cases.",
+        })  # fmt: skip
+    calibration = model["calibration_error"]["value"]
+    limit = profile.acceptance.max_calibration_error
+    limit = CALIBRATION_WARNING if limit is None else min(limit, CALIBRATION_WARNING)
+    if calibration is not None and calibration > limit:
+        found.append({
+            "kind": "calibration",
+            "text": f"The calibration error is {calibration:.3f}, above {limit:g}: the "
+            "model's probabilities do not mean what they say (a 70% is not right 70% of "
+            "the time).",
+            "advice": "Read the probabilities as a ranking only, or recalibrate on this "
+            "site's validation patients (report.recalibrate: true) before showing them.",
+        })  # fmt: skip
+    base = report.get("baseline_acceptance")
+    if base and base["verdict"] == FAIL:
+        failed = [c["criterion"] for c in base["criteria"] if c["status"] == FAIL]
+        found.append({
+            "kind": "baseline_fails",
+            "text": "The baseline (the unadapted model) also fails the criteria: "
+            + "; ".join(failed) + ".",
+            "advice": "A criterion the baseline cannot reach either may be out of reach at "
+            "this site, or the site's data may be hard: look at the data section and the "
+            "errors before tightening or loosening the criteria.",
+        })  # fmt: skip
+    small = [g for g in report["subgroups"] if g["too_small"]]
+    if small:
+        groups = ", ".join(
+            f"{g['attribute'].replace('_', ' ')} {g['value']} ({g['patients']} patients)"
+            for g in small
+        )
+        found.append({
+            "kind": "small_subgroups",
+            "text": f"Some subgroups are too small to judge: {groups}.",
+            "advice": "Label more test patients from these groups before relying on the "
+            "model for them.",
+        })  # fmt: skip
+    adaptation = report["models"]["model"]["adaptation"]
+    decision = (adaptation or {}).get("decision")
+    if decision and decision.get("evidence") == "label-free":
+        found.append({
+            "kind": "label_free_choice",
+            "text": "The model was chosen without labels: adapt's choice of "
+            f"{adaptation['method']} was a label-free proposal, and this report is its "
+            "first measurement.",
+            "advice": "Label this site's validation patients (adaptation.target_labels: "
+            "validation) and run adapt again, so that labels choose the model and this "
+            "report confirms the choice rather than making it.",
+        })  # fmt: skip
+    return found
 
 
 def criterion_text(criterion: Mapping[str, Any]) -> str:

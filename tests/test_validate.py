@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import json
 import re
 from collections import defaultdict
@@ -419,6 +420,11 @@ def test_the_report_renders_and_prints_in_headless_chromium(validated, tmp_path)
         [*common, "--dump-dom", page], capture_output=True, text=True, timeout=120
     ).stdout
     assert dom.count("<img") == dom.count("data:image/png;base64,") == 6
+    # The warnings the report holds are on the rendered page, in the box after the verdict.
+    report = validated["result"].report
+    assert report["warnings"]
+    for warning in report["warnings"]:
+        assert warning["text"] in html.unescape(dom)
 
 
 def test_failure_examples_show_the_missed_positives_first_then_the_false_alarms():
@@ -522,3 +528,60 @@ def test_the_verdict_box_says_where_the_interval_crosses(validated):
         "AUROC at least 0.85: 0.900 (0.800 to "
         f"{auroc['high']:.3f}), judged on the estimate, margin 0.050 (the interval crosses)"
     )
+
+
+def _report_for_warnings(**changes) -> dict:
+    report = {
+        "results": {"model": {"threshold": 0.5, "calibration_error": {"value": 0.03}}},
+        "baseline_acceptance": {"verdict": "pass", "criteria": []},
+        "subgroups": [],
+        "models": {"model": {"adaptation": None}},
+    }
+    for key, value in changes.items():
+        report[key] = value
+    return report
+
+
+def test_a_sound_report_has_no_warnings():
+    from medadapt.engine.validate import warnings
+
+    assert warnings(_report_for_warnings(), load_profile(TEMPLATE, None)) == []
+
+
+def test_fragile_numbers_give_warnings_that_say_what_to_do():
+    from medadapt.engine.validate import warnings
+
+    profile = load_profile(TEMPLATE, None)
+    fragile = {"threshold": 0.010, "calibration_error": {"value": 0.20}}
+    failed = {
+        "verdict": "fail",
+        "criteria": [{"criterion": "AUROC at least 0.85", "status": "fail"}],
+    }
+    small = [{"attribute": "manufacturer", "value": "GE", "patients": 4, "too_small": True}]
+    label_free = {"method": "coral", "decision": {"evidence": "label-free"}}
+    found = warnings(
+        _report_for_warnings(
+            results={"model": fragile},
+            baseline_acceptance=failed,
+            subgroups=small,
+            models={"model": {"adaptation": label_free}},
+        ),
+        profile,
+    )
+    assert [w["kind"] for w in found] == [
+        "extreme_threshold",
+        "calibration",
+        "baseline_fails",
+        "small_subgroups",
+        "label_free_choice",
+    ]
+    text = {w["kind"]: w["text"] + " " + w["advice"] for w in found}
+    assert "0.010" in text["extreme_threshold"]
+    assert "Recalibrate" in text["extreme_threshold"]
+    assert "0.200, above 0.1" in text["calibration"]
+    assert "AUROC at least 0.85" in text["baseline_fails"]
+    assert "manufacturer GE (4 patients)" in text["small_subgroups"]
+    assert "label-free proposal" in text["label_free_choice"]
+    assert "target_labels: validation" in text["label_free_choice"]
+    assert warnings(_report_for_warnings(results={"model": {**fragile, "threshold": 0.97}}),
+                    profile)[0]["kind"] == "extreme_threshold"  # fmt: skip
