@@ -165,10 +165,22 @@ def _calibration_figure(report: Mapping[str, Any]) -> str:
             color=colour,
             label=name,
         )
+    # How many test samples each of the model's bins holds: a bin of three samples can
+    # only say 0, 1/3, 2/3 or 1, which is what makes a diagram zig-zag.
+    for row in (row for row in measured["reliability"] if row["n"]):
+        ax.annotate(
+            f"n={row['n']}",
+            (row["predicted"], row["observed"]),
+            textcoords="offset points",
+            xytext=(0, 7),
+            ha="center",
+            fontsize=7,
+            color=COLOURS["model"],
+        )
     ax.plot([0, 1], [0, 1], ":", color="#888888", label="perfect calibration")
     ax.set(xlabel="predicted probability", ylabel="observed share positive", xlim=(0, 1))
-    ax.set_ylim(0, 1)
-    ax.set_title("Reliability diagram (10 bins)")
+    ax.set_ylim(0, 1.08)
+    ax.set_title("Reliability diagram (10 bins; n: test samples in the bin)")
     ax.legend(loc="upper left")
     return _png(fig)
 
@@ -185,20 +197,29 @@ def _curves_figure(curves: Mapping[str, list[Mapping[str, Any]]]) -> str | None:
             if any(v is not None for v in values):
                 ax.plot(epochs, [np.nan if v is None else v for v in values], "o-", label=label)
         ax.set(xlabel="epoch", ylabel="loss", title=phase)
-        other = ax.twinx()
-        values = [row.get("val_auroc") for row in history]
-        if any(v is not None for v in values):
-            other.plot(
-                epochs,
-                [np.nan if v is None else v for v in values],
-                "s--",
-                color="#2a9d55",
-                label="validation AUROC",
-            )
-            other.set_ylabel("AUROC")
-            other.set_ylim(0, 1)
+        # The epoch's judge on a second axis: the validation AUROC where labels measured
+        # it, else the label-free selection score; no second axis when there is neither.
+        other = None
+        for key, label, axis in (
+            ("val_auroc", "validation AUROC", "AUROC"),
+            ("val_score", "selection score (label-free)", "selection score"),
+        ):
+            values = [row.get(key) for row in history]
+            if any(v is not None for v in values):
+                other = ax.twinx()
+                other.plot(
+                    epochs,
+                    [np.nan if v is None else v for v in values],
+                    "s--",
+                    color="#2a9d55",
+                    label=label,
+                )
+                other.set_ylabel(axis)
+                if key == "val_auroc":
+                    other.set_ylim(0, 1)
+                break
         handles, labels = ax.get_legend_handles_labels()
-        more, names = other.get_legend_handles_labels()
+        more, names = other.get_legend_handles_labels() if other else ([], [])
         if handles or more:
             ax.legend(handles + more, labels + names, loc="lower left", fontsize=8)
     return _png(fig)

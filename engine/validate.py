@@ -311,6 +311,10 @@ def _subgroups(test: Predictions, profile: Profile, level: float) -> list[dict[s
                     "too_small": count < profile.report.small_group_patients,
                 }
             )
+    # An attribute with one value across the test split is no breakdown: its one row is
+    # the overall figure again, and the report says so instead of repeating it.
+    for group in groups:
+        group["only_value"] = sum(g["attribute"] == group["attribute"] for g in groups) == 1
     return groups
 
 

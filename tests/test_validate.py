@@ -585,3 +585,14 @@ def test_fragile_numbers_give_warnings_that_say_what_to_do():
     assert "target_labels: validation" in text["label_free_choice"]
     assert warnings(_report_for_warnings(results={"model": {**fragile, "threshold": 0.97}}),
                     profile)[0]["kind"] == "extreme_threshold"  # fmt: skip
+
+
+def test_an_attribute_with_one_value_is_said_once_not_repeated_as_a_subgroup(validated):
+    report = validated["result"].report
+    # One simulated scanner: each attribute has one value across the test split.
+    assert report["subgroups"]
+    assert all(g["only_value"] for g in report["subgroups"])
+    page = (validated["folder"] / "report" / REPORT_HTML).read_text()
+    section = page.split("<h2>Subgroups</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "<table>" not in section
+    assert "Every test image has the same manufacturer" in html.unescape(section)
