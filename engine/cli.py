@@ -91,9 +91,15 @@ def cli(ctx: click.Context, quiet: bool) -> None:
 
 
 @cli.command("plugins")
+@click.option(
+    "--components",
+    is_flag=True,
+    help="List every component instead: its kind, name, plugin and what it does (the "
+    "first line of its docstring).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.pass_context
-def plugins_command(ctx: click.Context, as_json: bool) -> None:
+def plugins_command(ctx: click.Context, components: bool, as_json: bool) -> None:
     """List every plugin, its version and the components it provides."""
     host = get_plugin_host()
     infos = host.describe()
@@ -110,6 +116,16 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
                 "error": str(problem) if problem else None,
             }
         )
+    elif components:
+        table = Table(title="medadapt components")
+        for column in ("kind", "name", "plugin", "what it does"):
+            table.add_column(column, overflow="fold")
+        for kind in ComponentKind:
+            for info in infos:
+                for name in info.provides.get(kind.value, []):
+                    what = info.descriptions.get(kind.value, {}).get(name, "")
+                    table.add_row(kind.label, name, info.name, what)
+        _stdout().print(table)
     else:
         table = Table(title="medadapt plugins")
         for column in ("plugin", "distribution", "provides"):
@@ -138,7 +154,7 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
 
 @cli.group("profile")
 def profile_group() -> None:
-    """Write and check hospital profiles."""
+    """Check hospital profiles (write one from hospital_profiles/template.yaml)."""
 
 
 @profile_group.command("check")
@@ -261,7 +277,14 @@ def train_command(
     help="The source site's profile, for methods that need labelled source data.",
 )
 @click.option("--method", help="An adaptation method, or auto (default: the profile's).")
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run every method this many times, with seeds seed, seed+1, ...; each run is a "
+    "candidate of its own (the target's split stays the same).",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -522,7 +545,14 @@ def _validation_text(report: dict[str, Any], out: Path) -> str:
     help="With profiles instead of a jobs file: the source model carried to each site.",
 )
 @click.option("--method", help="With profiles: an adaptation method, or auto.")
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run every method this many times, with seeds seed, seed+1, ...; each run is a "
+    "candidate of its own (the target's split stays the same).",
+)
 @click.option(
     "--source-profile",
     type=click.Path(dir_okay=False, path_type=Path),

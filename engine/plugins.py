@@ -46,6 +46,8 @@ class PluginInfo:
     version: str | None
     hooks: list[str]
     provides: dict[str, list[str]] = field(default_factory=dict)
+    #: Per kind and component name, the first line of the component's class docstring.
+    descriptions: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -168,9 +170,13 @@ class PluginHost:
     def describe(self) -> list[PluginInfo]:
         """Every loaded plugin with its origin, its hooks and the components it provides."""
         provided: dict[str, dict[str, list[str]]] = {}
+        described: dict[str, dict[str, dict[str, str]]] = {}
         for kind, plugin_name, classes in self._provided():
             names = sorted(getattr(c, "name", repr(c)) for c in classes)
             provided.setdefault(plugin_name, {})[kind.value] = names
+            described.setdefault(plugin_name, {})[kind.value] = {
+                getattr(c, "name", repr(c)): _first_line(c) for c in classes
+            }
         infos = []
         for name, plugin in sorted(self._pm.list_name_plugin(), key=lambda item: item[0]):
             distribution, version = self._origin.get(name, (None, None))
@@ -179,7 +185,10 @@ class PluginHost:
             }
             hooks = sorted(caller.name for caller in self._pm.get_hookcallers(plugin) or [])
             module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
-            infos.append(PluginInfo(name, module, distribution, version, hooks, provides))
+            descriptions = {k: v for k, v in described.get(name, {}).items() if v}
+            infos.append(
+                PluginInfo(name, module, distribution, version, hooks, provides, descriptions)
+            )
         return infos
 
     def registry(self) -> ComponentRegistry:
@@ -247,3 +256,9 @@ def get_plugin_host() -> PluginHost:
     host = PluginHost()
     host.load_entry_points(only=plugins_to_load())
     return host
+
+
+def _first_line(component: object) -> str:
+    """The first line of a component class's own docstring ('' when it has none)."""
+    doc = getattr(component, "__dict__", {}).get("__doc__") or ""
+    return doc.strip().splitlines()[0].strip() if doc.strip() else ""

@@ -10,7 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from medadapt.engine import ExitCode, SelectionScore, __version__, hookimpl
+from medadapt.engine import ComponentKind, ExitCode, SelectionScore, __version__, hookimpl
 from medadapt.engine.cli import cli
 from medadapt.engine.plugins import get_plugin_host
 
@@ -66,6 +66,31 @@ def test_plugins_table_shows_components_per_kind():
     assert "selection scores: dev, entropy, information-maximization, snd" in result.output
     assert "data sources: toy-folder" in result.output
     assert "(registered in code)" in result.output
+
+
+def test_plugins_components_says_what_each_component_does():
+    from medadapt.plugins.selection_scores import Entropy
+
+    result = CliRunner().invoke(cli, ["plugins", "--components"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    first = Entropy.__doc__.strip().splitlines()[0]
+    row = next(line for line in result.output.splitlines() if " entropy " in line)
+    assert "selection score" in row
+    assert first in row
+    listing = json.loads(invoke("plugins", "--json").output)
+    [scores] = [p for p in listing["plugins"] if p["name"] == "selection-scores"]
+    assert scores["descriptions"]["selection_scores"]["entropy"] == first
+
+
+def test_every_built_in_component_says_in_one_line_what_it_does():
+    registry = get_plugin_host().registry()
+    silent = [
+        f"{kind.value}: {name}"
+        for kind in ComponentKind
+        for name in registry.names(kind)
+        if not (registry.get(kind, name).__dict__.get("__doc__") or "").strip()
+    ]
+    assert not silent
 
 
 class Twin(SelectionScore):

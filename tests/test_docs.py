@@ -327,3 +327,28 @@ def test_every_command_the_docs_call_a_command_or_job_exists():
     assert words
     missing = [f"{doc}: `{w}`" for doc, w in sorted(words) if w not in {*cli.commands, "medadapt"}]
     assert not missing, f"no such command: {missing}"
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import click
+
+    from medadapt.engine.cli import cli
+    from medadapt.engine.plugins import get_plugin_host
+
+    get_plugin_host().add_commands(cli)  # the commands plugins add too
+
+    def commands(group: click.Group, prefix: str = ""):
+        for name, command in group.commands.items():
+            yield f"{prefix}{name}", command
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{prefix}{name} ")
+
+    silent = [
+        f"medadapt {name} {option.opts[-1]}"
+        for name, command in commands(cli)
+        for option in command.params
+        if isinstance(option, click.Option) and not (option.help or "").strip()
+    ]
+    assert not silent, f"options without help text: {silent}"
+    described = [(name, (command.help or "").splitlines()[0]) for name, command in commands(cli)]
+    assert all(first for _, first in described), described

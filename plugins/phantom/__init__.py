@@ -117,8 +117,20 @@ class Phantom(DataSource):
     show_default=True,
     help="water: a uniform phantom for QA.",
 )
-@click.option("--patients", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--slices", type=click.IntRange(1), default=24, show_default=True)
+@click.option(
+    "--patients",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="How many simulated patients (each with one or more lesions).",
+)
+@click.option(
+    "--slices",
+    type=click.IntRange(1),
+    default=24,
+    show_default=True,
+    help="Slices per CT series.",
+)
 @click.option(
     "--size",
     type=click.IntRange(32, 1024),
@@ -126,8 +138,20 @@ class Phantom(DataSource):
     show_default=True,
     help="Image rows and columns.",
 )
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--malignant-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option(
+    "--seed",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Drives the patients, their lesions and the noise: the same seed, the same site.",
+)
+@click.option(
+    "--malignant-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="The share of lesions that are malignant.",
+)
 @click.option(
     "--difficulty",
     type=click.FloatRange(0, 1),
