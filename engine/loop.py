@@ -37,7 +37,7 @@ from medadapt.engine.objective import Devices, EpochMeasures, Objective, Validat
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Training
 from medadapt.engine.progress import progress_bar
-from medadapt.engine.weights import torch_load_weights_only
+from medadapt.engine.weights import torch_load_weights_only, unsafe_contents
 
 log = logging.getLogger(__name__)
 
@@ -448,8 +448,12 @@ class Trainer:
     def _restore(self, path: Path) -> dict[str, Any]:
         try:
             payload = torch_load_weights_only(path)
-        except Exception as exc:
-            raise InvalidInputError(f"{path}: the checkpoint cannot be read ({exc})") from None
+        except Exception:
+            raise InvalidInputError(
+                f"{path}: the checkpoint cannot be read: {unsafe_contents(path)}. It was not "
+                "written by medadapt as it is; remove it (and the run folder's other files) "
+                "to train from the start"
+            ) from None
         self.model.load_state_dict(payload["model"])
         for name, module in self.extra_modules.items():
             module.load_state_dict(payload["extra"][name])

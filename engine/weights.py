@@ -46,18 +46,34 @@ def load_weights_file(path: Path) -> dict[str, Tensor]:
         )
     try:
         loaded = torch_load_weights_only(path)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError):
         raise InvalidInputError(
-            f"{path}: refused, the file holds pickled objects that could run code when loaded "
-            f"({str(exc).splitlines()[0][:160]}). Save only the weights where the file is "
-            "trusted: torch.save(model.state_dict(), 'weights.pt'), or better, "
-            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
+            f"{path}: refused: {unsafe_contents(path)}, and loading it would run code from "
+            "the file. Where the file is trusted, save only the weights: "
+            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors'), or "
+            "torch.save(model.state_dict(), 'weights.pt')"
         ) from None
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
         raise InvalidInputError(f"{path}: expected a mapping of names to tensors (a state dict)")
     return {_strip(str(key)): value for key, value in loaded.items()}
+
+
+def unsafe_contents(path: Path) -> str:
+    """What a refused file holds beyond tensors, in medadapt's words (PyTorch's own message
+    advises loading it anyway, and carries terminal colour codes)."""
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not even a readable checkpoint
+        return "it is not a PyTorch weights file that can be read without running code"
+    if not names:
+        return "it holds Python objects, not only tensors"
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f"it holds pickled Python objects ({shown}), not only tensors (a whole model saved "
+        "with torch.save(model) does)"
+    )
 
 
 def hub_cache_file(url: str) -> Path:

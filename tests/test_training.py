@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -141,8 +142,19 @@ class NotWeights:
 def test_a_pickled_file_that_is_not_weights_only_is_refused(tmp_path):
     evil = tmp_path / "model.pt"
     torch.save({"conv.weight": torch.zeros(1), "extra": NotWeights()}, evil)
-    with pytest.raises(InvalidInputError, match="refused, the file holds pickled objects"):
+    with pytest.raises(InvalidInputError) as refused:
         load_weights_file(evil)
+    message = str(refused.value)
+    # In medadapt's words: what the file holds, and what to do; none of PyTorch's advice to
+    # load it anyway, nor its terminal colour codes.
+    assert re.search(r"refused: it holds pickled Python objects \([\w.]*NotWeights\)", message)
+    assert "safetensors.torch.save_file(model.state_dict()" in message
+    assert "\x1b" not in message
+    assert "weights_only" not in message
+    whole = tmp_path / "whole.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 1)), whole)
+    with pytest.raises(InvalidInputError, match=r"torch\.nn\.modules"):
+        load_weights_file(whole)
     plain = tmp_path / "weights.pt"
     torch.save({"conv.weight": torch.ones(2)}, plain)
     assert load_weights_file(plain)["conv.weight"].tolist() == [1.0, 1.0]
