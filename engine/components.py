@@ -217,6 +217,12 @@ class DataSource(Component):
     def load(self, record: SampleRecord) -> Image:
         """Read the HU pixels and spacing of one sample found by :meth:`scan`."""
 
+    def check_label_file(self, label_file: Path) -> str | None:
+        """Why this source cannot read ``label_file``, or None: ``profile check`` calls it
+        so that a label file without the columns the source needs is refused before any
+        job scans the images. Read the header only. The default checks nothing."""
+        return None
+
     def fingerprint(self, record: SampleRecord) -> str | None:
         """A string that changes whenever the record's pixels may have changed.
 

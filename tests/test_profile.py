@@ -277,3 +277,19 @@ def test_the_demos_profiles_carry_the_demos_key_and_say_a_real_site_must_not(nam
 
 def test_the_template_holds_no_key():
     assert "pseudonym_key" not in TEMPLATE.read_text()
+
+
+def test_profile_check_refuses_a_label_file_without_lesion_columns(tmp_path):
+    profile = tmp_path / "hospital-b.yaml"
+    profile.write_text(TEMPLATE.read_text())
+    labels = tmp_path / "labels.csv"
+    # One row per series ("haemorrhage: yes"): no lesion location for a lesion classifier.
+    labels.write_text("patient_id,series_uid,label\nP1,1.2.3,malignant\n")
+    result = check(profile)
+    assert result.exit_code == 2, result.output
+    line = next(line for line in result.output.splitlines() if "label_file" in line)
+    assert f"{profile}:" in line
+    assert "data.label_file" in line
+    assert "no lesion location; expected the columns" in line
+    labels.write_text("patient_id,label,x_mm,y_mm,z_mm\nP1,malignant,1,2,3\n")
+    assert check(profile).exit_code == 0

@@ -9,6 +9,7 @@ only as keyed pseudonyms.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from medadapt.engine import DataSource, Image, ProfilePath, SampleRecord, ScanResult, hookimpl
 from medadapt.engine.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.inspect import inspect_command
-from medadapt.plugins.dicom_ct.labels import join_labels
+from medadapt.plugins.dicom_ct.labels import columns_problem, join_labels
 from medadapt.plugins.dicom_ct.pixels import load_hu
 from medadapt.plugins.dicom_ct.scan import scan_folder
 from medadapt.plugins.dicom_ct.series import Volume
@@ -46,6 +47,10 @@ class DicomCT(DataSource):
         return Pseudonymizer.from_settings(
             key.get_secret_value() if key else None, allow_ephemeral=allow_ephemeral
         )
+
+    def check_label_file(self, label_file: Path) -> str | None:
+        """A label file needs patient_id, label and a lesion location (mm or voxel)."""
+        return columns_problem(label_file)
 
     def scan(self, label_file: ProfilePath | None = None) -> ScanResult:
         """One sample per labelled lesion, or per volume when there is no label file."""

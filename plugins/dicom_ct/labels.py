@@ -44,6 +44,41 @@ class Lesion:
     lesion_id: str | None
 
 
+def _read(label_file: Path, header_only: bool) -> tuple[set[str], list[dict[str, str]]]:
+    try:
+        with label_file.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = set(reader.fieldnames or [])
+            rows = [] if header_only else list(reader)
+    except FileNotFoundError:
+        raise InvalidInputError(f"{label_file}: the label file does not exist") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(f"{label_file}: the label file cannot be read: {exc}") from None
+    return columns, rows
+
+
+def columns_problem(label_file: Path, columns: set[str] | None = None) -> str | None:
+    """What the label file's header lacks (read from the file when ``columns`` is None),
+    or None when it has every column the dicom-ct source needs."""
+    if columns is None:
+        try:
+            columns, _ = _read(label_file, header_only=True)
+        except InvalidInputError as exc:
+            return str(exc)
+    missing = {"patient_id", "label"} - columns
+    if missing:
+        return (
+            f"{label_file}: missing column(s) {', '.join(sorted(missing))}; expected "
+            f"patient_id, label and either {', '.join(_MM)} or {', '.join(_VOXEL)}"
+        )
+    if not (set(_MM) <= columns or set(_VOXEL) <= columns):
+        return (
+            f"{label_file}: no lesion location; expected the columns {', '.join(_MM)} "
+            f"(patient mm) or {', '.join(_VOXEL)} (voxel index)"
+        )
+    return None
+
+
 def join_labels(
     label_file: Path, volumes: list[Volume], pseudonymizer: Pseudonymizer
 ) -> tuple[list[Lesion], list[Rejection]]:
@@ -52,26 +87,10 @@ def join_labels(
     Raises:
         InvalidInputError: the file cannot be read or lacks a required column.
     """
-    try:
-        with label_file.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = set(reader.fieldnames or [])
-            rows = list(reader)
-    except FileNotFoundError:
-        raise InvalidInputError(f"{label_file}: the label file does not exist") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidInputError(f"{label_file}: the label file cannot be read: {exc}") from None
-    missing = {"patient_id", "label"} - columns
-    if missing:
-        raise InvalidInputError(
-            f"{label_file}: missing column(s) {', '.join(sorted(missing))}; expected "
-            f"patient_id, label and either {', '.join(_MM)} or {', '.join(_VOXEL)}"
-        )
-    if not (set(_MM) <= columns or set(_VOXEL) <= columns):
-        raise InvalidInputError(
-            f"{label_file}: no lesion location; expected the columns {', '.join(_MM)} "
-            f"(patient mm) or {', '.join(_VOXEL)} (voxel index)"
-        )
+    columns, rows = _read(label_file, header_only=False)
+    problem = columns_problem(label_file, columns)
+    if problem:
+        raise InvalidInputError(problem)
 
     by_patient: dict[str, list[Volume]] = defaultdict(list)
     for volume in volumes:
