@@ -358,8 +358,9 @@ class Finished:
     def __init__(self, settings: Settings, quick: bool) -> None:
         import hashlib
 
-        kind = "quick" if quick else "development" if settings.development else "reported"
-        self.folder = suite.ROOT / "build" / "bench-adaptation" / kind
+        kind = "development" if settings.development else "reported"
+        #: Quick mode keeps nothing: its figures mean nothing, and the tests run it.
+        self.folder = None if quick else suite.ROOT / "build" / "bench-adaptation" / kind
         digest = hashlib.sha256(json.dumps(vars(settings), sort_keys=True, default=str).encode())
         files = [p for top in self.SOURCES for p in sorted((suite.ROOT / top).rglob("*.py"))]
         files += [suite.HERE / name for name in self.MODULES]
@@ -370,9 +371,12 @@ class Finished:
         self.reused: list[str] = []
 
     def _path(self, pair: str, seed: int) -> Path:
+        assert self.folder is not None
         return self.folder / f"{pair.replace(' ', '-')}-seed{seed}.json"
 
     def get(self, pair: str, seed: int) -> dict[str, Any] | None:
+        if self.folder is None:
+            return None
         path = self._path(pair, seed)
         if not path.is_file():
             return None
@@ -387,6 +391,8 @@ class Finished:
     def put(self, pair: str, seed: int, result: dict[str, Any]) -> None:
         import time
 
+        if self.folder is None:
+            return
         path = self._path(pair, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = {
