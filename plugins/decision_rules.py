@@ -375,10 +375,13 @@ class AgreementGuard(DecisionRule):
         boot = PatientBootstrap(
             evidence.patients, resamples=self.params.resamples, seed=evidence.seed
         )
-        # Resampling patients only reweighs the per-sample matches, so they are computed once.
+        # Resampling patients only reweighs the per-sample matches, so they are computed once;
+        # both shares of a resample have the same denominator (its samples), so comparing
+        # the counts of matches drawn is comparing the shares, exactly.
         matches = _matches(tables)
-        ours, theirs = matches[proposed], matches[unadapted]
-        won = [ours[idx].mean() > theirs[idx].mean() for idx in boot.indices()]
+        weights = boot.weights()
+        ours, theirs = (matches[n].astype(np.int64) for n in (proposed, unadapted))
+        won = weights @ ours > weights @ theirs
         return float(np.mean(won))
 
 
