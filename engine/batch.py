@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.model import CARD, read_card, write_json_atomic
+from medadapt.engine.runfolder import FolderInUseError, Provenance, claim_folder
 
 JOB_JSON = "job.json"
 JOB_LOG = "job.log"
@@ -250,6 +251,9 @@ def run_job(job: Job, batch_dir: Path, torch_threads: int | None = None) -> dict
         log.info("attempt on %s (process %d)", socket.gethostname(), os.getpid())
         try:
             result = _steps(job, work, log)
+        except FolderInUseError:
+            log.error("error, to be retried:\n%s", traceback.format_exc())
+            raise  # an earlier attempt's lock, perhaps of a worker that died: try again
         except InvalidInputError as exc:
             log.error("failed: %s", exc)
             _status(work, "failed", str(exc))
@@ -374,11 +378,30 @@ def run_batch(
         scheduler: the address of an existing Dask scheduler.
         retries: how many more times a job that raised is tried.
         on_update: called about twice a second with each job's current phase, by job id.
+
+    The batch folder is claimed first (see :mod:`medadapt.engine.runfolder`): one batch at
+    a time, and only a folder made by ``batch`` (a new batch may add jobs to it).
+
+    Raises:
+        InvalidInputError: the folder is not writable, another batch runs in it, or it was
+            made by something else.
     """
+    batch_dir = batch_dir.resolve()
+    with claim_folder(batch_dir, Provenance("batch", {})):
+        return _run_batch(jobs, batch_dir, workers, scheduler, retries, on_update)
+
+
+def _run_batch(
+    jobs: Sequence[Job],
+    batch_dir: Path,
+    workers: int,
+    scheduler: str | None,
+    retries: int,
+    on_update: Callable[[Mapping[str, str]], None] | None,
+) -> list[JobOutcome]:
     from dask import config
     from distributed import Client, LocalCluster, as_completed
 
-    batch_dir = batch_dir.resolve()
     (batch_dir / "jobs").mkdir(parents=True, exist_ok=True)
     unique = list({job.id: job for job in jobs}.values())
     outcomes: dict[str, JobOutcome] = {}

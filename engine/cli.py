@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -17,7 +19,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from medadapt.engine.components import ComponentKind
-from medadapt.engine.errors import ExitCode, MedadaptError, PluginError
+from medadapt.engine.errors import ExitCode, MedadaptError, PluginError, Terminated
 from medadapt.engine.plugins import get_plugin_host
 from medadapt.engine.profile import ProfileError, load_profile, summarize
 
@@ -40,6 +42,9 @@ class MedadaptGroup(click.Group):
         except MedadaptError as exc:
             _stderr().print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
             ctx.exit(exc.exit_code)
+        except Terminated:
+            _stderr().print("terminated (SIGTERM); finished work is kept")
+            ctx.exit(ExitCode.TERMINATED)
         except KeyboardInterrupt:
             _stderr().print("interrupted; finished work is kept")
             ctx.exit(ExitCode.INTERRUPTED)
@@ -88,6 +93,18 @@ def cli(ctx: click.Context, quiet: bool) -> None:
     """
     ctx.obj = {"quiet": quiet}
     _configure_logging(quiet)
+    _stop_on_sigterm()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C: locks released, temporary files removed, exit 143."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 @cli.command("plugins")
@@ -199,6 +216,17 @@ def profile_check_command(ctx: click.Context, files: tuple[Path, ...], as_json: 
         ctx.exit(ExitCode.INVALID_INPUT)
 
 
+def overwrite_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``--overwrite`` flag every job that writes a folder takes."""
+    return click.option(
+        "--overwrite",
+        is_flag=True,
+        help=f"Write into --out even when it was made by something else (another job, other "
+        f"inputs) or holds this job's own input, starting afresh: {what}. Without it such a "
+        "folder is refused.",
+    )
+
+
 def profile_option(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The ``-p/--profile FILE`` option every job takes; ``purpose`` says what it must hold."""
     return click.option(
@@ -219,10 +247,16 @@ def profile_option(purpose: str) -> Callable[[Callable[..., Any]], Callable[...,
     help="Run folder (default: runs/<site>-train).",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@overwrite_option("a finished model or an interrupted run there is trained again")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.pass_context
 def train_command(
-    ctx: click.Context, profile_path: Path, out: Path | None, resume: bool, as_json: bool
+    ctx: click.Context,
+    profile_path: Path,
+    out: Path | None,
+    resume: bool,
+    overwrite: bool,
+    as_json: bool,
 ) -> None:
     """Train a source model on the profile's labelled data.
 
@@ -238,7 +272,7 @@ def train_command(
     profile = load_profile(profile_path, registry)
     out = out or Path("runs") / f"{_slug(profile.site.name)}-train"
     quiet = as_json or bool(ctx.find_root().obj["quiet"])
-    result = train(profile, registry, host, out, resume=resume, quiet=quiet)
+    result = train(profile, registry, host, out, resume=resume, overwrite=overwrite, quiet=quiet)
     summary = {
         "model": str(result.model_dir),
         "best_epoch": result.best_epoch,
@@ -290,6 +324,7 @@ def train_command(
     type=click.Path(file_okay=False, path_type=Path),
     help="Run folder (default: runs/<site>-adapt).",
 )
+@overwrite_option("none of its finished runs is reused")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.pass_context
 def adapt_command(
@@ -300,6 +335,7 @@ def adapt_command(
     method: str | None,
     seeds: int,
     out: Path | None,
+    overwrite: bool,
     as_json: bool,
 ) -> None:
     """Carry a source model to the target site of the profile.
@@ -334,6 +370,7 @@ def adapt_command(
         method=method,
         source_profile=source,
         seeds=seeds,
+        overwrite=overwrite,
         quiet=quiet,
     )
     if as_json:
@@ -380,6 +417,7 @@ def adapt_command(
     type=click.Path(file_okay=False, path_type=Path),
     help="Where shift.json goes (default: runs/<site>-shift).",
 )
+@overwrite_option("shift.json is written anew")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.pass_context
 def shift_command(
@@ -388,6 +426,7 @@ def shift_command(
     source_profile: Path,
     model_dir: Path | None,
     out: Path | None,
+    overwrite: bool,
     as_json: bool,
 ) -> None:
     """How the target site's data differs from the source site's.
@@ -403,7 +442,7 @@ def shift_command(
     target = load_profile(profile_path, registry)
     source = load_profile(source_profile, registry)
     out = out or Path("runs") / f"{_slug(target.site.name)}-shift"
-    result = analyse_shift(target, source, registry, model_dir, out)
+    result = analyse_shift(target, source, registry, model_dir, out, overwrite=overwrite)
     if as_json:
         _emit_json(result)
         return
@@ -459,6 +498,7 @@ def shift_command(
     type=click.Path(file_okay=False, path_type=Path),
     help="Report folder (default: runs/<site>-validate).",
 )
+@overwrite_option("the report is written anew")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's JSON for machines.")
 @click.pass_context
 def validate_command(
@@ -468,6 +508,7 @@ def validate_command(
     baseline_dir: Path | None,
     shift_file: Path | None,
     out: Path | None,
+    overwrite: bool,
     as_json: bool,
 ) -> None:
     """Measure a model on the site's test patients and write the clinician report.
@@ -486,7 +527,9 @@ def validate_command(
     profile = load_profile(profile_path, registry)
     shift = _read_json(shift_file, "the shift analysis") if shift_file else None
     out = out or Path("runs") / f"{_slug(profile.site.name)}-validate"
-    result = validate(profile, registry, host, model_dir, out, baseline_dir, shift)
+    result = validate(
+        profile, registry, host, model_dir, out, baseline_dir, shift, overwrite=overwrite
+    )
     report = result.report
     if as_json:
         _emit_json(report)

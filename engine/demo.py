@@ -254,11 +254,14 @@ def _shown(path: Path) -> str:
 def _claim(out: Path, fast: bool) -> None:
     """Use ``out`` only if it is empty or an earlier demo of the same size."""
     marker = out / "medadapt-demo.json"
-    wanted = {"demo": 1, "fast": fast}
+    # "demo" counts the layouts of the folder: 2 since each job records its provenance.
+    wanted = {"demo": 2, "fast": fast}
     if marker.is_file():
-        if json.loads(marker.read_text()) != wanted:
+        found = json.loads(marker.read_text())
+        if found != wanted:
+            kind = "another size" if found.get("demo") == wanted["demo"] else "an older medadapt"
             raise InvalidInputError(
-                f"{out} holds a demo of another size; choose another --out or delete it"
+                f"{out} holds a demo of {kind}; choose another --out or delete it"
             )
         return
     if out.exists() and any(out.iterdir()):

@@ -31,6 +31,13 @@ class ExitCode(enum.IntEnum):
     SOME_JOBS_FAILED = 6
     #: The user interrupted the command (Ctrl-C); finished work is kept.
     INTERRUPTED = 130
+    #: The command was asked to stop (SIGTERM: ``kill``, a scheduler's time limit);
+    #: finished work is kept and temporary files are removed, as for Ctrl-C.
+    TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that it unwinds as for Ctrl-C."""
 
 
 class MedadaptError(Exception):

@@ -11,9 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +30,7 @@ from medadapt.engine.batchnorm import recompute_batch_norm, stale_fraction
 from medadapt.engine.distributed import World
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine.model import save_weights, state_to_cpu
+from medadapt.engine.model import atomic_file, save_weights, state_to_cpu
 from medadapt.engine.objective import Devices, EpochMeasures, Objective, ValidationOutputs
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Training
@@ -438,10 +436,8 @@ class Trainer:
             np.save(predictions / f"epoch-{epoch:03d}.npy", probabilities.astype(np.float32))
             if improved:
                 save_weights(model, self.out_dir / BEST)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(handle)
-            torch.save(payload, temporary)
-            os.replace(temporary, path)
+            with atomic_file(path) as temporary:
+                torch.save(payload, temporary)
 
         self._writer.submit(write)
 

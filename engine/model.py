@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,23 @@ def save_model(folder: Path, model: nn.Module | Mapping[str, Tensor], card: Mode
 def save_weights(state_dict: Mapping[str, Tensor], path: Path) -> None:
     """Write weights as safetensors, atomically (a reader never sees half a file)."""
     state = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with atomic_file(path) as temporary:
+        save_file(state, str(temporary))
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write, put in its place only when the block ends
+    without error; removed on any error or interruption (Ctrl-C, SIGTERM)."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
-    save_file(state, temporary)
-    os.replace(temporary, path)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -160,9 +174,8 @@ def build_from_card(card: ModelCard, registry: ComponentRegistry) -> tuple[Class
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     """Write JSON so that a reader never sees half a file."""
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def state_to_cpu(state: Mapping[str, Any], copy: bool = False) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from medadapt.engine.components import Split
 from medadapt.engine.evaluate import Predictions
-from medadapt.engine.model import write_json_atomic
+from medadapt.engine.model import atomic_file, write_json_atomic
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Profile
 from medadapt.engine.registry import ComponentRegistry
@@ -58,9 +58,8 @@ def write_report(
     }
     sections = host.report_sections(report)
     html = render(report, figures, sections)
-    temporary = out_dir / (REPORT_HTML + ".tmp")
-    temporary.write_text(html, encoding="utf-8")
-    temporary.replace(out_dir / REPORT_HTML)
+    with atomic_file(out_dir / REPORT_HTML) as temporary:
+        temporary.write_text(html, encoding="utf-8")
 
 
 def render(report: Mapping[str, Any], figures: Mapping[str, str | None], sections: Any) -> str:

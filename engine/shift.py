@@ -34,8 +34,10 @@ from medadapt.engine.data import PatchDataset
 from medadapt.engine.model import load_model, write_json_atomic
 from medadapt.engine.profile import Profile, SubgroupAttribute
 from medadapt.engine.registry import ComponentRegistry
+from medadapt.engine.runfolder import Provenance, claim_folder, profile_reads
 from medadapt.engine.samples import PatchLoader, SiteData, open_site_data
 from medadapt.engine.splits import site_split
+from medadapt.engine.train import profile_hash
 from medadapt.engine.validate import attribute_text
 
 SHIFT_JSON = "shift.json"
@@ -66,6 +68,8 @@ def analyse_shift(
     max_samples: int = 300,
     permutations: int = 500,
     cache_dir: Path | None = None,
+    *,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Measure how ``target``'s data differs from ``source``'s; write OUT/shift.json.
 
@@ -77,7 +81,41 @@ def analyse_shift(
         max_samples: patches read per site (an even spread over the non-test samples).
         permutations: for the MMD p-value.
         cache_dir: the patch cache.
+        overwrite: write into a folder made by something else.
+
+    Raises:
+        InvalidInputError: the data or the model are unusable, or ``out_dir`` is held by
+            another job or was made by something else (without ``overwrite``).
     """
+    if out_dir is None:
+        return _analyse(target, source, registry, model_dir, max_samples, permutations, cache_dir)
+    model_hash = load_model(model_dir, registry).card.weights_sha256 if model_dir else None
+    provenance = Provenance(
+        "shift",
+        {
+            "profile": profile_hash(target),
+            "source profile": profile_hash(source),
+            "model": model_hash,
+        },
+        {"seed": target.seed},
+        {"site": repr(target.site.name), "source site": repr(source.site.name)},
+    )
+    reads = [*profile_reads(target), *profile_reads(source), *([model_dir] if model_dir else [])]
+    with claim_folder(out_dir, provenance, overwrite=overwrite, reads=reads):
+        result = _analyse(target, source, registry, model_dir, max_samples, permutations, cache_dir)
+        write_json_atomic(out_dir / SHIFT_JSON, result)
+    return result
+
+
+def _analyse(
+    target: Profile,
+    source: Profile,
+    registry: ComponentRegistry,
+    model_dir: Path | None,
+    max_samples: int,
+    permutations: int,
+    cache_dir: Path | None,
+) -> dict[str, Any]:
     sites = {
         "source": open_site_data(source, registry, cache_dir),
         "target": open_site_data(target, registry, cache_dir),
@@ -97,9 +135,6 @@ def analyse_shift(
             model_dir, sites, chosen, registry, cache_dir, permutations, seed=target.seed
         )
     result["verdict"], result["explanation"] = _verdict(result)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / SHIFT_JSON, result)
     return result
 
 

@@ -23,17 +23,27 @@ from medadapt.engine.diagnostics import diagnose
 from medadapt.engine.distributed import World, join_world, leave_world
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine.loop import FitResult, Trainer, seed_everything
-from medadapt.engine.model import build_classifier, save_model, write_json_atomic
+from medadapt.engine.loop import (
+    BEST,
+    CHECKPOINT,
+    VALIDATION_PREDICTIONS,
+    FitResult,
+    Trainer,
+    seed_everything,
+)
+from medadapt.engine.model import CARD, build_classifier, save_model, write_json_atomic
 from medadapt.engine.objective import EpochJudge, Supervised
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Profile
 from medadapt.engine.registry import ComponentRegistry
+from medadapt.engine.runfolder import Provenance, claim_folder, profile_reads, remove_outputs
 from medadapt.engine.samples import open_site_data
 from medadapt.engine.splits import site_split
 from medadapt.engine.weights import load_imagenet_weights, load_weights_file
 
 RUN = "run.json"
+#: What a run of ``train`` writes in its folder, removed when it starts afresh over one.
+TRAIN_OUTPUTS = ("model", RUN, CHECKPOINT, BEST, VALIDATION_PREDICTIONS)
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ def train(
     out_dir: Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     quiet: bool = False,
     cache_dir: Path | None = None,
 ) -> TrainResult:
@@ -63,11 +74,18 @@ def train(
 
     The data are split by patient with the profile's seed; the model is validated every
     epoch on the validation split, the best epoch is kept, and ``out_dir/model`` gets its
-    weights and card. Under torchrun every process calls this; rank 0 writes.
+    weights and card. Under torchrun every process calls this; rank 0 writes. The folder
+    is claimed first (see :mod:`medadapt.engine.runfolder`): writable, locked, and made by
+    this profile.
+
+    Args:
+        resume: continue the interrupted run in ``out_dir`` (made by this same profile).
+        overwrite: start afresh in a folder that holds another run or a finished model.
 
     Raises:
         InvalidInputError: the profile lacks what training needs, the data are unusable,
-            or ``out_dir`` already holds another run (without ``resume``).
+            ``out_dir`` is held by another job, made by something else, or already holds
+            this run (without ``resume``) or a finished model (without ``overwrite``).
     """
     for section in ("data", "backbone"):
         if getattr(profile, section) is None:
@@ -75,11 +93,32 @@ def train(
                 f"the profile of {profile.site.name!r} has no {section!r} section; training "
                 "needs one (see hospital_profiles/template.yaml)"
             )
-    world = join_world(profile.training.device)
-    try:
-        return _train(profile, registry, host, out_dir, world, resume, quiet, cache_dir)
-    finally:
-        leave_world()
+    if resume and overwrite:
+        raise InvalidInputError(
+            "resume continues the run in the folder and overwrite starts afresh over it: "
+            "give one of them"
+        )
+    provenance = Provenance(
+        "train",
+        {"profile": profile_hash(profile)},
+        {"seed": profile.seed},
+        {"site": repr(profile.site.name)},
+    )
+    with claim_folder(
+        out_dir, provenance, overwrite=overwrite, reads=profile_reads(profile)
+    ) as claim:
+        if claim.fresh:
+            remove_outputs(out_dir, TRAIN_OUTPUTS)
+        elif not resume and (out_dir / "model" / CARD).is_file():
+            raise InvalidInputError(
+                f"{out_dir} already holds the model this profile trained ({out_dir / 'model'}); "
+                "use it, or add --overwrite to train it again"
+            )
+        world = join_world(profile.training.device)
+        try:
+            return _train(profile, registry, host, out_dir, world, resume, quiet, cache_dir)
+        finally:
+            leave_world()
 
 
 def _train(

@@ -41,10 +41,11 @@ from medadapt.engine.metrics import (
     resampled_auroc,
     roc_points,
 )
-from medadapt.engine.model import LoadedModel, load_model
+from medadapt.engine.model import LoadedModel, atomic_file, load_model
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Profile
 from medadapt.engine.registry import ComponentRegistry
+from medadapt.engine.runfolder import Provenance, claim_folder, json_hash, profile_reads
 from medadapt.engine.samples import SiteData, open_site_data
 from medadapt.engine.splits import site_split
 from medadapt.engine.train import data_manifest_hash, profile_hash
@@ -81,6 +82,8 @@ def validate(
     shift: Mapping[str, Any] | None = None,
     cache_dir: Path | None = None,
     quiet: bool = False,
+    *,
+    overwrite: bool = False,
 ) -> ValidationResult:
     """Measure the model in ``model_dir`` on the profile's test patients and write the report.
 
@@ -93,15 +96,51 @@ def validate(
         shift: the result of ``medadapt shift`` for this site, shown in the report.
         cache_dir: the patch cache.
         quiet: no progress output.
+        overwrite: write into a folder made by something else (another model, another
+            job).
+
+    The models are read and the folder claimed (see :mod:`medadapt.engine.runfolder`)
+    before any data are.
 
     Raises:
-        InvalidInputError: a model lacks the positive class, or a split has no labelled
-            sample of both classes.
+        InvalidInputError: a model lacks the positive class, a split has no labelled
+            sample of both classes, or ``out_dir`` is held by another job or was made by
+            something else (without ``overwrite``).
     """
-    site = open_site_data(profile, registry, cache_dir)
-    records = site_split(site.records, profile)
     loaded = load_model(model_dir, registry)
     check_positive_class(loaded, profile, model_dir)
+    models = {"model": (model_dir, loaded)}
+    if baseline_dir is not None:
+        baseline = load_model(baseline_dir, registry)
+        check_positive_class(baseline, profile, baseline_dir)
+        models["baseline"] = (baseline_dir, baseline)
+    provenance = Provenance(
+        "validate",
+        {
+            "profile": profile_hash(profile),
+            **{name: model.card.weights_sha256 for name, (_, model) in models.items()},
+            "shift": json_hash(shift) if shift is not None else None,
+        },
+        {"seed": profile.seed},
+        {"site": repr(profile.site.name), "model": str(model_dir)},
+    )
+    reads = [folder for folder, _ in models.values()] + profile_reads(profile)
+    with claim_folder(out_dir, provenance, overwrite=overwrite, reads=reads):
+        return _validate(profile, registry, host, models, out_dir, shift, cache_dir)
+
+
+def _validate(
+    profile: Profile,
+    registry: ComponentRegistry,
+    host: PluginHost,
+    models: dict[str, tuple[Path, LoadedModel]],
+    out_dir: Path,
+    shift: Mapping[str, Any] | None,
+    cache_dir: Path | None,
+) -> ValidationResult:
+    loaded = models["model"][1]
+    site = open_site_data(profile, registry, cache_dir)
+    records = site_split(site.records, profile)
     splits = {
         split: [r for r in records if r.split is split and r.label in loaded.card.classes]
         for split in (Split.VALIDATION, Split.TEST)
@@ -114,11 +153,6 @@ def validate(
                 "labelled samples); label more patients or change data.split"
             )
     level = profile.report.confidence_level
-    models = {"model": (model_dir, loaded)}
-    if baseline_dir is not None:
-        baseline = load_model(baseline_dir, registry)
-        check_positive_class(baseline, profile, baseline_dir)
-        models["baseline"] = (baseline_dir, baseline)
     predictions = {
         name: {
             split: predict_records(
@@ -161,7 +195,6 @@ def validate(
     report["what_changed"] = _what_changed(report)
     report["limitations"] = _limitations(report, profile)
     report["provenance"] = _provenance(profile, loaded, records, host)
-    out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / PREDICTIONS, predictions, profile)
     from medadapt.engine.report import write_report
 
@@ -173,8 +206,7 @@ def _write_predictions(
     path: Path, predictions: Mapping[str, Mapping[Split, Predictions]], profile: Profile
 ) -> None:
     attributes = list(profile.report.subgroups)
-    temporary = path.with_suffix(".tmp")
-    with temporary.open("w", newline="") as handle:
+    with atomic_file(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", "split", "patient", "label", "score", *attributes])
         for name, by_split in predictions.items():
@@ -186,7 +218,6 @@ def _write_predictions(
                         [name, split.value, record.patient_key, int(label), repr(float(score))]
                         + [attribute_text(record.attributes.get(a)) for a in attributes]
                     )
-    temporary.replace(path)
 
 
 # --- measurements --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,9 +19,11 @@ import yaml
 from safetensors.torch import load_file
 
 from medadapt.engine import ComponentKind, InvalidInputError, Split
+from medadapt.engine.loop import CHECKPOINT
 from medadapt.engine.model import WEIGHTS, build_classifier, load_model
 from medadapt.engine.plugins import get_plugin_host
 from medadapt.engine.profile import ProfileError, load_profile
+from medadapt.engine.runfolder import LOCK
 from medadapt.engine.splits import check_patient_splits, split_by_patient
 from medadapt.engine.train import train
 from medadapt.engine.weights import hub_cache_file, load_imagenet_weights, load_weights_file
@@ -276,11 +279,44 @@ def test_training_saves_recomputed_batch_norm_statistics(quick_profile, tmp_path
     }
 
 
-def test_an_existing_run_is_not_overwritten_without_resume(quick_profile, tmp_path):
+def test_a_finished_model_is_not_trained_over_without_overwrite(quick_profile, tmp_path):
     profile = quick_profile(training={"epochs": 1})
-    run_train(profile, tmp_path / "run")
+    first = run_train(profile, tmp_path / "run")
+    weights = (first.model_dir / WEIGHTS).read_bytes()
+    with pytest.raises(InvalidInputError, match="already holds the model this profile trained"):
+        run_train(profile, tmp_path / "run")
+    assert (first.model_dir / WEIGHTS).read_bytes() == weights
+    host = get_plugin_host()
+    registry = host.registry()
+    again = train(load_profile(profile, registry), registry, host, tmp_path / "run", overwrite=True)
+    assert again.model_dir == first.model_dir
+
+
+def test_an_interrupted_run_continues_only_with_resume(quick_profile, tmp_path):
+    profile = quick_profile(training={"epochs": 1})
+    shutil.rmtree(run_train(profile, tmp_path / "run").model_dir)  # as if stopped before the end
     with pytest.raises(InvalidInputError, match="already holds a run; add --resume"):
         run_train(profile, tmp_path / "run")
+
+
+def test_refuses_to_resume_a_run_with_a_profile_of_another_seed(quick_profile, tmp_path):
+    shutil.rmtree(run_train(quick_profile(training={"epochs": 1}), tmp_path / "run").model_dir)
+    host = get_plugin_host()
+    registry = host.registry()
+    other = load_profile(quick_profile(training={"epochs": 1}, seed=4), registry)
+    with pytest.raises(InvalidInputError, match="seed: 3 then, 4 now"):
+        train(other, registry, host, tmp_path / "run", resume=True)
+
+
+def test_a_model_whose_checkpoint_was_removed_is_not_retrained_by_another_profile(
+    quick_profile, tmp_path
+):
+    first = run_train(quick_profile(training={"epochs": 1}), tmp_path / "run")
+    (tmp_path / "run" / CHECKPOINT).unlink()
+    weights = (first.model_dir / WEIGHTS).read_bytes()
+    with pytest.raises(InvalidInputError, match=r"was made by `train`.*What differs: profile"):
+        run_train(quick_profile(training={"epochs": 2}), tmp_path / "run")
+    assert (first.model_dir / WEIGHTS).read_bytes() == weights
 
 
 KILLER = """
@@ -290,7 +326,7 @@ from medadapt.engine import hookimpl
 @hookimpl
 def medadapt_epoch_end(run, epoch, metrics):
     if str(epoch) == os.environ.get("KILL_AT_EPOCH"):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ.get("KILL_WITH", "SIGKILL")))
 """
 
 
@@ -331,6 +367,38 @@ def test_resume_after_a_kill_ends_with_the_same_weights(
     assert [{k: v for k, v in e.items() if k not in timing} for e in history_a] == [
         {k: v for k, v in e.items() if k not in timing} for e in history_b
     ]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_keeping_finished_work_and_no_temporary_files(
+    quick_profile, tmp_path, install_distribution, run_medadapt
+):
+    site = install_distribution(
+        "thirdparty-killer", {"killer": "thirdparty_killer"}, {"thirdparty_killer": KILLER}
+    )
+    profile = quick_profile(training={"epochs": 3, "early_stopping_patience": None})
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+    }
+    out = tmp_path / "a"
+    stopped = run_medadapt(
+        "train",
+        "-p",
+        str(profile),
+        "--out",
+        str(out),
+        env={**env, "KILL_AT_EPOCH": "2", "KILL_WITH": "SIGTERM"},
+    )
+    assert stopped.returncode == 143, stopped.stderr
+    assert "terminated (SIGTERM); finished work is kept" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert (out / CHECKPOINT).is_file()
+    assert not (out / LOCK).exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    resumed = run_medadapt("train", "-p", str(profile), "--out", str(out), "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "model" / WEIGHTS).is_file()
 
 
 def _free_port() -> int:

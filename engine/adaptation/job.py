@@ -66,10 +66,13 @@ from medadapt.engine.model import (
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import AUTO, AdaptationChoice, Profile
 from medadapt.engine.registry import ComponentRegistry
+from medadapt.engine.runfolder import Provenance, claim_folder, profile_reads, remove_outputs
 from medadapt.engine.samples import SiteData, open_site_data
 from medadapt.engine.train import data_manifest_hash, profile_hash
 
 SUMMARY = "adapt.json"
+#: What ``adapt`` writes in its folder, removed when it starts afresh over one.
+ADAPT_OUTPUTS = ("runs", "model", "model.tmp", SUMMARY)
 #: The selection score when the target profile names none: DEV when the source site's
 #: profile is given (it is no method's training objective, so it favours none of them),
 #: else information maximisation, which SHOT maximises and so tends to favour SHOT.
@@ -128,6 +131,7 @@ def adapt(
     method: str | None = None,
     source_profile: Profile | None = None,
     seeds: int = 1,
+    overwrite: bool = False,
     quiet: bool = False,
     cache_dir: Path | None = None,
     observer: EpochObserver | None = None,
@@ -140,17 +144,22 @@ def adapt(
         method: a method name or ``auto``; default the profile's ``adaptation.method``.
         source_profile: the source site's profile, for methods that need source data.
         seeds: repeat every method with this many seeds (the profile's seed, +1, ...).
+        overwrite: start afresh in a folder made by other inputs (or holding the source
+            model), reusing none of its runs.
         observer: told about every epoch of every run (not of runs reused from an earlier
             call), with a way to predict with that epoch's model; for benchmarks.
 
     The unadapted model is a candidate under ``auto``, and under a named method when the
     validation patients are labelled; the decision rule keeps it unless the evidence says
-    otherwise. A run already finished in ``out_dir`` (same method and seed) is reused, so
-    an interrupted job continues where it stopped when run again.
+    otherwise. A run already finished in ``out_dir`` (same inputs, method and seed) is
+    reused, so an interrupted job continues where it stopped when run again. The folder is
+    claimed first (see :mod:`medadapt.engine.runfolder`).
 
     Raises:
         InvalidInputError: the model and profile do not fit together, the chosen method or
-            decision rule needs data that were not given, or the data are unusable.
+            decision rule needs data that were not given, the data are unusable, or
+            ``out_dir`` is held by another job, was made by other inputs or holds the
+            source model (without ``overwrite``).
     """
     if seeds < 1:
         raise InvalidInputError(f"--seeds must be at least 1, got {seeds}")
@@ -160,62 +169,80 @@ def adapt(
     check_fit(loaded.card, target)
     same_classes = list(loaded.card.classes) == list(target.task.classes)
     methods = candidate_methods(name, choice, registry, source_profile is not None, same_classes)
-    world = join_world(target.training.device)
-    try:
-        site = open_site_data(target, registry, cache_dir)
-        split = target_split(site.records, target)
-        if not split.train or not split.validation:
-            raise InvalidInputError(
-                f"{target.site.name}: adaptation needs target patients in both the train and "
-                "validation splits; more patients or other data.split fractions are needed"
+    provenance = Provenance(
+        "adapt",
+        {
+            "profile": profile_hash(target),
+            "source model": loaded.card.weights_sha256,
+            "source profile": profile_hash(source_profile) if source_profile else None,
+        },
+        {"seed": target.seed, "method": name, "seeds": seeds},
+        {"site": repr(target.site.name), "source model": str(source_model)},
+    )
+    source_card_sha256 = file_sha256(source_model / CARD)  # before a --overwrite removes it
+    reads = [source_model, *profile_reads(target)]
+    reads += profile_reads(source_profile) if source_profile else []
+    with claim_folder(out_dir, provenance, overwrite=overwrite, reads=reads) as claim:
+        if claim.fresh:
+            remove_outputs(out_dir, ADAPT_OUTPUTS)
+        world = join_world(target.training.device)
+        try:
+            site = open_site_data(target, registry, cache_dir)
+            split = target_split(site.records, target)
+            if not split.train or not split.validation:
+                raise InvalidInputError(
+                    f"{target.site.name}: adaptation needs target patients in both the train and "
+                    "validation splits; more patients or other data.split fractions are needed"
+                )
+            rule = decision_rule(target, registry, split.validation_labelled)
+            selection = _selection(target, registry, split, source_profile is not None)
+            if selection is not None and selection.needs_source_data and source_profile is None:
+                raise InvalidInputError(
+                    f"the selection score {selection.name!r} needs the source site's validation "
+                    "data: give the source site's profile with --source-profile"
+                )
+            source_train = source_validation = None
+            if source_profile is not None and (
+                any(method_class(registry, m).needs_source_data for m in methods)
+                or (selection is not None and selection.needs_source_data)
+            ):
+                source_train, source_validation = source_data(source_profile, registry, cache_dir)
+            inputs = _Inputs(
+                target=target,
+                registry=registry,
+                host=host,
+                world=world,
+                loaded=loaded,
+                source_card_sha256=source_card_sha256,
+                site=site,
+                split=split,
+                selection=selection,
+                source_train=source_train,
+                source_validation=source_validation,
+                quiet=quiet,
+                observer=observer,
             )
-        rule = decision_rule(target, registry, split.validation_labelled)
-        selection = _selection(target, registry, split, source_profile is not None)
-        if selection is not None and selection.needs_source_data and source_profile is None:
-            raise InvalidInputError(
-                f"the selection score {selection.name!r} needs the source site's validation "
-                "data: give the source site's profile with --source-profile"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            compare = same_classes and (name == AUTO or split.validation_labelled)
+            plan = [(UNADAPTED, target.seed)] if compare else []
+            plan += [(m, s) for s in range(target.seed, target.seed + seeds) for m in methods]
+            runs = [
+                _run_candidate(m, s, out_dir / "runs" / f"{m}-seed{s}", inputs) for m, s in plan
+            ]
+            world.barrier()
+            found = evidence(
+                [Candidate(r.method, r.seed, r.probabilities()) for r in runs],
+                split.validation,
+                target.task.classes,
+                target.task.positive_class,
+                target.seed,
             )
-        source_train = source_validation = None
-        if source_profile is not None and (
-            any(method_class(registry, m).needs_source_data for m in methods)
-            or (selection is not None and selection.needs_source_data)
-        ):
-            source_train, source_validation = source_data(source_profile, registry, cache_dir)
-        inputs = _Inputs(
-            target=target,
-            registry=registry,
-            host=host,
-            world=world,
-            loaded=loaded,
-            source_card_sha256=file_sha256(source_model / CARD),
-            site=site,
-            split=split,
-            selection=selection,
-            source_train=source_train,
-            source_validation=source_validation,
-            quiet=quiet,
-            observer=observer,
-        )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        compare = same_classes and (name == AUTO or split.validation_labelled)
-        plan = [(UNADAPTED, target.seed)] if compare else []
-        plan += [(m, s) for s in range(target.seed, target.seed + seeds) for m in methods]
-        runs = [_run_candidate(m, s, out_dir / "runs" / f"{m}-seed{s}", inputs) for m, s in plan]
-        world.barrier()
-        found = evidence(
-            [Candidate(r.method, r.seed, r.probabilities()) for r in runs],
-            split.validation,
-            target.task.classes,
-            target.task.positive_class,
-            target.seed,
-        )
-        adapted = [r for r in runs if r.method != UNADAPTED]
-        best = _candidate(found, max(adapted, key=_ranking(selection))) if adapted else None
-        decision, decided_by = decide(rule, found, None if name == AUTO else name, best)
-        return _conclude(out_dir, runs, found, decision, decided_by, inputs, name)
-    finally:
-        leave_world()
+            adapted = [r for r in runs if r.method != UNADAPTED]
+            best = _candidate(found, max(adapted, key=_ranking(selection))) if adapted else None
+            decision, decided_by = decide(rule, found, None if name == AUTO else name, best)
+            return _conclude(out_dir, runs, found, decision, decided_by, inputs, name)
+        finally:
+            leave_world()
 
 
 def _selection(
