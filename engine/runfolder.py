@@ -211,7 +211,8 @@ def remove_outputs(folder: Path, names: Sequence[str]) -> None:
 def command_line() -> str:
     """This process's command, as it was typed (``medadapt train ...``)."""
     argv = list(sys.argv)
-    if argv and Path(argv[0]).name in {"medadapt", "__main__.py"}:
+    entry = Path(__file__).with_name("__main__.py")  # python -m medadapt.engine
+    if argv and (Path(argv[0]).name == "medadapt" or Path(argv[0]) == entry):
         argv[0] = "medadapt"
     return shlex.join(argv)
 

@@ -191,6 +191,31 @@ def test_a_rerun_reuses_finished_runs(sites, tmp_path):
     assert second.summary["methods"] == first.summary["methods"]
 
 
+def test_refuses_to_write_over_its_own_source_model(sites, tmp_path):
+    # adapt --from X/model --out X: the source model would be replaced by the adapted one.
+    source_run = sites["model"].parent
+    weights = (sites["model"] / "weights.safetensors").read_bytes()
+    target = write(tmp_path, "target.yaml", target_profile(method="adabn"))
+    refused = CliRunner().invoke(
+        cli, ["adapt", "-p", str(target), "--from", str(sites["model"]), "--out", str(source_run)]
+    )
+    assert refused.exit_code == ExitCode.INVALID_INPUT, refused.output
+    assert "holds this job's own input" in refused.output
+    assert "--overwrite" in refused.output
+    assert (sites["model"] / "weights.safetensors").read_bytes() == weights
+
+
+def test_a_rerun_with_another_method_is_refused_unless_overwrite(sites, tmp_path):
+    run_adapt(sites, tmp_path / "o", target_profile(method="adabn"))
+    kept = (tmp_path / "o" / "model" / "weights.safetensors").read_bytes()
+    with pytest.raises(InvalidInputError, match="method: adabn then, tent now"):
+        run_adapt(sites, tmp_path / "o", target_profile(method="tent"))
+    assert (tmp_path / "o" / "model" / "weights.safetensors").read_bytes() == kept
+    again = run_adapt(sites, tmp_path / "o", target_profile(method="tent"), overwrite=True)
+    assert again.kept == "tent"
+    assert not (tmp_path / "o" / "runs" / "adabn-seed3").exists()  # started afresh
+
+
 def test_coral_with_the_source_profile_and_two_seeds(sites, tmp_path):
     result = run_adapt(
         sites,

@@ -7,18 +7,22 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from medadapt.engine import ComponentKind, InvalidInputError, Split
+from medadapt.engine.cli import cli
 from medadapt.engine.loop import CHECKPOINT
 from medadapt.engine.model import WEIGHTS, build_classifier, load_model
 from medadapt.engine.plugins import get_plugin_host
@@ -317,6 +321,46 @@ def test_a_model_whose_checkpoint_was_removed_is_not_retrained_by_another_profil
     with pytest.raises(InvalidInputError, match=r"was made by `train`.*What differs: profile"):
         run_train(quick_profile(training={"epochs": 2}), tmp_path / "run")
     assert (first.model_dir / WEIGHTS).read_bytes() == weights
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_scan(
+    quick_profile, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(
+        "medadapt.engine.train.open_site_data",
+        lambda *a, **k: pytest.fail("the data were scanned before the folder was checked"),
+    )
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "run"
+    result = CliRunner().invoke(cli, ["train", "-p", str(quick_profile()), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"{out}: cannot create the output folder" in result.output
+
+
+@pytest.mark.slow
+def test_a_second_train_on_one_folder_is_refused_while_the_first_runs(quick_profile, tmp_path):
+    profile = quick_profile(training={"epochs": 50, "early_stopping_patience": None})
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "medadapt.engine", "train", "-p", str(profile)]
+    first = subprocess.Popen(
+        [*command, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / LOCK).exists():
+            assert time.monotonic() < deadline, "the first job never took its lock"
+            time.sleep(0.1)
+        second = subprocess.run(
+            [*command, "--out", str(out)], capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 2, second.stderr
+        assert f"is in use by another job: `train` in process {first.pid}" in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 143, stderr
+    assert not (out / LOCK).exists()
+    assert not (out / "model").exists()
 
 
 KILLER = """

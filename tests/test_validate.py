@@ -258,6 +258,24 @@ def test_a_failing_criterion_exits_1_and_says_by_how_much(validated, tmp_path):
     assert "verdict: FAIL" in result.output
 
 
+def test_a_report_folder_of_another_model_is_refused_before_any_data_are_read(
+    validated, tmp_path, monkeypatch
+):
+    report = validated["folder"] / "report"
+    before = (report / REPORT_JSON).read_bytes()
+    monkeypatch.setattr(
+        "medadapt.engine.validate.open_site_data",
+        lambda *a, **k: pytest.fail("the data were read before the folder was refused"),
+    )
+    other = ["--model", str(validated["baseline"]), "--out", str(report)]
+    refused = CliRunner().invoke(cli, ["validate", "-p", str(validated["target"]), *other])
+    assert refused.exit_code == ExitCode.INVALID_INPUT, refused.output
+    assert "was made by `validate`" in refused.output
+    assert "What differs: baseline:" in refused.output
+    assert "then, none now; model:" in refused.output
+    assert (report / REPORT_JSON).read_bytes() == before
+
+
 def test_too_few_test_patients_or_no_baseline_gives_no_verdict(validated, tmp_path):
     acceptance = {"min_auroc": 0.5, "non_inferiority_margin": 0.1, "min_test_patients": 500}
     result = _validate_with(validated, tmp_path / "few", acceptance)
