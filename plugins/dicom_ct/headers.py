@@ -166,6 +166,11 @@ def _check(
     frames = _frames(path, ds)
     if isinstance(frames, str):
         return frames
+    for frame in frames:
+        problem = rescale_problem(frame_rescale(ds, frame.frame))
+        if problem:
+            where = f"frame {frame.frame + 1}: " if frame.frame is not None else ""
+            return where + problem
     series_uid = str(ds.get("SeriesInstanceUID", "") or "")
     if not series_uid:
         return "no SeriesInstanceUID: the file cannot be placed in a series"
@@ -287,6 +292,53 @@ def _frames(path: Path, ds: Dataset) -> list[FrameHeader] | str:
     return frames
 
 
+#: Rescale values beyond these are no CT scanner's: the stored values would not become HU.
+MAX_RESCALE_SLOPE = 100.0
+MAX_RESCALE_INTERCEPT = 32768.0
+
+
+def rescale_problem(ds: Dataset) -> str | None:
+    """What is wrong with a frame's modality LUT (RescaleSlope and RescaleIntercept, Type 1
+    in the CT Image module, or a ModalityLUTSequence), or None when it gives HU."""
+    if "ModalityLUTSequence" in ds and "RescaleSlope" not in ds:
+        return None
+    missing = [k for k in ("RescaleSlope", "RescaleIntercept") if ds.get(k) in (None, "")]
+    if missing:
+        return (
+            f"{' and '.join(missing)} missing: the stored values cannot be turned into HU "
+            "(the CT Image module requires both; air would be off by the intercept, "
+            "usually 1024 HU)"
+        )
+    values = {}
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        raw = ds[keyword].value
+        try:
+            values[keyword] = float(raw)
+        except (TypeError, ValueError):
+            return f"{keyword} is {_shown(raw)}, not a number"
+        if not math.isfinite(values[keyword]):
+            return f"{keyword} is {values[keyword]}: the HU values would not be numbers"
+    slope, intercept = values["RescaleSlope"], values["RescaleIntercept"]
+    if not 0 < slope <= MAX_RESCALE_SLOPE:
+        return (
+            f"RescaleSlope is {slope:g}: expected a positive number (CT scanners write 1, "
+            f"sometimes another up to {MAX_RESCALE_SLOPE:g}); the HU values would be "
+            + ("constant" if slope == 0 else "reversed or meaningless")
+        )
+    if abs(intercept) > MAX_RESCALE_INTERCEPT:
+        return (
+            f"RescaleIntercept is {intercept:g}: expected a value within "
+            f"±{MAX_RESCALE_INTERCEPT:g} (usually -1024 or 0)"
+        )
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A header value in a message: short, one line, printable."""
+    text = repr(value if not isinstance(value, bytes) else value[:40])
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def frame_rescale(ds: Dataset, frame: int | None) -> Dataset:
     """A dataset holding the modality LUT of one frame, for pydicom's apply_modality_lut.
 
@@ -300,6 +352,8 @@ def frame_rescale(ds: Dataset, frame: int | None) -> Dataset:
     rescale = Dataset()
     for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType"):
         value = _group_value(group, shared, "PixelValueTransformationSequence", keyword)
+        if value is None and keyword in ds:  # some writers keep them at the top level
+            value = ds[keyword].value
         if value is not None:
             setattr(rescale, keyword, value)
     for keyword in ("BitsStored", "PixelRepresentation"):
