@@ -209,12 +209,14 @@ def remove_outputs(folder: Path, names: Sequence[str]) -> None:
 
 
 def command_line() -> str:
-    """This process's command, as it was typed (``medadapt train ...``)."""
+    """This process's ``medadapt`` command as it was typed, or ``the Python API`` when a
+    program called the jobs itself (its command line is its own business, and is not
+    recorded)."""
     argv = list(sys.argv)
     entry = Path(__file__).with_name("__main__.py")  # python -m medadapt.engine
     if argv and (Path(argv[0]).name == "medadapt" or Path(argv[0]) == entry):
-        argv[0] = "medadapt"
-    return shlex.join(argv)
+        return shlex.join(["medadapt", *argv[1:]])
+    return "the Python API"
 
 
 def _refuse_own_inputs(folder: Path, reads: Sequence[Path], overwrite: bool) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import RLELossless
 
+from medadapt.engine import InvalidInputError
 from medadapt.plugins.dicom_ct.pixels import load_hu
 from medadapt.plugins.dicom_ct.scan import scan_folder
 
@@ -76,9 +79,124 @@ def test_rejects_a_file_without_rescale_tags_instead_of_hu_off_by_1024(ct, pseud
     assert all("RescaleSlope and RescaleIntercept missing" in r for r in reasons(found))
 
 
-def test_every_hu_value_a_scan_accepts_is_a_number(ct, pseudonymizer):
-    files, stored = ct.series("fine", slices=3, slope=0.5, intercept=-1000.0)
-    (volume,) = scan_folder(ct.root / "fine", pseudonymizer).volumes
-    hu = load_hu(volume).hu
-    assert all(math.isfinite(v) for v in (hu.min(), hu.max()))
-    np.testing.assert_allclose(hu, stored * 0.5 - 1000.0)
+def test_a_file_without_preamble_or_file_meta_is_read(ct, pseudonymizer):
+    files, stored = ct.series("bare", slices=3)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.preamble = None
+        ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert pydicom.dcmread(files[0], force=True).file_meta.get("TransferSyntaxUID") is None
+    found = scan_folder(ct.root / "bare", pseudonymizer)
+    assert found.rejections == []
+    (volume,) = found.volumes
+    np.testing.assert_array_equal(load_hu(volume).hu, stored.astype(np.float32) - 1024)
+
+
+def test_rejects_a_header_that_claims_more_pixels_than_the_file_holds(ct, pseudonymizer):
+    files, _ = ct.series("huge", slices=3)
+    ds = pydicom.dcmread(files[1])
+    ds.compress(RLELossless)
+    ds.Rows = ds.Columns = 60000
+    ds.save_as(files[1])
+    found = scan_folder(ct.root / "huge", pseudonymizer)  # allocates nothing of the sort
+    assert [r.path for r in found.rejections] == [files[1]]
+    assert "the header claims 60000 x 60000 pixels" in found.rejections[0].reason
+    assert "a corrupt header" in found.rejections[0].reason
+    assert len(found.volumes) == 1
+
+
+def test_rejects_an_8_bit_header_on_16_bit_pixels_alone(ct, pseudonymizer):
+    files, _ = ct.series("bits", slices=6)
+
+    def change(ds):
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+
+    rewrite(files[3], change)
+    found = scan_folder(ct.root / "bits", pseudonymizer)
+    assert [r.path for r in found.rejections] == [files[3]]
+    assert "BitsAllocated or the size is wrong" in found.rejections[0].reason
+    (volume,) = found.volumes
+    assert len(volume.slices) == 5
+
+
+def test_rejects_a_series_shared_by_two_patients(ct, pseudonymizer):
+    uid = pydicom.uid.generate_uid()
+    first, _ = ct.series("shared", slices=3, series_uid=uid, patient_id="MRN-1")
+    second, _ = ct.series("shared-too", slices=3, series_uid=uid, patient_id="MRN-2")
+    found = scan_folder(ct.root, pseudonymizer)
+    assert found.volumes == []
+    assert sorted(r.path for r in found.rejections) == sorted(first + second)
+    assert all("shared by files of 2 patients" in r for r in reasons(found))
+
+
+def test_a_tilted_series_is_resampled_onto_a_grid_along_its_normal(ct, pseudonymizer):
+    # Each slice 0.7 mm (one row) further along the column direction: a tilt of 15.6 deg.
+    files, _ = ct.series("tilt", slices=8, spacing=2.5, size=24)
+    for k, path in enumerate(files):
+
+        def change(ds, k=k):
+            x, y, z = (float(v) for v in ds.ImagePositionPatient)
+            ds.ImagePositionPatient = [x, y + 0.7 * k, z]
+            pixels = np.zeros((24, 24), dtype=np.int16)
+            pixels[12 - k, 5] = 2000  # one point, fixed in the patient, seen one row up
+            ds.PixelData = pixels.tobytes()
+
+        rewrite(path, change)
+    found = scan_folder(ct.root / "tilt", pseudonymizer)
+    assert found.rejections == []
+    (volume,) = found.volumes
+    (warning,) = [w for w in volume.warnings if "sheared" in w]
+    assert "gantry tilt of about 15.6 degrees" in warning
+    hu = load_hu(volume).hu  # axes (z, y, x): y runs with the rows here
+    peaks = [np.unravel_index(np.argmax(s), s.shape) for s in hu]
+    assert {(int(r), int(c)) for r, c in peaks} == {(12, 5)}
+    np.testing.assert_allclose([s.max() for s in hu], 2000 - 1024)
+
+
+def test_rejects_a_series_whose_positions_lie_on_no_line(ct, pseudonymizer):
+    files, _ = ct.series("zigzag", slices=6)
+    for k, path in enumerate(files):
+
+        def change(ds, k=k):
+            x, y, z = (float(v) for v in ds.ImagePositionPatient)
+            ds.ImagePositionPatient = [x + (5.0 if k % 2 else 0.0), y, z]
+
+        rewrite(path, change)
+    found = scan_folder(ct.root / "zigzag", pseudonymizer)
+    assert found.volumes == []
+    assert all("lie on no straight line" in r for r in reasons(found))
+
+
+def test_a_fifo_is_skipped_with_a_reason_and_does_not_hang_the_scan(ct, pseudonymizer):
+    ct.series("with-fifo", slices=3)
+    os.mkfifo(ct.root / "with-fifo" / "pipe")
+    found = scan_folder(ct.root / "with-fifo", pseudonymizer)
+    assert len(found.volumes) == 1
+    assert [(r.path.name, r.reason) for r in found.rejections] == [
+        ("pipe", "a named pipe (FIFO), not a file; skipped")
+    ]
+
+
+def test_an_unreadable_subfolder_is_reported_not_skipped_silently(ct, pseudonymizer, monkeypatch):
+    ct.series("readable", slices=3)
+    ct.series("locked", slices=3)
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = scan_folder(ct.root, pseudonymizer)
+    assert len(found.volumes) == 1
+    assert [(r.path.name, r.reason) for r in found.rejections] == [
+        ("locked", "folder cannot be read (Permission denied); skipped")
+    ]
+
+
+def test_a_data_root_that_does_not_exist_is_said_plainly(tmp_path, pseudonymizer):
+    with pytest.raises(InvalidInputError, match="the data folder does not exist"):
+        scan_folder(tmp_path / "nowhere", pseudonymizer)

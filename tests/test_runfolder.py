@@ -37,7 +37,7 @@ def test_a_new_folder_is_claimed_and_its_provenance_recorded(tmp_path):
     assert recorded["job"] == "train"
     assert recorded["inputs"] == {"profile": "a" * 64}
     assert recorded["settings"] == {"seed": 7}
-    assert recorded["command"]
+    assert recorded["command"] == "the Python API"  # not the test runner's command line
     assert not claimed.existed
     assert not claimed.fresh
     assert not (tmp_path / "run" / LOCK).exists()  # released

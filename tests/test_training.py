@@ -355,6 +355,7 @@ def test_a_second_train_on_one_folder_is_refused_while_the_first_runs(quick_prof
         )
         assert second.returncode == 2, second.stderr
         assert f"is in use by another job: `train` in process {first.pid}" in second.stderr
+        assert f"(command `medadapt train -p {profile} --out {out}`)" in second.stderr
     finally:
         first.send_signal(signal.SIGTERM)
         _, stderr = first.communicate(timeout=120)

@@ -33,6 +33,13 @@ _NATIVE_SYNTAXES = {
     pydicom.uid.ExplicitVRBigEndian,
     pydicom.uid.DeflatedExplicitVRLittleEndian,
 }
+#: No CT image file decodes to more than this; a header that claims more is corrupt, and
+#: believing it would allocate that much memory.
+MAX_DECODED_BYTES = 2 * 2**30
+#: The most a compressed transfer syntax can shrink pixel data: RLE's longest run (128 bytes
+#: in 2) with headroom; others (JPEG-LS and JPEG 2000 code long runs in a few bits) bounded
+#: generously. A header claiming more than this times the file's size is corrupt.
+_MAX_RATIO = {pydicom.uid.RLELossless: 130, None: 2000}
 _CT_IMAGE_CLASSES = {pydicom.uid.CTImageStorage, pydicom.uid.EnhancedCTImageStorage}
 _DECODER_PACKAGES = {
     pydicom.uid.JPEG2000Lossless: "pylibjpeg-openjpeg",
@@ -118,6 +125,7 @@ def read_header(
             return Rejection(path, f"cannot be read: {type(exc).__name__}")
         except Exception as exc:
             return Rejection(path, f"corrupt or truncated file ({_brief(exc)})")
+        infer_transfer_syntax(ds)
         uid = str(ds.get("SOPInstanceUID", "") or "")
         image_key = pseudonymizer.pseudonym("image", uid) if uid else None
         try:
@@ -125,6 +133,28 @@ def read_header(
         except Exception as exc:
             checked = f"header cannot be interpreted ({_brief(exc)})"
         return Rejection(path, checked, image_key) if isinstance(checked, str) else checked
+
+
+def infer_transfer_syntax(ds: Dataset) -> Dataset:
+    """Give a file read without file meta (no preamble, no group 0002) the transfer syntax
+    it was read with, so that its pixel data can be decoded; such files can only be
+    uncompressed (implicit or explicit VR, little or big endian)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return ds
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit is None or little is None:
+        implicit, little = True, True
+    if meta is None:
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = (
+        pydicom.uid.ImplicitVRLittleEndian
+        if implicit
+        else pydicom.uid.ExplicitVRLittleEndian
+        if little
+        else pydicom.uid.ExplicitVRBigEndian
+    )
+    return ds
 
 
 def _check(
@@ -167,7 +197,7 @@ def _check(
     if isinstance(frames, str):
         return frames
     for frame in frames:
-        problem = rescale_problem(frame_rescale(ds, frame.frame))
+        problem = rescale_problem(frame_rescale(ds, frame.frame), required=modality == "CT")
         if problem:
             where = f"frame {frame.frame + 1}: " if frame.frame is not None else ""
             return where + problem
@@ -217,13 +247,35 @@ def _pixel_data_problem(path: Path, ds: Dataset) -> str | None:
                 f"truncated file: the pixel data needs {tell + length} bytes, the file has "
                 f"{size} (an interrupted copy?)"
             )
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.BitsAllocated) // 8
+    if expected > MAX_DECODED_BYTES:
+        return (
+            f"the header claims {ds.Rows} x {ds.Columns} pixels x {frames} frame(s) of "
+            f"{ds.BitsAllocated} bits ({expected / 2**30:.1f} GiB decoded), more than the "
+            f"{MAX_DECODED_BYTES / 2**30:.0f} GiB any CT image needs: a corrupt header"
+        )
+    if syntax not in _NATIVE_SYNTAXES:
+        ratio = _MAX_RATIO.get(syntax, _MAX_RATIO[None])
+        size = os.path.getsize(path)
+        if expected > ratio * size:
+            return (
+                f"the header claims {ds.Rows} x {ds.Columns} pixels x {frames} frame(s) "
+                f"({expected} bytes decoded), more than {ratio} times the file's {size} "
+                f"bytes that {syntax.name} can hold: a corrupt header"
+            )
     if syntax in _NATIVE_SYNTAXES and length not in (None, _UNDEFINED_LENGTH):
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.BitsAllocated) // 8
         if length < expected:
             return (
                 f"the pixel data has {length} bytes but Rows x Columns x frames x bits "
                 f"({ds.Rows} x {ds.Columns} x {frames} x {ds.BitsAllocated}) needs {expected}"
+            )
+        if length > expected + 1:  # one byte pads an odd length
+            return (
+                f"the pixel data has {length} bytes, more than the {expected} that Rows x "
+                f"Columns x frames x bits ({ds.Rows} x {ds.Columns} x {frames} x "
+                f"{ds.BitsAllocated}) describe: BitsAllocated or the size is wrong, and the "
+                "pixels would be misread"
             )
     elif syntax not in _NATIVE_SYNTAXES:
         decoder = get_decoder(syntax) if _has_decoder(syntax) else None
@@ -297,12 +349,18 @@ MAX_RESCALE_SLOPE = 100.0
 MAX_RESCALE_INTERCEPT = 32768.0
 
 
-def rescale_problem(ds: Dataset) -> str | None:
+def rescale_problem(ds: Dataset, required: bool = True) -> str | None:
     """What is wrong with a frame's modality LUT (RescaleSlope and RescaleIntercept, Type 1
-    in the CT Image module, or a ModalityLUTSequence), or None when it gives HU."""
+    in the CT Image module, or a ModalityLUTSequence), or None when it gives HU.
+
+    Args:
+        required: the rescale must be there (CT); other modalities may leave it out.
+    """
     if "ModalityLUTSequence" in ds and "RescaleSlope" not in ds:
         return None
     missing = [k for k in ("RescaleSlope", "RescaleIntercept") if ds.get(k) in (None, "")]
+    if missing and not required and len(missing) == 2:
+        return None
     if missing:
         return (
             f"{' and '.join(missing)} missing: the stored values cannot be turned into HU "

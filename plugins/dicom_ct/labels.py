@@ -148,6 +148,9 @@ def _centre(row: dict[str, str], volume: Volume) -> tuple[float, float, float]:
         ) from None
     if names == _MM:
         return volume.patient_mm_to_output_index(values)
+    if volume.shear is not None:  # the index is a tilted slice's, as a viewer shows it
+        row, column = volume.shear[min(max(round(values[0]), 0), len(volume.shear) - 1)]
+        values = [values[0], values[1] + row, values[2] + column]
     return volume.to_output_index(values)
 
 

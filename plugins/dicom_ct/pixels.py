@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import scipy.ndimage
 from pydicom.pixels import apply_modality_lut
 
 from medadapt.engine import Image, InvalidInputError
-from medadapt.plugins.dicom_ct.headers import frame_rescale
+from medadapt.plugins.dicom_ct.headers import frame_rescale, infer_transfer_syntax
 from medadapt.plugins.dicom_ct.series import SliceRef, Volume
 
 
@@ -32,7 +33,7 @@ def load_hu(volume: Volume) -> Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's warnings may quote identifying values
             try:
-                ds = pydicom.dcmread(path, force=True)
+                ds = infer_transfer_syntax(pydicom.dcmread(path, force=True))
                 pixels = ds.pixel_array
             except Exception as exc:
                 raise InvalidInputError(
@@ -47,11 +48,25 @@ def load_hu(volume: Volume) -> Image:
                     f"header says {volume.rows} x {volume.columns}"
                 )
             stack[index] = apply_modality_lut(frame, frame_rescale(ds, ref.frame))
+    if volume.shear is not None:
+        _unshear(stack, volume.shear)
     oriented = np.transpose(stack, volume.axes)
     for axis, flip in enumerate(volume.flips):
         if flip:
             oriented = np.flip(oriented, axis=axis)
     return Image(hu=np.ascontiguousarray(oriented), spacing_mm=volume.spacing_mm)
+
+
+def _unshear(stack: np.ndarray, shear: list[tuple[float, float]]) -> None:
+    """Move each slice of a tilted series back by its in-plane offset (linear
+    interpolation), so that the stack lies on a grid along the slice normal; what moves in
+    from outside the image is the slice's lowest value (air, or the padding)."""
+    for index, offset in enumerate(shear):
+        if offset == (0.0, 0.0):
+            continue
+        stack[index] = scipy.ndimage.shift(
+            stack[index], offset, order=1, mode="constant", cval=float(stack[index].min())
+        )
 
 
 def _why(exc: Exception) -> str:

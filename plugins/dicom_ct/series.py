@@ -26,6 +26,8 @@ _SAME_POSITION_MM = 0.01
 _GAP_FACTOR = 1.5
 #: Steps differing from the usual spacing by more than this fraction are uneven.
 _UNEVEN_FRACTION = 0.1
+#: Slices whose in-plane offsets stay within this many pixels stack along their normal.
+_SHEAR_PIXELS = 0.1
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class Volume:
     affine: np.ndarray
     attributes: dict[str, str | float | None]
     warnings: list[str] = field(default_factory=list)
+    #: For a tilted (sheared) series: each slice's in-plane offset from the first, in pixels
+    #: (rows, columns), removed when the pixels are loaded; None when the slices stack.
+    shear: list[tuple[float, float]] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -93,7 +98,7 @@ class Volume:
                     f"{ref.path}: the file cannot be read any more ({exc.strerror}); scan again"
                 ) from None
             parts.append(f"{ref.path}|{ref.frame}|{stat.st_size}|{stat.st_mtime_ns}")
-        parts.append(f"{self.axes}|{self.flips}")
+        parts.append(f"{self.axes}|{self.flips}|{self.shear}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     def to_locator(self) -> str:
@@ -111,6 +116,7 @@ class Volume:
                 "flips": self.flips,
                 "affine": self.affine.tolist(),
                 "attributes": self.attributes,
+                "shear": self.shear,
             }
         )
 
@@ -130,6 +136,7 @@ class Volume:
             flips=tuple(data["flips"]),
             affine=np.asarray(data["affine"], dtype=float),
             attributes=data["attributes"],
+            shear=[tuple(o) for o in data["shear"]] if data.get("shear") else None,
         )
 
     def patient_mm_to_output_index(self, point_mm: Iterable[float]) -> tuple[float, float, float]:
@@ -152,6 +159,15 @@ def assemble(headers: Iterable[FileHeader]) -> tuple[list[Volume], list[Rejectio
     volumes: list[Volume] = []
     rejections: list[Rejection] = []
     for series_key, members in sorted(by_series.items()):
+        patients = {header.patient_key for header, _ in members}
+        if len(patients) > 1:
+            reason = (
+                f"its SeriesInstanceUID is shared by files of {len(patients)} patients (a "
+                "broken export, or an anonymiser that reused UIDs): the series belongs to no "
+                "one patient, so a split by patient could not be trusted"
+            )
+            rejections.extend(Rejection(f.path, reason, h.image_key) for h, f in members)
+            continue
         groups: dict[tuple, list[tuple[FileHeader, FrameHeader]]] = defaultdict(list)
         for header, frame in members:
             groups[_geometry_signature(header, frame)].append((header, frame))
@@ -238,6 +254,15 @@ def _build_volume(
             warnings.append("a single slice without SliceThickness: 1 mm is assumed between slices")
 
     row_spacing, column_spacing = first_frame.pixel_spacing
+    shear = None
+    if orientation is not None and all(f.position is not None for _, f in members):
+        positions = np.asarray([members[i][1].position for i in kept], dtype=float)
+        shear = _shear(positions, normal, row_dir, col_dir, (row_spacing, column_spacing))
+        if isinstance(shear, str):
+            reason = shear
+            return None, [Rejection(f.path, reason, h.image_key) for h, f in members]
+        if shear is not None:
+            warnings.append(_tilt_text(shear, between, (row_spacing, column_spacing)))
     origin = np.asarray(members[kept[0]][1].position or (0.0, 0.0, 0.0), dtype=float)
     affine = np.eye(4)
     affine[:3, 0] = normal * between
@@ -262,8 +287,53 @@ def _build_volume(
         affine=affine,
         attributes={**first_header.attributes, "pixel_spacing": round(float(row_spacing), 4)},
         warnings=warnings,
+        shear=shear,
     )
     return volume, rejections
+
+
+def _shear(
+    positions: np.ndarray,
+    normal: np.ndarray,
+    row_dir: np.ndarray,
+    col_dir: np.ndarray,
+    pixel_spacing: tuple[float, float],
+) -> list[tuple[float, float]] | str | None:
+    """Each slice's in-plane offset from the first, in pixels (rows, columns), when the
+    slices do not stack along their normal (a gantry tilt); None when they do; a reason
+    when their positions lie on no straight line (the series cannot be resampled)."""
+    if len(positions) < 2:
+        return None
+    moved = positions - positions[0]
+    heights = moved @ normal
+    offsets = np.stack(
+        [moved @ col_dir / pixel_spacing[0], moved @ row_dir / pixel_spacing[1]], axis=1
+    )
+    if np.abs(offsets).max() <= _SHEAR_PIXELS:
+        return None
+    # A tilt moves every slice in plane in proportion to its height along the normal.
+    per_mm, *_ = np.linalg.lstsq(heights[:, None], offsets, rcond=None)
+    residual = np.abs(offsets - heights[:, None] * per_mm).max()
+    if residual > 1.0:
+        return (
+            f"the slice positions lie on no straight line (off by up to {residual:.1f} pixels "
+            "from one): slices of different acquisitions mixed in one series? It cannot be "
+            "resampled onto one grid"
+        )
+    return [(float(r), float(c)) for r, c in offsets]
+
+
+def _tilt_text(
+    shear: list[tuple[float, float]], between: float, pixel_spacing: tuple[float, float]
+) -> str:
+    last = np.asarray(shear[-1]) * np.asarray(pixel_spacing)
+    height = between * (len(shear) - 1)
+    angle = float(np.degrees(np.arctan2(np.linalg.norm(last), height)))
+    return (
+        f"the slices are sheared (gantry tilt of about {angle:.1f} degrees: the last slice "
+        f"is {np.linalg.norm(last):.1f} mm off the first's normal); each slice is resampled "
+        "in plane (linear interpolation) onto a grid that stacks along the normal"
+    )
 
 
 def _describe_spacing(steps: np.ndarray, between: float, warnings: list[str]) -> None:
