@@ -16,10 +16,12 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from medadapt.engine.components import ComponentKind
 from medadapt.engine.errors import ExitCode, MedadaptError, PluginError, Terminated
+from medadapt.engine.output import plain_row, strict_json
 from medadapt.engine.plugins import get_plugin_host
 from medadapt.engine.profile import ProfileError, load_profile, summarize
 
@@ -40,7 +42,7 @@ class MedadaptGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except MedadaptError as exc:
-            _stderr().print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            _stderr().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             ctx.exit(exc.exit_code)
         except Terminated:
             _stderr().print("terminated (SIGTERM); finished work is kept")
@@ -74,7 +76,7 @@ def _configure_logging(quiet: bool) -> None:
 
 
 def _emit_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(strict_json(data))
 
 
 @click.group(
@@ -141,7 +143,7 @@ def plugins_command(ctx: click.Context, components: bool, as_json: bool) -> None
             for info in infos:
                 for name in info.provides.get(kind.value, []):
                     what = info.descriptions.get(kind.value, {}).get(name, "")
-                    table.add_row(kind.label, name, info.name, what)
+                    plain_row(table, kind.label, name, info.name, what)
         _stdout().print(table)
     else:
         table = Table(title="medadapt plugins")
@@ -157,15 +159,20 @@ def plugins_command(ctx: click.Context, components: bool, as_json: bool) -> None
             if hooks:
                 provides += ("\n" if provides else "") + f"hooks: {', '.join(hooks)}"
             distribution = f"{info.distribution or '(registered in code)'} {info.version or ''}"
-            table.add_row(f"{info.name}\n[dim]{info.module}[/]", distribution.strip(), provides)
+            table.add_row(
+                f"{escape(info.name)}\n[dim]{escape(info.module)}[/]",
+                escape(distribution.strip()),
+                escape(provides),
+            )
         _stdout().print(table)
         for failure in host.failures:
             _stderr().print(
-                f"[bold red]not loaded:[/] {failure.name} ({failure.target}): {failure.error}"
+                "[bold red]not loaded:[/] "
+                + escape(f"{failure.name} ({failure.target}): {failure.error}")
             )
     if problem is not None:
         if not as_json:
-            _stderr().print(f"[bold red]error:[/] {problem}")
+            _stderr().print(f"[bold red]error:[/] {escape(str(problem))}")
         ctx.exit(problem.exit_code)
 
 
@@ -294,7 +301,7 @@ def train_command(
     if result.stopped_early:
         click.echo(f"  stopped early: {result.stopped_early}")
     for note in result.diagnostics:
-        _stderr().print(f"[yellow]note:[/] {note}", highlight=False)
+        _stderr().print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 @cli.command("adapt")
@@ -446,12 +453,13 @@ def shift_command(
     if as_json:
         _emit_json(result)
         return
-    table = Table(title=f"{result['sites']['source']} -> {result['sites']['target']}")
+    sites = result["sites"]
+    table = Table(title=escape(f"{sites['source']} -> {sites['target']}"))
     table.add_column("attribute")
-    table.add_column(result["sites"]["source"])
-    table.add_column(result["sites"]["target"])
+    table.add_column(escape(sites["source"]))
+    table.add_column(escape(sites["target"]))
     for row in result["acquisition"]:
-        table.add_row(row["attribute"].replace("_", " "), row["source"], row["target"])
+        plain_row(table, row["attribute"].replace("_", " "), row["source"], row["target"])
     _stdout().print(table)
     click.echo(f"HU distance (Wasserstein) around the lesions: {result['hu_wasserstein']:.1f} HU")
     for tissue in result["tissue_medians_hu"]:
@@ -666,7 +674,7 @@ def batch_command(
             view.add_column("job")
             view.add_column("state")
             for job_id, phase in phases.items():
-                view.add_row(names[job_id], phase)
+                plain_row(view, names[job_id], phase)
             return view
 
         with Live(
@@ -684,12 +692,13 @@ def batch_command(
     if as_json:
         _emit_json(summary)
     else:
-        view = Table(title=f"batch written to {out / 'batch.json'}")
+        view = Table(title=escape(f"batch written to {out / 'batch.json'}"))
         for column in ("job", "status", "AUROC", "before", "verdict", "folder or reason"):
             view.add_column(column)
         for outcome in outcomes:
             result = outcome.result
-            view.add_row(
+            plain_row(
+                view,
                 outcome.job.name,
                 outcome.status,
                 _short(result.get("auroc")),

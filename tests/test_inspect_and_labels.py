@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -168,6 +169,34 @@ def test_label_rows_that_match_nothing_are_reported_not_dropped(two_patients, tm
     assert all("MRN" not in reason for reason in reasons)
 
 
+def test_the_label_file_counts_a_repeated_lesion_once_and_refuses_contradictory_rows(
+    two_patients, tmp_path, site_key
+):
+    root, _ = two_patients
+    labels = tmp_path / "labels.csv"
+    write_labels(
+        labels,
+        [
+            "patient_id,label,slice,row,column,lesion_id",
+            "MRN-0042-PHI,benign,1,2,3,A",
+            "MRN-0042-PHI,benign,1,2,3,A",  # an exact copy of row 2
+            "MRN-0042-PHI,benign,1.2,2,3,A-again",  # the same lesion, within a voxel
+            "MRN-0077-PHI,benign,3,4,5,B",
+            "MRN-0077-PHI,malignant,3,4,5,B",  # the same lesion, the other class
+        ],
+    )
+    result = DicomCT.from_params({"root": str(root)}).scan(label_file=labels)
+    assert [(r.label, r.attributes["lesion_id"]) for r in result.records] == [("benign", "A")]
+    reasons = sorted(r.reason for r in result.rejections)
+    assert reasons[0] == "row 3: repeats row 2 exactly; counted once"
+    assert reasons[1].startswith("row 4: the same lesion as row 2 (patient patient-")
+    assert reasons[1].endswith("benign); counted once")
+    assert "is labelled benign and malignant in rows 5, 6" in reasons[2]
+    assert reasons[2].startswith("row 5:")
+    assert reasons[3].startswith("row 6:")
+    assert all("MRN" not in reason for reason in reasons)
+
+
 def test_a_patient_with_several_series_needs_a_series_uid(ct, tmp_path, site_key):
     ct.series("a", slices=3, series_uid="1.2.3.4.1")
     ct.series("b", slices=3, series_uid="1.2.3.4.2", seed=1)
@@ -259,3 +288,29 @@ def test_a_job_names_the_label_rows_it_cannot_use(two_patients, tmp_path, site_k
     assert "Hospital B: 1 input not used" in warning
     assert f"{labels}: row 2: no usable series for patient patient-" in warning
     assert "MRN" not in warning
+
+
+def strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_inspect_json_is_strict_and_brackets_in_names_are_shown_as_they_are(ct, site_key):
+    files, _ = ct.series("scans", slices=3, ConvolutionKernel="[red]B30F")
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds["KVP"] = pydicom.dataelem.RawDataElement(
+            pydicom.tag.Tag(0x00180060), "DS", 4, b"nan ", 0, True, True
+        )
+        ds.save_as(path)
+    (ct.root / "scans" / "notes[bold].txt").write_text("not DICOM")
+    as_json = inspect(str(ct.root / "scans"), "--json")
+    assert as_json.exit_code == 0, as_json.output
+    (series,) = strict(as_json.output)["series"]
+    assert series["kvp"] is None  # a NaN in the header, null in strict JSON
+    shown = inspect(str(ct.root / "scans"))
+    assert shown.exit_code == 0, shown.output
+    assert "[red]B30F" in shown.output
+    assert "notes[bold].txt" in shown.output

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medadapt.engine import ExitCode, InvalidInputError, Rejection
+from medadapt.engine.output import plain_row, strict_json
 from medadapt.engine.progress import progress_bar
 from medadapt.engine.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.pixels import load_hu
@@ -76,12 +77,12 @@ def inspect_command(ctx: click.Context, path: Path, as_json: bool, no_recursive:
         for r in rejections
     ]
     if as_json:
-        click.echo(json.dumps({"series": series, "rejections": rejected}, indent=2))
+        click.echo(strict_json({"series": series, "rejections": rejected}))
     else:
         _print_tables(series, rejected, found.files, pseudonymizer.ephemeral)
     if not series:
         if not as_json:
-            err.print(f"[bold red]no usable CT series[/] in {path}")
+            err.print(f"[bold red]no usable CT series[/] in {escape(str(path))}")
         ctx.exit(ExitCode.NOT_PASSED)
 
 
@@ -114,7 +115,8 @@ def _print_tables(
     ):
         table.add_column(column, overflow="fold")
     for s in series:
-        table.add_row(
+        plain_row(
+            table,
             s["series"],
             " ".join(str(v) for v in (s["manufacturer"], s["model"]) if v) or "-",
             str(s["convolution_kernel"] or "-"),
@@ -128,13 +130,13 @@ def _print_tables(
     out.print(table)
     for s in series:
         for warning in s["warnings"]:
-            out.print(f"[yellow]{s['series']}[/]: {warning}")
+            out.print(f"[yellow]{escape(s['series'])}[/]: {escape(warning)}")
     if rejected:
         rejections = Table(title=f"{len(rejected)} files not used")
         rejections.add_column("file", overflow="fold")
         rejections.add_column("reason", overflow="fold")
         for r in rejected:
-            rejections.add_row(r["path"], r["reason"])
+            plain_row(rejections, r["path"], r["reason"])
         out.print(rejections)
     if ephemeral:
         out.print(

@@ -16,7 +16,10 @@ column             meaning
 =================  ==========================================================================
 
 Rows that match no volume, or that place a lesion outside it, are reported as rejections
-that name the row, never silently dropped.
+that name the row, never silently dropped. So are rows that repeat another exactly, or
+place the same lesion (same series, same centre within a voxel) a second time: the lesion
+is counted once. Rows that give one lesion two different labels are contradictory: none of
+them is kept, and each is reported with the others.
 """
 
 from __future__ import annotations
@@ -96,12 +99,20 @@ def join_labels(
     for volume in volumes:
         by_patient[volume.patient_key].append(volume)
     lesions: list[Lesion] = []
+    rows_of: list[int] = []
     rejections: list[Rejection] = []
+    first_of: dict[tuple[tuple[str, str], ...], int] = {}
     for number, row in enumerate(rows, start=2):  # row 1 is the header
         where = f"row {number}"
 
         def reject(reason: str, where: str = where) -> None:
             rejections.append(Rejection(label_file, f"{where}: {reason}"))
+
+        content = tuple(sorted((k, (v or "").strip()) for k, v in row.items() if k))
+        if content in first_of:
+            reject(f"repeats row {first_of[content]} exactly; counted once")
+            continue
+        first_of[content] = number
 
         patient_key = pseudonymizer.pseudonym("patient", (row.get("patient_id") or "").strip())
         candidates = by_patient.get(patient_key, [])
@@ -135,7 +146,51 @@ def join_labels(
             continue
         lesion_id = (row.get("lesion_id") or "").strip() or None
         lesions.append(Lesion(volume, label, centre, lesion_id))
-    return lesions, rejections
+        rows_of.append(number)
+    return _without_contradictions(lesions, rows_of, label_file, rejections)
+
+
+def _without_contradictions(
+    lesions: list[Lesion], rows: list[int], label_file: Path, rejections: list[Rejection]
+) -> tuple[list[Lesion], list[Rejection]]:
+    """One sample per lesion: rows placing one lesion (same series, same centre within a
+    voxel) twice with one label are counted once; with different labels, none is kept,
+    since either could be the mistake."""
+    groups: dict[tuple[str, tuple[int, int, int]], list[int]] = defaultdict(list)
+    for index, lesion in enumerate(lesions):
+        place = tuple(round(c) for c in lesion.centre)
+        groups[(lesion.volume.series_key, place)].append(index)  # type: ignore[index]
+    dropped: set[int] = set()
+    for (_, place), members in groups.items():
+        if len(members) < 2:
+            continue
+        labels = sorted({lesions[i].label for i in members})
+        numbers = [rows[i] for i in members]
+        patient = lesions[members[0]].volume.patient_key
+        if len(labels) > 1:
+            for i in members:
+                others = ", ".join(str(n) for n in numbers if n != rows[i])
+                rejections.append(
+                    Rejection(
+                        label_file,
+                        f"row {rows[i]}: the lesion of patient {patient} at voxel {place} is "
+                        f"labelled {' and '.join(labels)} in rows {', '.join(map(str, numbers))}"
+                        f"; none is kept until the label file says which (see row {others})",
+                    )
+                )
+            dropped.update(members)
+        else:
+            for i in members[1:]:
+                rejections.append(
+                    Rejection(
+                        label_file,
+                        f"row {rows[i]}: the same lesion as row {rows[members[0]]} (patient "
+                        f"{patient}, voxel {place}, {labels[0]}); counted once",
+                    )
+                )
+            dropped.update(members[1:])
+    kept = [lesion for index, lesion in enumerate(lesions) if index not in dropped]
+    return kept, rejections
 
 
 def _centre(row: dict[str, str], volume: Volume) -> tuple[float, float, float]:
