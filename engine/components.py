@@ -167,6 +167,9 @@ class ScanResult:
 
     records: list[SampleRecord]
     rejections: list[Rejection] = field(default_factory=list)
+    #: What was usable only after a correction, or may mislead (a tilted series resampled,
+    #: a gap between slices), each naming its series by pseudonym.
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

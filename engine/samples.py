@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +126,7 @@ class SiteData:
     records: list[SampleRecord]
     rejections: list[Rejection]
     loader: PatchLoader
+    warnings: list[str] = field(default_factory=list)
 
 
 def open_site_data(
@@ -152,8 +153,17 @@ def open_site_data(
     found = source.scan(label_file=profile.data.label_file)
     if found.rejections:
         log.warning("%s", rejections_text(profile.site.name, found.rejections))
+    for warning in found.warnings[:SHOWN_REJECTIONS]:
+        log.warning("%s: %s", profile.site.name, warning)
+    if len(found.warnings) > SHOWN_REJECTIONS:
+        log.warning(
+            "%s: %d more warnings (medadapt inspect lists them all)",
+            profile.site.name,
+            len(found.warnings) - SHOWN_REJECTIONS,
+        )
     loader = PatchLoader(source, profile.preprocessing, cache_dir)
-    return SiteData(source, list(found.records), list(found.rejections), loader)
+    records, rejections = list(found.records), list(found.rejections)
+    return SiteData(source, records, rejections, loader, list(found.warnings))
 
 
 def rejections_text(site: str, rejections: list[Rejection]) -> str:

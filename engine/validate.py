@@ -635,6 +635,7 @@ def _data_section(
         "patients": {k: len(v) for k, v in patients.items()},
         "patients_disjoint": not overlap,
         "rejected_inputs": dict(rejected),
+        "warnings": sorted(set(site.warnings)),
         "unmatched_label_rows": sum(1 for r in site.rejections if r.path.suffix.lower() == ".csv"),
         "split_seed": profile.seed,
         "validated_samples": {k.value: len(v) for k, v in splits.items()},

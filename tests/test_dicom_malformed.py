@@ -11,6 +11,7 @@ import pytest
 from pydicom.uid import RLELossless
 
 from medadapt.engine import InvalidInputError
+from medadapt.plugins.dicom_ct import DicomCT
 from medadapt.plugins.dicom_ct.pixels import load_hu
 from medadapt.plugins.dicom_ct.scan import scan_folder
 
@@ -153,6 +154,22 @@ def test_a_tilted_series_is_resampled_onto_a_grid_along_its_normal(ct, pseudonym
     peaks = [np.unravel_index(np.argmax(s), s.shape) for s in hu]
     assert {(int(r), int(c)) for r, c in peaks} == {(12, 5)}
     np.testing.assert_allclose([s.max() for s in hu], 2000 - 1024)
+
+
+def test_the_scan_a_job_runs_passes_the_tilt_warning_on(ct, monkeypatch):
+    monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", "site-secret-for-the-tests-0001")
+    files, _ = ct.series("tilted", slices=6)
+    for k, path in enumerate(files):
+
+        def change(ds, k=k):
+            x, y, z = (float(v) for v in ds.ImagePositionPatient)
+            ds.ImagePositionPatient = [x, y + 0.9 * k, z]
+
+        rewrite(path, change)
+    found = DicomCT.from_params({"root": str(ct.root / "tilted")}).scan()
+    assert len(found.records) == 1
+    (warning,) = found.warnings
+    assert warning.startswith(f"series {found.records[0].series_key}: the slices are sheared")
 
 
 def test_rejects_a_series_whose_positions_lie_on_no_line(ct, pseudonymizer):

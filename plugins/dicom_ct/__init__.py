@@ -71,7 +71,14 @@ class DicomCT(DataSource):
                 _record(lesion.volume, lesion.label, lesion.centre, lesion.lesion_id)
                 for lesion in lesions
             ]
-        return ScanResult(records=records, rejections=rejections)
+        used = {record.series_key for record in records}
+        warnings = [
+            f"series {volume.series_key}: {warning}"
+            for volume in found.volumes
+            if volume.series_key in used
+            for warning in volume.warnings
+        ]
+        return ScanResult(records=records, rejections=rejections, warnings=warnings)
 
     def load(self, record: SampleRecord) -> Image:
         """The record's whole volume in HU, axes (z, y, x) towards head, back and left."""
