@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
@@ -44,6 +44,10 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.model import CARD, read_card, write_json_atomic
 from medadapt.engine.runfolder import FolderInUseError, Provenance, claim_folder
+
+if TYPE_CHECKING:
+    from distributed import LocalCluster
+    from distributed.security import Security
 
 JOB_JSON = "job.json"
 JOB_LOG = "job.log"
@@ -391,6 +395,31 @@ def run_batch(
         return _run_batch(jobs, batch_dir, workers, scheduler, retries, on_update)
 
 
+def local_cluster(workers: int) -> tuple[LocalCluster, Security]:
+    """A Dask cluster on this machine that only this batch can use.
+
+    Its scheduler and workers listen on 127.0.0.1 and speak TLS with a certificate made
+    for this batch alone (``Security.temporary()``: kept in memory, never written), and
+    require it of every peer: another user of the machine can reach the port but cannot
+    submit work, read results or join as a worker.
+    """
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    security = Security.temporary()
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        protocol="tls://",
+        security=security,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    return cluster, security
+
+
 def _run_batch(
     jobs: Sequence[Job],
     batch_dir: Path,
@@ -400,7 +429,7 @@ def _run_batch(
     on_update: Callable[[Mapping[str, str]], None] | None,
 ) -> list[JobOutcome]:
     from dask import config
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     (batch_dir / "jobs").mkdir(parents=True, exist_ok=True)
     unique = list({job.id: job for job in jobs}.values())
@@ -425,17 +454,11 @@ def _run_batch(
     }
     with config.set(settings):
         if todo:
+            security = None
             if scheduler is None:
-                cluster = LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address=None,
-                    silence_logs=logging.ERROR,
-                )
+                cluster, security = local_cluster(workers)
                 threads = max(1, (os.cpu_count() or 1) // workers)
-            client = Client(cluster if cluster is not None else scheduler)
+            client = Client(cluster if cluster is not None else scheduler, security=security)
             try:
                 futures = {
                     client.submit(

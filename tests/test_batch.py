@@ -170,3 +170,23 @@ def test_a_transient_error_is_retried_and_without_retries_the_job_fails(batch, t
     assert [o.status for o in failed] == [FAILED]
     assert failed[0].reason.startswith("OSError: the shared disk went away for a moment")
     assert failed[0].folder.name.endswith(".partial")  # kept, to resume or to read
+
+
+def test_the_local_cluster_speaks_tls_and_turns_away_a_client_without_its_certificate():
+    from distributed import Client
+    from distributed.security import Security
+
+    from medadapt.engine.batch import local_cluster
+
+    cluster, security = local_cluster(workers=1)
+    try:
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        with Client(cluster, security=security) as client:
+            assert client.submit(sum, [1, 2]).result(timeout=60) == 3
+        with pytest.raises((OSError, TimeoutError)):
+            Client(cluster.scheduler_address.replace("tls://", "tcp://"), timeout=5)
+        stranger = Security.temporary()  # TLS, with a certificate of its own
+        with pytest.raises((OSError, TimeoutError)):
+            Client(cluster.scheduler_address, security=stranger, timeout=5)
+    finally:
+        cluster.close()
