@@ -12,6 +12,8 @@ import pydicom
 import pytest
 import yaml
 from click.testing import CliRunner
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import RLELossless
 
 from medadapt.engine import ExitCode, InvalidInputError
 from medadapt.engine.cli import cli
@@ -314,3 +316,21 @@ def test_inspect_json_is_strict_and_brackets_in_names_are_shown_as_they_are(ct, 
     assert shown.exit_code == 0, shown.output
     assert "[red]B30F" in shown.output
     assert "notes[bold].txt" in shown.output
+
+
+def test_one_undecodable_file_is_rejected_alone_and_its_series_keeps_the_rest(ct, site_key):
+    files, _ = ct.series("one-bad", slices=6)
+    ds = pydicom.dcmread(files[2])
+    ds.compress(RLELossless)
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    ds.PixelData = encapsulate([frame[:70]])  # the frame cut short: its RLE segments end early
+    ds.save_as(files[2])
+    result = inspect(str(ct.root / "one-bad"), "--json")
+    assert result.exit_code == 0, result.output
+    found = strict(result.output)
+    (series,) = found["series"]
+    assert series["slices"] == 5
+    assert any("gap of" in w for w in series["warnings"])
+    assert [(r["path"], r["reason"][:34]) for r in found["rejections"]] == [
+        (files[2].name, "the pixel data cannot be decoded: ")
+    ]

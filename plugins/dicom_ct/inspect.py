@@ -14,7 +14,7 @@ from medadapt.engine import ExitCode, InvalidInputError, Rejection
 from medadapt.engine.output import plain_row, strict_json
 from medadapt.engine.progress import progress_bar
 from medadapt.engine.pseudonym import Pseudonymizer
-from medadapt.plugins.dicom_ct.pixels import load_hu
+from medadapt.plugins.dicom_ct.pixels import UndecodableFile, load_hu
 from medadapt.plugins.dicom_ct.scan import iter_files, scan_folder
 from medadapt.plugins.dicom_ct.series import Volume
 
@@ -66,9 +66,19 @@ def inspect_command(ctx: click.Context, path: Path, as_json: bool, no_recursive:
         )
         series, rejections = [], list(found.rejections)
         task = progress.add_task("reading pixels", total=len(found.volumes))
-        for volume in found.volumes:
+        todo, unreadable = list(found.volumes), set()
+        while todo:
+            volume = todo.pop(0)
             try:
                 series.append(describe_volume(volume))
+            except UndecodableFile as exc:  # that file alone; its series is read without it
+                rejections.append(Rejection(exc.path, exc.reason))
+                unreadable.add(exc.path)
+                rebuilt, unplaced = found.reassembled(volume, unreadable)
+                todo[:0] = [v for v in rebuilt if v.series_key == volume.series_key]
+                known = {(r.path, r.reason) for r in rejections}
+                rejections.extend(r for r in unplaced if (r.path, r.reason) not in known)
+                continue
             except InvalidInputError as exc:
                 rejections.extend(_unreadable(volume, str(exc)))
             progress.advance(task)

@@ -16,6 +16,15 @@ from medadapt.plugins.dicom_ct.headers import frame_rescale, infer_transfer_synt
 from medadapt.plugins.dicom_ct.series import SliceRef, Volume
 
 
+class UndecodableFile(InvalidInputError):
+    """One file of a volume whose pixels cannot be read (the message names it, and only it)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 def load_hu(volume: Volume) -> Image:
     """Decode every slice, apply its modality LUT and orient the stack (z, y, x).
 
@@ -36,16 +45,16 @@ def load_hu(volume: Volume) -> Image:
                 ds = infer_transfer_syntax(pydicom.dcmread(path, force=True))
                 pixels = ds.pixel_array
             except Exception as exc:
-                raise InvalidInputError(
-                    f"{path}: the pixel data cannot be decoded: {_why(exc)}"
-                ) from None
+                why = f"the pixel data cannot be decoded: {_why(exc)}"
+                raise UndecodableFile(path, why) from None
         for index, ref in refs:
             # pydicom returns a 2D array for a multi-frame file that holds one frame.
             frame = pixels if ref.frame is None or pixels.ndim == 2 else pixels[ref.frame]
             if frame.shape != (volume.rows, volume.columns):
-                raise InvalidInputError(
-                    f"{path}: the image is {frame.shape[0]} x {frame.shape[1]} pixels, the "
-                    f"header says {volume.rows} x {volume.columns}"
+                raise UndecodableFile(
+                    path,
+                    f"the image is {frame.shape[0]} x {frame.shape[1]} pixels, the header "
+                    f"says {volume.rows} x {volume.columns}",
                 )
             stack[index] = apply_modality_lut(frame, frame_rescale(ds, ref.frame))
     if volume.shear is not None:
