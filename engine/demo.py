@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -99,7 +100,8 @@ def run_demo(
         InvalidInputError: ``out`` holds something that is not a demo of the same size.
     """
     out = out.resolve()
-    _claim(out, fast)
+    if _claim(out, fast):
+        step("the folder held a demo of an older medadapt: starting it afresh")
     # Before anything imports matplotlib, which picks its cache folder when imported.
     _keep_inside(out)
     from medadapt.engine.adaptation import adapt
@@ -251,25 +253,38 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _claim(out: Path, fast: bool) -> None:
-    """Use ``out`` only if it is empty or an earlier demo of the same size."""
+def _claim(out: Path, fast: bool) -> bool:
+    """Use ``out`` only if it is empty or an earlier demo of the same size; a demo folder of
+    an older medadapt (whose runs this one would refuse) is emptied and started afresh.
+
+    Returns:
+        Whether an older demo was removed.
+    """
     marker = out / "medadapt-demo.json"
     # "demo" counts the layouts of the folder: 2 since each job records its provenance.
     wanted = {"demo": 2, "fast": fast}
+    older = False
     if marker.is_file():
         found = json.loads(marker.read_text())
-        if found != wanted:
-            kind = "another size" if found.get("demo") == wanted["demo"] else "an older medadapt"
+        if found == wanted:
+            return False
+        if found.get("demo") == wanted["demo"]:
             raise InvalidInputError(
-                f"{out} holds a demo of {kind}; choose another --out or delete it"
+                f"{out} holds a demo of another size; choose another --out or delete it"
             )
-        return
-    if out.exists() and any(out.iterdir()):
+        for entry in out.iterdir():  # the marker says that everything here is the demo's
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        older = True
+    elif out.exists() and any(out.iterdir()):
         raise InvalidInputError(
             f"{out} is not empty and holds no demo; choose an empty or new folder with --out"
         )
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(wanted) + "\n")
+    return older
 
 
 def _keep_inside(out: Path) -> None:

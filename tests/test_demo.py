@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from medadapt.engine.demo import SITES, shipped_profiles
+from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.report import interval_text
 
 PROFILES = sorted(shipped_profiles().glob("*.yaml"))
@@ -36,6 +37,20 @@ def test_the_demo_refuses_a_folder_that_holds_something_else(tmp_path, run_medad
     assert done.returncode == 2
     assert "is not empty and holds no demo" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_demo_folder_of_an_older_medadapt_is_started_afresh_and_another_size_refused(
+    tmp_path,
+):
+    from medadapt.engine.demo import _claim
+
+    (tmp_path / "medadapt-demo.json").write_text(json.dumps({"demo": 1, "fast": True}))
+    (tmp_path / "runs" / "hospital-a-train").mkdir(parents=True)  # no provenance records
+    assert _claim(tmp_path, fast=True) is True
+    assert [p.name for p in tmp_path.iterdir()] == ["medadapt-demo.json"]
+    assert _claim(tmp_path, fast=True) is False  # now the same demo
+    with pytest.raises(InvalidInputError, match="holds a demo of another size"):
+        _claim(tmp_path, fast=False)
 
 
 def demo_environment(home) -> dict[str, str]:
