@@ -734,10 +734,10 @@ def _check_components(
         problem = _unsuitable(component, profile, registry)
         if problem:
             issues.append(document.issue(name_loc, problem))
-        label_file = profile.data.label_file
         # A label file that is not there yet is the job's to report (the export may come
         # later); one that is there must have what the source reads.
-        if isinstance(component, DataSource) and label_file and Path(label_file).is_file():
+        label_file = profile.data.label_file if isinstance(component, DataSource) else None
+        if profile.data is not None and label_file and Path(label_file).is_file():
             unreadable = component.check_label_file(Path(label_file))
             if unreadable:
                 issues.append(document.issue(("data", "label_file"), unreadable))
