@@ -23,6 +23,7 @@ from medadapt.engine import (
     ScanResult,
     hookimpl,
 )
+from medadapt.engine.output import strict_json
 from medadapt.engine.progress import progress_bar
 from medadapt.plugins.phantom.hospital import (
     GENERATOR_VERSION,
@@ -201,7 +202,7 @@ def phantom_command(
         )
     data = summary.as_dict()
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(strict_json(data))
         return
     scanner = data["scanner"]
     lesions = data["lesions"]
