@@ -337,21 +337,51 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_scan(
     assert f"{out}: cannot create the output folder" in result.output
 
 
+HOLDER = """
+import os, time
+from pathlib import Path
+from medadapt.engine import hookimpl
+
+@hookimpl
+def medadapt_epoch_end(run, epoch, metrics):
+    gate = os.environ.get("HOLD_UNTIL")
+    if gate:
+        Path(gate + ".held").touch()  # tells the test the job is inside its run
+    deadline = time.monotonic() + 300
+    while gate and not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+"""
+
+
 @pytest.mark.slow
-def test_a_second_train_on_one_folder_is_refused_while_the_first_runs(quick_profile, tmp_path):
-    profile = quick_profile(training={"epochs": 50, "early_stopping_patience": None})
+def test_a_second_train_on_one_folder_is_refused_while_the_first_runs(
+    quick_profile, tmp_path, install_distribution
+):
+    site = install_distribution(
+        "thirdparty-holder", {"holder": "thirdparty_holder"}, {"thirdparty_holder": HOLDER}
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+    }
+    profile = quick_profile(training={"epochs": 2, "early_stopping_patience": None})
     out = tmp_path / "run"
     command = [sys.executable, "-m", "medadapt.engine", "train", "-p", str(profile)]
-    first = subprocess.Popen(
-        [*command, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    first = subprocess.Popen(  # holds its folder at the end of its first epoch
+        [*command, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "HOLD_UNTIL": str(tmp_path / "never")},
     )
     try:
-        deadline = time.monotonic() + 90
-        while not (out / LOCK).exists():
-            assert time.monotonic() < deadline, "the first job never took its lock"
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "never.held").exists():
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the first job never finished an epoch"
             time.sleep(0.1)
         second = subprocess.run(
-            [*command, "--out", str(out)], capture_output=True, text=True, timeout=120
+            [*command, "--out", str(out)], capture_output=True, text=True, timeout=120, env=env
         )
         assert second.returncode == 2, second.stderr
         assert f"is in use by another job: `train` in process {first.pid}" in second.stderr
