@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from medadapt.engine.components import SampleRecord, Split
 from medadapt.engine.data import PatchDataset
-from medadapt.engine.model import load_model, write_json_atomic
+from medadapt.engine.model import LoadedModel, load_model, write_json_atomic
 from medadapt.engine.profile import Profile, SubgroupAttribute
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.runfolder import Provenance, claim_folder, profile_reads
@@ -87,9 +87,10 @@ def analyse_shift(
         InvalidInputError: the data or the model are unusable, or ``out_dir`` is held by
             another job or was made by something else (without ``overwrite``).
     """
+    loaded = load_model(model_dir, registry) if model_dir is not None else None
     if out_dir is None:
-        return _analyse(target, source, registry, model_dir, max_samples, permutations, cache_dir)
-    model_hash = load_model(model_dir, registry).card.weights_sha256 if model_dir else None
+        return _analyse(target, source, registry, loaded, max_samples, permutations, cache_dir)
+    model_hash = loaded.card.weights_sha256 if loaded is not None else None
     provenance = Provenance(
         "shift",
         {
@@ -102,7 +103,7 @@ def analyse_shift(
     )
     reads = [*profile_reads(target), *profile_reads(source), *([model_dir] if model_dir else [])]
     with claim_folder(out_dir, provenance, overwrite=overwrite, reads=reads):
-        result = _analyse(target, source, registry, model_dir, max_samples, permutations, cache_dir)
+        result = _analyse(target, source, registry, loaded, max_samples, permutations, cache_dir)
         write_json_atomic(out_dir / SHIFT_JSON, result)
     return result
 
@@ -111,7 +112,7 @@ def _analyse(
     target: Profile,
     source: Profile,
     registry: ComponentRegistry,
-    model_dir: Path | None,
+    loaded: LoadedModel | None,
     max_samples: int,
     permutations: int,
     cache_dir: Path | None,
@@ -130,9 +131,9 @@ def _analyse(
         "acquisition": _acquisition(sites),
     }
     result.update(_intensities(sites, chosen, seed=target.seed))
-    if model_dir is not None:
+    if loaded is not None:
         result["features"] = _features(
-            model_dir, sites, chosen, registry, cache_dir, permutations, seed=target.seed
+            loaded, sites, chosen, cache_dir, permutations, seed=target.seed
         )
     result["verdict"], result["explanation"] = _verdict(result)
     return result
@@ -223,15 +224,13 @@ def _intensities(
 
 @torch.no_grad()
 def _features(
-    model_dir: Path,
+    loaded: LoadedModel,
     sites: dict[str, SiteData],
     chosen: dict[str, list[SampleRecord]],
-    registry: ComponentRegistry,
     cache_dir: Path | None,
     permutations: int,
     seed: int,
 ) -> dict[str, Any]:
-    loaded = load_model(model_dir, registry)
     spec = loaded.card.preprocessing
     model = loaded.model.eval()
     features, groups = [], []

@@ -170,9 +170,6 @@ def _train(
         seed=profile.seed,
     )
     val_data = PatchDataset(data.loader, by_split[Split.VALIDATION], classes)
-    if world.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    world.barrier()
     weights = (
         _class_weights(train_data.labels(), len(classes))
         if profile.training.class_weights == "balanced"

@@ -222,7 +222,6 @@ def adapt(
                 quiet=quiet,
                 observer=observer,
             )
-            out_dir.mkdir(parents=True, exist_ok=True)
             compare = same_classes and (name == AUTO or split.validation_labelled)
             plan = [(UNADAPTED, target.seed)] if compare else []
             plan += [(m, s) for s in range(target.seed, target.seed + seeds) for m in methods]
