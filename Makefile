@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench bench-quick clean
+.PHONY: demo test test-fast lint format bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/medadapt demo --out demo
 
+# Every test: what CI runs (.ci/run).
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The development loop: every module, without the tests that train a model, build a wheel or
+# run pip (marked slow; tests/conftest.py fails a test outside that mark that does any of it).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -34,6 +36,9 @@ from medadapt.plugins.dicom_ct.writer import ct_slice
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "hospital_profiles" / "template.yaml"
+
+# pytester checks the fast tier's guard (tests/test_tiers.py).
+pytest_plugins = ["pytester"]
 
 
 # --- a throwaway plugin that provides one component of every kind --------------------------
@@ -412,3 +417,100 @@ def _pip_install(package: Path, work: Path) -> Path:
         timeout=300,
     )
     return target
+
+
+# --- the fast tier stays fast ----------------------------------------------------------------
+#
+# `make test-fast` runs `pytest -m "not slow"` for the development loop. A test that trains a
+# model, runs a job that trains or adapts one, builds a wheel, runs pip or launches torchrun
+# belongs to the slow tier: outside it, those calls fail the test with the reason, during its
+# fixtures' setup as well as its body (so a fixture shared with slow tests is caught when the
+# fast tier sets it up first, which is always the case under -m "not slow").
+
+HEAVY_SUBCOMMANDS = frozenset({"train", "adapt", "demo", "batch"})
+
+
+def _heavy_command(args: object) -> str | None:
+    """What a subprocess command line would do that the fast tier must not, or None."""
+    if isinstance(args, str | bytes):
+        words = shlex.split(os.fsdecode(args))
+    else:
+        words = [os.fsdecode(word) for word in args]  # type: ignore[union-attr]
+    names = [Path(word).name for word in words]
+    if "pip" in names or any(name.startswith("pip3") for name in names):
+        return "runs pip"
+    if "bdist_wheel" in names or ("-m" in names and {"build", "wheel"} & set(names)):
+        return "builds a wheel"
+    if "torch.distributed.run" in names or "torchrun" in names:
+        return "launches torchrun"
+    if any(name == "medadapt" or name == "medadapt.engine" for name in names):
+        heavy = HEAVY_SUBCOMMANDS & set(names)
+        if heavy:
+            return f"runs `medadapt {sorted(heavy)[0]}`"
+    return None
+
+
+class _FastTierGuard:
+    """Patches the heavy entry points for one phase of one test outside the slow tier."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self.item = item
+        self.patch = pytest.MonkeyPatch()
+        self.violations: list[str] = []
+
+    def refuse(self, what: str) -> None:
+        self.violations.append(what)
+        pytest.fail(
+            f"{self.item.nodeid} {what}, which belongs to the slow tier: mark it "
+            "@pytest.mark.slow (see tests/conftest.py, 'the fast tier stays fast')",
+            pytrace=False,
+        )
+
+    def __enter__(self) -> _FastTierGuard:
+        from medadapt.engine.loop import Trainer
+
+        guard = self
+
+        def fit(*_args: object, **_kwargs: object) -> None:
+            guard.refuse("trains a model (Trainer.fit)")
+
+        class GuardedPopen(subprocess.Popen):  # type: ignore[type-arg]
+            def __init__(self, args: object, *rest: object, **kwargs: object) -> None:
+                heavy = _heavy_command(args)
+                if heavy:
+                    guard.refuse(heavy)
+                super().__init__(args, *rest, **kwargs)  # type: ignore[arg-type]
+
+        self.patch.setattr(Trainer, "fit", fit)
+        self.patch.setattr(subprocess, "Popen", GuardedPopen)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.patch.undo()
+
+
+def _guarded(item: pytest.Item) -> bool:
+    return item.get_closest_marker("slow") is None
+
+
+def _run_guarded(item: pytest.Item) -> Iterator[None]:
+    if not _guarded(item):
+        return (yield)
+    with _FastTierGuard(item) as guard:
+        result = yield
+    if guard.violations:
+        # The code under test may have caught the failure (a job that reports its errors).
+        pytest.fail(
+            f"{item.nodeid} {guard.violations[0]}: mark it @pytest.mark.slow", pytrace=False
+        )
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    return (yield from _run_guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    return (yield from _run_guarded(item))

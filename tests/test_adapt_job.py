@@ -91,6 +91,7 @@ def run_adapt(sites, out: Path, profile: dict, **options):
     return adapt(load(target), host.registry(), host, sites["model"], out, quiet=True, **options)
 
 
+@pytest.mark.slow
 def test_auto_without_labels_scores_every_candidate_and_calls_its_choice_a_proposal(
     sites, tmp_path
 ):
@@ -133,6 +134,7 @@ def test_auto_without_labels_scores_every_candidate_and_calls_its_choice_a_propo
     assert predictions.auroc is None or 0.0 <= predictions.auroc <= 1.0
 
 
+@pytest.mark.slow
 def test_the_target_test_split_is_never_read(sites, tmp_path, monkeypatch):
     profile = target_profile(method="tent")
     path = write(tmp_path, "target.yaml", profile)
@@ -166,11 +168,13 @@ def test_few_labels_keep_that_many_per_class_and_no_validation_label(tmp_path):
     assert all(r.label is None for r in split.validation)
 
 
+@pytest.mark.slow
 def test_a_method_needing_source_data_is_refused_without_a_source_profile(sites, tmp_path):
     with pytest.raises(InvalidInputError, match="'coral' needs labelled source data"):
         run_adapt(sites, tmp_path / "coral", target_profile(method="coral"))
 
 
+@pytest.mark.slow
 def test_dev_selection_needs_and_uses_the_source_profile(sites, tmp_path):
     profile = target_profile(method="adabn")
     profile["selection"] = {"score": "dev"}
@@ -181,6 +185,7 @@ def test_dev_selection_needs_and_uses_the_source_profile(sites, tmp_path):
     assert result.summary["methods"]["adabn"]["score_mean"] > 0
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_finished_runs(sites, tmp_path):
     profile = target_profile(method="adabn")
     first = run_adapt(sites, tmp_path / "again", profile)
@@ -191,6 +196,7 @@ def test_a_rerun_reuses_finished_runs(sites, tmp_path):
     assert second.summary["methods"] == first.summary["methods"]
 
 
+@pytest.mark.slow
 def test_refuses_to_write_over_its_own_source_model(sites, tmp_path):
     # adapt --from X/model --out X: the source model would be replaced by the adapted one.
     source_run = sites["model"].parent
@@ -205,6 +211,7 @@ def test_refuses_to_write_over_its_own_source_model(sites, tmp_path):
     assert (sites["model"] / "weights.safetensors").read_bytes() == weights
 
 
+@pytest.mark.slow
 def test_a_rerun_with_another_method_is_refused_unless_overwrite(sites, tmp_path):
     run_adapt(sites, tmp_path / "o", target_profile(method="adabn"))
     kept = (tmp_path / "o" / "model" / "weights.safetensors").read_bytes()
@@ -216,6 +223,7 @@ def test_a_rerun_with_another_method_is_refused_unless_overwrite(sites, tmp_path
     assert not (tmp_path / "o" / "runs" / "adabn-seed3").exists()  # started afresh
 
 
+@pytest.mark.slow
 def test_coral_with_the_source_profile_and_two_seeds(sites, tmp_path):
     result = run_adapt(
         sites,
@@ -234,6 +242,7 @@ def test_coral_with_the_source_profile_and_two_seeds(sites, tmp_path):
     assert result.decision.statement.startswith("kept coral as asked, not compared with")
 
 
+@pytest.mark.slow
 def test_the_command_line_adapts_and_explains_refusals(sites, tmp_path):
     target = write(tmp_path, "target.yaml", target_profile(method="adabn"))
     runner = CliRunner()
@@ -263,6 +272,7 @@ def test_the_command_line_adapts_and_explains_refusals(sites, tmp_path):
     assert "preprocessing.window: the model expects" in refused.output
 
 
+@pytest.mark.slow
 def test_other_classes_get_a_new_head_and_only_finetune(sites, tmp_path):
     from medadapt.engine.adaptation.access import candidate_methods as _candidates
     from medadapt.engine.adaptation.runs import fresh_model
@@ -282,6 +292,7 @@ def test_other_classes_get_a_new_head_and_only_finetune(sites, tmp_path):
         _candidates("auto", AdaptationChoice(), registry, False, same_classes=False)
 
 
+@pytest.mark.slow
 def test_finetune_keeps_frozen_stages_as_loaded(sites, tmp_path):
     from safetensors.torch import load_file
 
@@ -316,6 +327,7 @@ def test_ensemble_agreement_leaves_each_candidate_out_of_its_own_ensemble():
     assert ensemble_agreement({"only": a}) == {"only": 1.0}
 
 
+@pytest.mark.slow
 def test_validation_labels_choose_the_epochs_and_the_model_and_no_method_trains_on_them(
     sites, tmp_path
 ):
@@ -360,6 +372,7 @@ def test_a_decision_rule_that_needs_labels_is_refused_without_them(tmp_path):
         load(write(tmp_path, "typo.yaml", profile))
 
 
+@pytest.mark.slow
 def test_every_epoch_is_kept_and_shown_to_an_observer(sites, tmp_path):
     from medadapt.engine.loop import validation_predictions
 

@@ -184,6 +184,7 @@ def test_every_method_keeps_the_contract(name):
 # --- each method on the tiny problem ------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BUILT_IN - {"finetune"}))
 def test_each_label_free_method_improves_the_target_site(source_model, name, tmp_path):
     # As users run it: without target labels, the epoch chosen by a label-free score.
@@ -191,6 +192,7 @@ def test_each_label_free_method_improves_the_target_site(source_model, name, tmp
     assert accuracy(model, TARGET_TEST) > accuracy(source_model, TARGET_TEST) + 0.3
 
 
+@pytest.mark.slow
 def test_adabn_measures_the_target_statistics_and_changes_no_weight(source_model, tmp_path):
     model, _ = adapt(source_model, "adabn", tmp_path)
     layer = model.features[1]
@@ -202,6 +204,7 @@ def test_adabn_measures_the_target_statistics_and_changes_no_weight(source_model
             torch.testing.assert_close(model.state_dict()[key], value)
 
 
+@pytest.mark.slow
 def test_tent_changes_only_batch_norm_and_makes_the_target_predictions_confident(
     source_model, tmp_path
 ):
@@ -220,12 +223,14 @@ def test_tent_changes_only_batch_norm_and_makes_the_target_predictions_confident
     assert accuracy(model, TARGET_TEST) > 0.8
 
 
+@pytest.mark.slow
 def test_shot_keeps_the_source_classifier_layer(source_model, tmp_path):
     model, _ = adapt(source_model, "shot", tmp_path, batch_norm_batches=0)
     torch.testing.assert_close(model.head.weight, source_model.head.weight)
     assert not torch.equal(model.features[0].weight, source_model.features[0].weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "distance"),
     [("coral", coral_distance), ("mmd", multi_kernel_mmd), ("dann", multi_kernel_mmd)],
@@ -250,6 +255,7 @@ def test_alignment_methods_bring_the_sites_features_together(
         assert saved["extra"]["discriminator"]
 
 
+@pytest.mark.slow
 def test_finetune_with_ten_labels_per_class_beats_the_source_model(source_model, tmp_path):
     patches, labels = TARGET_TRAIN.tensors
     few = torch.full_like(labels, -1)
@@ -262,6 +268,7 @@ def test_finetune_with_ten_labels_per_class_beats_the_source_model(source_model,
     assert accuracy(model, TARGET_TEST) > accuracy(source_model, TARGET_TEST) + 0.3
 
 
+@pytest.mark.slow
 def test_l2_sp_keeps_finetuned_weights_near_the_source(source_model, tmp_path):
     def moved(l2_sp: float, folder: Path) -> float:
         model = copy.deepcopy(source_model)
@@ -287,6 +294,7 @@ def test_l2_sp_keeps_finetuned_weights_near_the_source(source_model, tmp_path):
     assert moved(10.0, tmp_path / "pulled") < moved(0.0, tmp_path / "free")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dann", "coral", "mmd"])
 def test_a_source_split_smaller_than_one_batch_is_used_whole(source_model, name, tmp_path):
     # Source batches used to drop every incomplete batch: with fewer labelled source samples

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -99,6 +100,7 @@ def _fit_counts(tmp_path: Path, n: int, batch_size: int, pass_: str = "when-stal
     return {int(v) for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
 
 
+@pytest.mark.slow
 def test_training_recomputes_statistics_only_when_an_epoch_is_too_short(tmp_path):
     # 4 steps an epoch leave 0.9 ** 4 = 66% of the starting statistics: recomputed over
     # the epoch's 4 batches. 64 steps leave 0.1%: PyTorch's running averages are kept

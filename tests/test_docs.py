@@ -60,8 +60,16 @@ def test_profile_key_is_documented(key):
 
 def test_readme_gives_the_two_commands():
     readme = (REPO / "README.md").read_text()
-    assert re.search(r"^\s+make demo$", readme, re.MULTILINE)
-    assert re.search(r"^\s+make test$", readme, re.MULTILINE)
+    commands = readme.split("## Two commands", 1)[1].split("\nEach sets up", 1)[0]
+    assert re.findall(r"^ {4}(\S.*)$", commands, re.MULTILINE) == ["make demo", "make test"]
+
+
+def test_the_fast_tier_is_named_for_contributors_and_leaves_out_only_the_slow_mark():
+    readme = (REPO / "README.md").read_text()
+    assert "`make test-fast`" in readme
+    recipe = (REPO / "Makefile").read_text().split("\ntest-fast:", 1)[1].split("\n\n", 1)[0]
+    assert recipe.strip().endswith('-m pytest -m "not slow"')
+    assert "test-fast" not in readme.split("## Two commands", 1)[1].split("\nEach sets up", 1)[0]
 
 
 # --- the component contracts, as the docs write them ----------------------------------------

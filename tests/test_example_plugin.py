@@ -41,6 +41,7 @@ def with_path(target: Path | None) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_installed_example_is_listed_with_its_distribution(installed_example, run_medadapt):
     result = run_medadapt("plugins", "--json", env=with_path(installed_example))
     assert result.returncode == 0, result.stderr
@@ -52,6 +53,7 @@ def test_installed_example_is_listed_with_its_distribution(installed_example, ru
     assert "selection-scores" in plugins
 
 
+@pytest.mark.slow
 def test_installed_example_is_usable_from_a_profile(
     installed_example, profile_using_example, run_medadapt
 ):
@@ -62,6 +64,7 @@ def test_installed_example_is_usable_from_a_profile(
     assert "selection score prevalence-match" in result.stdout
 
 
+@pytest.mark.slow
 def test_example_parameters_are_checked_by_the_example(
     installed_example, profile_using_example, run_medadapt
 ):
@@ -92,6 +95,7 @@ def example_on_path(installed_example, monkeypatch):
     sys.modules.pop("medadapt_example_scores", None)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("example_on_path")
 def test_engine_finds_and_runs_the_installed_example():
     host = PluginHost()

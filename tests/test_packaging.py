@@ -43,6 +43,7 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
+@pytest.mark.slow
 def test_wheel_holds_engine_and_plugins_inside_the_medadapt_package(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     expected = {
@@ -62,6 +63,7 @@ def test_wheel_holds_engine_and_plugins_inside_the_medadapt_package(wheel):
     assert top_levels == {"medadapt", wheel.name.split("-py")[0] + ".dist-info"}
 
 
+@pytest.mark.slow
 def test_wheel_declares_the_command_and_the_builtin_plugins(wheel):
     archive = zipfile.ZipFile(wheel)
     [entry_points] = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
@@ -72,6 +74,7 @@ def test_wheel_declares_the_command_and_the_builtin_plugins(wheel):
     assert text.index("[medadapt]") < text.index("dicom-ct =")
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_and_lists_its_builtin_plugins(wheel, tmp_path):
     target = tmp_path / "target"
     pip("install", "--no-deps", "--target", str(target), str(wheel))

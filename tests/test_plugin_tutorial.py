@@ -51,6 +51,7 @@ def on_path(target: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(target)}
 
 
+@pytest.mark.slow
 def test_the_installed_method_is_listed(installed, run_medadapt):
     listed = run_medadapt("plugins", "--json", env=on_path(installed))
     assert listed.returncode == 0, listed.stderr
@@ -59,6 +60,7 @@ def test_the_installed_method_is_listed(installed, run_medadapt):
     assert plugins["pseudo-label"]["provides"]["adaptation_methods"] == ["pseudo-label"]
 
 
+@pytest.mark.slow
 def test_a_profile_uses_it_and_its_parameters_are_checked(installed, run_medadapt, tmp_path):
     document = yaml.safe_load((REPO / "hospital_profiles" / "hospital_b_chest.yaml").read_text())
     document["data"]["params"]["root"] = str(tmp_path)
@@ -88,6 +90,7 @@ def _site(n: int, seed: int, scale: float = 1.0, shift: float = 0.0) -> TensorDa
     return TensorDataset(patches * scale + shift, labels)
 
 
+@pytest.mark.slow
 def test_the_engine_trains_with_it(installed, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(installed))
     try:

@@ -227,6 +227,7 @@ def test_splits_are_by_patient_and_keep_positive_patients_in_every_split():
 # --- the loop --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_writes_a_model_folder_whose_card_matches_its_weights(quick_profile, tmp_path):
     result = run_train(quick_profile(), tmp_path / "run")
     card = json.loads((result.model_dir / "card.json").read_text())
@@ -251,6 +252,7 @@ def test_training_writes_a_model_folder_whose_card_matches_its_weights(quick_pro
         load_model(result.model_dir, get_plugin_host().registry())
 
 
+@pytest.mark.slow
 def test_frozen_stages_keep_their_weights(quick_profile, tmp_path):
     result = run_train(quick_profile(training={"epochs": 1, "freeze": ["stem"]}), tmp_path / "r")
     trained = load_file(str(result.model_dir / WEIGHTS))
@@ -264,6 +266,7 @@ def test_frozen_stages_keep_their_weights(quick_profile, tmp_path):
     assert not torch.equal(trained["features.stage1.0.weight"], initial["features.stage1.0.weight"])
 
 
+@pytest.mark.slow
 def test_training_saves_recomputed_batch_norm_statistics(quick_profile, tmp_path):
     # The saved statistics come from one pass over an epoch's training batches with the
     # weights fixed (engine/batchnorm.py), not from running averages over every step.
@@ -283,6 +286,7 @@ def test_training_saves_recomputed_batch_norm_statistics(quick_profile, tmp_path
     }
 
 
+@pytest.mark.slow
 def test_a_finished_model_is_not_trained_over_without_overwrite(quick_profile, tmp_path):
     profile = quick_profile(training={"epochs": 1})
     first = run_train(profile, tmp_path / "run")
@@ -296,6 +300,7 @@ def test_a_finished_model_is_not_trained_over_without_overwrite(quick_profile, t
     assert again.model_dir == first.model_dir
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_continues_only_with_resume(quick_profile, tmp_path):
     profile = quick_profile(training={"epochs": 1})
     shutil.rmtree(run_train(profile, tmp_path / "run").model_dir)  # as if stopped before the end
@@ -303,6 +308,7 @@ def test_an_interrupted_run_continues_only_with_resume(quick_profile, tmp_path):
         run_train(profile, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_refuses_to_resume_a_run_with_a_profile_of_another_seed(quick_profile, tmp_path):
     shutil.rmtree(run_train(quick_profile(training={"epochs": 1}), tmp_path / "run").model_dir)
     host = get_plugin_host()
@@ -312,6 +318,7 @@ def test_refuses_to_resume_a_run_with_a_profile_of_another_seed(quick_profile, t
         train(other, registry, host, tmp_path / "run", resume=True)
 
 
+@pytest.mark.slow
 def test_a_model_whose_checkpoint_was_removed_is_not_retrained_by_another_profile(
     quick_profile, tmp_path
 ):
@@ -476,6 +483,37 @@ def test_sigterm_stops_like_ctrl_c_keeping_finished_work_and_no_temporary_files(
     assert (out / "model" / WEIGHTS).is_file()
 
 
+def test_leaving_the_world_destroys_the_group_even_when_ddp_sits_in_a_reference_cycle(tmp_path):
+    # The trainer and its DDP wrapper sat in a reference cycle, so destroy_process_group only
+    # dropped the registry's reference: the gloo group, its threads and its connections lived
+    # on until the interpreter shut down, where a rank could abort ("terminate called without
+    # an active exception"). leave_world must leave no group and no gloo thread behind.
+    import threading
+    import weakref
+
+    import torch.distributed as dist
+
+    from medadapt.engine.distributed import leave_world
+
+    def native_threads() -> int:
+        return len(os.listdir("/proc/self/task")) - threading.active_count()
+
+    before = native_threads()
+    dist.init_process_group("gloo", init_method=(tmp_path / "store").as_uri(), rank=0, world_size=1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    ddp(torch.randn(8, 4)).sum().backward()
+    holder: dict = {"ddp": ddp}
+    holder["self"] = holder  # a cycle, as the trainer and its objective make
+    gone = weakref.ref(ddp)
+    del ddp, model, holder
+    assert native_threads() > before  # gloo's threads, while the group lives
+    leave_world()
+    assert not dist.is_initialized()
+    assert gone() is None
+    assert native_threads() <= before
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -533,6 +571,7 @@ def test_imagenet_addresses_are_torchvisions():
     assert ResNet50.imagenet_url == ResNet50_Weights.IMAGENET1K_V2.url
 
 
+@pytest.mark.slow
 def test_a_checkpoint_holding_pickled_objects_is_refused_on_resume(quick_profile, tmp_path):
     profile = quick_profile(training={"epochs": 2})
     run_train(profile, tmp_path / "run")
@@ -553,6 +592,7 @@ def test_a_checkpoint_holding_pickled_objects_is_refused_on_resume(quick_profile
         )
 
 
+@pytest.mark.slow
 def test_data_loader_worker_processes_give_the_same_model(quick_profile, tmp_path):
     alone = run_train(quick_profile(training={"epochs": 1}), tmp_path / "alone")
     workers = run_train(quick_profile(training={"epochs": 1, "workers": 2}), tmp_path / "workers")

@@ -107,6 +107,7 @@ def _close(estimate: dict, value: float, boot: PatientBootstrap, statistic) -> N
     assert (estimate["low"], estimate["high"]) == pytest.approx((again.low, again.high))
 
 
+@pytest.mark.slow
 def test_every_number_matches_a_recomputation_from_the_saved_predictions(validated):
     folder = validated["folder"] / "report"
     report = json.loads((folder / REPORT_JSON).read_text())
@@ -184,6 +185,7 @@ def test_every_number_matches_a_recomputation_from_the_saved_predictions(validat
     assert sum(report["data"]["samples"]["test"].values()) == len(model["labels"])
 
 
+@pytest.mark.slow
 def test_the_verdict_follows_the_criteria(validated):
     report = validated["result"].report
     criteria = {c["name"]: c for c in report["acceptance"]["criteria"]}
@@ -205,6 +207,7 @@ def test_the_verdict_follows_the_criteria(validated):
     assert report["acceptance"]["verdict"] == expected
 
 
+@pytest.mark.slow
 def test_the_html_report_shows_the_json_numbers(validated):
     html = (validated["folder"] / "report" / REPORT_HTML).read_text()
     report = validated["result"].report
@@ -244,6 +247,7 @@ def _validate_with(validated, out: Path, acceptance: dict):
     return CliRunner().invoke(cli, [*arguments, "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_a_failing_criterion_exits_1_and_says_by_how_much(validated, tmp_path):
     result = _validate_with(
         validated, tmp_path / "strict", {"min_auroc": 0.999, "min_test_patients": 5}
@@ -258,6 +262,7 @@ def test_a_failing_criterion_exits_1_and_says_by_how_much(validated, tmp_path):
     assert "verdict: FAIL" in result.output
 
 
+@pytest.mark.slow
 def test_a_report_folder_of_another_model_is_refused_before_any_data_are_read(
     validated, tmp_path, monkeypatch
 ):
@@ -276,6 +281,7 @@ def test_a_report_folder_of_another_model_is_refused_before_any_data_are_read(
     assert (report / REPORT_JSON).read_bytes() == before
 
 
+@pytest.mark.slow
 def test_too_few_test_patients_or_no_baseline_gives_no_verdict(validated, tmp_path):
     acceptance = {"min_auroc": 0.5, "non_inferiority_margin": 0.1, "min_test_patients": 500}
     result = _validate_with(validated, tmp_path / "few", acceptance)
@@ -284,6 +290,7 @@ def test_too_few_test_patients_or_no_baseline_gives_no_verdict(validated, tmp_pa
     assert "not measured: non_inferiority_margin" in result.output  # no --baseline given
 
 
+@pytest.mark.slow
 def test_shift_finds_the_scanner_change_and_not_a_second_draw_of_the_same_site(validated, tmp_path):
     shift = validated["shift"]
     assert shift == json.loads((validated["folder"] / "shift" / SHIFT_JSON).read_text())
@@ -309,6 +316,7 @@ def test_shift_finds_the_scanner_change_and_not_a_second_draw_of_the_same_site(v
     assert same["verdict"] == "none"
 
 
+@pytest.mark.slow
 def test_shift_reads_no_test_patient(validated, monkeypatch):
     from medadapt.engine.samples import PatchLoader
     from medadapt.engine.splits import site_split
@@ -335,6 +343,7 @@ def test_shift_reads_no_test_patient(validated, monkeypatch):
     assert not set(read) & test_patients
 
 
+@pytest.mark.slow
 def test_shift_command_prints_the_verdict_and_the_rule(validated, tmp_path):
     result = CliRunner().invoke(
         cli,
@@ -354,6 +363,7 @@ def test_shift_command_prints_the_verdict_and_the_rule(validated, tmp_path):
     assert (tmp_path / SHIFT_JSON).is_file()
 
 
+@pytest.mark.slow
 def test_a_plugin_adds_a_section_to_the_report(validated, register, tmp_path):
     from medadapt.engine import hookimpl
     from medadapt.engine.hookspecs import ReportSection
@@ -394,6 +404,7 @@ def _chromium() -> str | None:
     return next((found for name in names if (found := shutil.which(name))), None)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed")
 def test_the_report_renders_and_prints_in_headless_chromium(validated, tmp_path):
     import struct
@@ -473,6 +484,7 @@ def test_failure_examples_show_the_missed_positives_first_then_the_false_alarms(
     assert [e["kind"] for e in no_misses["examples"]] == ["false alarm"] * 5
 
 
+@pytest.mark.slow
 def test_the_report_shows_the_missed_positives_it_counts(validated):
     report = validated["result"].report
     failures = report["failures"]
@@ -529,6 +541,7 @@ def test_without_an_interval_the_lower_bound_cannot_judge():
     assert judged["criteria"][0]["status"] == "not measured"
 
 
+@pytest.mark.slow
 def test_the_verdict_box_says_where_the_interval_crosses(validated):
     from medadapt.engine.report import render
     from medadapt.engine.validate import criterion_text
@@ -605,6 +618,7 @@ def test_fragile_numbers_give_warnings_that_say_what_to_do():
                     profile)[0]["kind"] == "extreme_threshold"  # fmt: skip
 
 
+@pytest.mark.slow
 def test_an_attribute_with_one_value_is_said_once_not_repeated_as_a_subgroup(validated):
     report = validated["result"].report
     # One simulated scanner: each attribute has one value across the test split.
