@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,15 @@ def join_world(device: str = "auto") -> World:
 
 
 def leave_world() -> None:
-    """Tear the process group down at the end of a distributed run."""
+    """Tear the process group down at the end of a distributed run.
+
+    Whatever was built on the group (a DistributedDataParallel wrapper and its reducer, left
+    in a reference cycle) is collected first, so the group is really destroyed here, with its
+    threads and connections, while the interpreter is whole, and not at interpreter shutdown,
+    where gloo's threads can abort the process ("terminate called without an active
+    exception").
+    """
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()

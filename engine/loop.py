@@ -183,6 +183,25 @@ class Trainer:
         Raises:
             InvalidInputError: ``resume`` without a checkpoint, or a checkpoint without it.
         """
+        try:
+            return self._fit(resume)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Finish the file writes and let go of DistributedDataParallel, whatever happened.
+
+        The objective holds this trainer (through the device binding), so the trainer, and
+        the DDP wrapper with its reducer and its hold on the process group, sit in a reference
+        cycle that lives until Python's cycle collector happens to run: often only while the
+        interpreter is shutting down, after :func:`leave_world` has destroyed the group. Gloo's
+        worker threads then release their last tensors while Python is finalising, and a rank
+        can abort with "terminate called without an active exception".
+        """
+        self._writer.close()
+        self.wrapped = self.model
+
+    def _fit(self, resume: bool) -> FitResult:
         checkpoint_file = self.out_dir / CHECKPOINT
         state: dict[str, Any] = {
             "epoch": 0,
@@ -476,6 +495,15 @@ class _BackgroundWriter:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.result()
+
+    def close(self) -> None:
+        """Wait for the last write and stop the thread (a failed write is logged, not raised:
+        :meth:`wait` raised it already on the way out of the loop)."""
+        try:
+            self.wait()
+        except Exception:
+            log.debug("a background write failed", exc_info=True)
+        self._pool.shutdown(wait=True)
 
 
 def _optimizer(groups: Sequence[dict[str, Any]], training: Training) -> torch.optim.Optimizer:
