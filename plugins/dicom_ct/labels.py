@@ -29,6 +29,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from medadapt.engine import InvalidInputError, Rejection
 from medadapt.engine.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.series import Volume
@@ -206,6 +208,14 @@ def _centre(row: dict[str, str], volume: Volume) -> tuple[float, float, float]:
     if volume.shear is not None:  # the index is a tilted slice's, as a viewer shows it
         row, column = volume.shear[min(max(round(values[0]), 0), len(volume.shear) - 1)]
         values = [values[0], values[1] + row, values[2] + column]
+    if volume.heights is not None:  # the n-th slice stored, placed on the resampled grid
+        between, last = volume.acquisition_spacing[0], len(volume.heights) - 1
+        if values[0] < 0 or values[0] > last:  # outside: rejected below, wherever it lands
+            height = values[0] * between if values[0] < 0 else volume.heights[-1]
+            height += max(values[0] - last, 0.0) * between
+        else:
+            height = float(np.interp(values[0], np.arange(last + 1), volume.heights))
+        values = [height / between, values[1], values[2]]
     return volume.to_output_index(values)
 
 
