@@ -308,3 +308,43 @@ def test_rejects_a_series_with_too_many_undecodable_slices_naming_the_first(ct, 
     text = str(raised.value)
     assert text.startswith(f"{files[2]}: the pixel data cannot be decoded")
     assert "(and 2 more of its files): 3 of the series' 12 slices cannot be read" in text
+
+
+# --- label files as spreadsheets write them ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "encode"),
+    [
+        ("semicolons.csv", lambda text: text.encode("utf-8")),  # Excel in a decimal-comma locale
+        ("unicode-text.csv", lambda text: text.replace(";", "\t").encode("utf-16")),
+    ],
+)
+def test_a_label_file_with_semicolons_tabs_or_utf16_is_read_as_a_spreadsheet_wrote_it(
+    ct, monkeypatch, tmp_path, name, encode
+):
+    monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", SITE_KEY)
+    ct.series("a", slices=6)
+    labels = tmp_path / name
+    rows = f"Patient_ID ;Label;x_mm;y_mm;z_mm\n{PATIENT};malignant;-15;-15;107,5\n"
+    labels.write_bytes(encode(rows))
+    found = DicomCT.from_params({"root": str(ct.root / "a")}).scan(label_file=labels)
+    assert found.rejections == []
+    (record,) = found.records
+    assert record.label == "malignant"
+    assert record.centre[0] == pytest.approx(3.0)  # 107.5 mm = 100 + 3 x 2.5
+
+
+def test_rejects_a_label_file_that_is_not_utf8_naming_the_line(ct, monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", SITE_KEY)
+    ct.series("a", slices=6)
+    labels = tmp_path / "latin1.csv"
+    labels.write_bytes(
+        f"patient_id,label,x_mm,y_mm,z_mm\n{PATIENT},malin\xe9,-15,-15,105\n".encode("latin-1")
+    )
+    with pytest.raises(InvalidInputError) as raised:
+        DicomCT.from_params({"root": str(ct.root / "a")}).scan(label_file=labels)
+    assert str(raised.value) == (
+        f"{labels}: line 2 is not UTF-8 (byte 0xe9): save the label file as CSV in UTF-8 "
+        "(in Excel: 'CSV UTF-8')"
+    )
