@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import RLELossless
 
 from medadapt.engine import InvalidInputError
 from medadapt.plugins.dicom_ct import DicomCT
-from medadapt.plugins.dicom_ct.pixels import load_hu
+from medadapt.plugins.dicom_ct.pixels import UndecodableSeries, load_hu
 from medadapt.plugins.dicom_ct.scan import scan_folder
 
 
@@ -217,3 +218,133 @@ def test_an_unreadable_subfolder_is_reported_not_skipped_silently(ct, pseudonymi
 def test_a_data_root_that_does_not_exist_is_said_plainly(tmp_path, pseudonymizer):
     with pytest.raises(InvalidInputError, match="the data folder does not exist"):
         scan_folder(tmp_path / "nowhere", pseudonymizer)
+
+
+# --- gaps and undecodable slices: the volume keeps its grid, so every lesion keeps its place
+
+
+SITE_KEY = "site-secret-for-the-tests-0001"
+PATIENT = "MRN-0042-PHI"  # the CTWriter's first patient (tests/conftest.py)
+
+
+def corrupt(path: Path) -> None:
+    """Cut the file's RLE frame short: its header stays readable, its pixels do not."""
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless)
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    ds.PixelData = encapsulate([frame[:70]])
+    ds.save_as(path)
+
+
+def test_a_missing_slice_is_filled_in_on_the_grid_and_lesions_keep_their_place(
+    ct, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", SITE_KEY)
+    files, stored = ct.series("gap", slices=10, spacing=2.5)
+    files[4].unlink()
+    labels = tmp_path / "labels.csv"
+    # Slice 7 lies at z = 100 + 7 x 2.5 mm: stacked without the gap, it was voxel 6.
+    labels.write_text(f"patient_id,label,x_mm,y_mm,z_mm\n{PATIENT},malignant,-15,-15,117.5\n")
+    source = DicomCT.from_params({"root": str(ct.root / "gap")})
+    found = source.scan(label_file=labels)
+    (record,) = found.records
+    assert record.centre[0] == pytest.approx(7.0)
+    assert any("gap of 5.00 mm between slices 4 and 5" in w for w in found.warnings)
+    assert any("resampled onto one 2.50 mm apart" in w for w in found.warnings)
+    hu = source.load(record).hu
+    assert hu.shape == (10, 16, 16)
+    for k in (0, 3, 5, 7, 9):
+        np.testing.assert_allclose(hu[k], stored[k] - 1024.0)
+    np.testing.assert_allclose(hu[4], (stored[3] + stored[5]) / 2 - 1024.0, rtol=1e-6)
+
+
+def test_uneven_slices_are_resampled_onto_an_even_grid(ct, pseudonymizer):
+    _, stored = ct.series("uneven", slices=6, positions=[0.0, 2.5, 5.5, 7.5, 10.0, 12.5])
+    (volume,) = scan_folder(ct.root / "uneven", pseudonymizer).volumes
+    assert any(w.startswith("uneven slice spacing") for w in volume.warnings)
+    hu = load_hu(volume).hu
+    assert hu.shape[0] == 6
+    # Height 5.0 mm lies between the slices at 2.5 and 5.5 mm, 5/6 of the way.
+    np.testing.assert_allclose(
+        hu[2], (stored[1] / 6 + stored[2] * 5 / 6) - 1024.0, rtol=1e-5, atol=1e-3
+    )
+    np.testing.assert_allclose(hu[3], stored[3] - 1024.0)
+
+
+def test_a_gap_too_wide_to_fill_in_is_said_plainly(ct, pseudonymizer):
+    files, _ = ct.series("wide", slices=12)
+    for path in files[3:8]:
+        path.unlink()
+    (volume,) = scan_folder(ct.root / "wide", pseudonymizer).volumes
+    assert volume.shape[0] == 7
+    assert any("gap wider than 4 slices is not filled in" in w for w in volume.warnings)
+
+
+def test_an_undecodable_slice_met_by_a_job_is_filled_in_and_the_file_named(ct, monkeypatch, caplog):
+    monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", SITE_KEY)
+    files, stored = ct.series("late", slices=12)
+    corrupt(files[4])  # the header scans cleanly: the job meets it when it reads the pixels
+    source = DicomCT.from_params({"root": str(ct.root / "late")})
+    (record,) = source.scan().records
+    with caplog.at_level("WARNING", logger="medadapt.plugins.dicom_ct.pixels"):
+        hu = source.load(record).hu
+    assert hu.shape == (12, 16, 16)
+    np.testing.assert_allclose(hu[4], (stored[3] + stored[5]) / 2 - 1024.0, rtol=1e-6)
+    (message,) = [r.getMessage() for r in caplog.records if r.name.endswith("pixels")]
+    assert message.startswith(f"{files[4]}: the pixel data cannot be decoded")
+    assert "filled in by linear interpolation between its neighbours" in message
+    assert PATIENT not in message
+
+
+def test_rejects_a_series_with_too_many_undecodable_slices_naming_the_first(ct, monkeypatch):
+    monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", SITE_KEY)
+    files, _ = ct.series("broken", slices=12)
+    for path in files[2:5]:
+        corrupt(path)
+    source = DicomCT.from_params({"root": str(ct.root / "broken")})
+    (record,) = source.scan().records
+    with pytest.raises(UndecodableSeries) as raised:
+        source.load(record)
+    text = str(raised.value)
+    assert text.startswith(f"{files[2]}: the pixel data cannot be decoded")
+    assert "(and 2 more of its files): 3 of the series' 12 slices cannot be read" in text
+
+
+# --- label files as spreadsheets write them ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "encode"),
+    [
+        ("semicolons.csv", lambda text: text.encode("utf-8")),  # Excel in a decimal-comma locale
+        ("unicode-text.csv", lambda text: text.replace(";", "\t").encode("utf-16")),
+    ],
+)
+def test_a_label_file_with_semicolons_tabs_or_utf16_is_read_as_a_spreadsheet_wrote_it(
+    ct, monkeypatch, tmp_path, name, encode
+):
+    monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", SITE_KEY)
+    ct.series("a", slices=6)
+    labels = tmp_path / name
+    rows = f"Patient_ID ;Label;x_mm;y_mm;z_mm\n{PATIENT};malignant;-15;-15;107,5\n"
+    labels.write_bytes(encode(rows))
+    found = DicomCT.from_params({"root": str(ct.root / "a")}).scan(label_file=labels)
+    assert found.rejections == []
+    (record,) = found.records
+    assert record.label == "malignant"
+    assert record.centre[0] == pytest.approx(3.0)  # 107.5 mm = 100 + 3 x 2.5
+
+
+def test_rejects_a_label_file_that_is_not_utf8_naming_the_line(ct, monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", SITE_KEY)
+    ct.series("a", slices=6)
+    labels = tmp_path / "latin1.csv"
+    labels.write_bytes(
+        f"patient_id,label,x_mm,y_mm,z_mm\n{PATIENT},malin\xe9,-15,-15,105\n".encode("latin-1")
+    )
+    with pytest.raises(InvalidInputError) as raised:
+        DicomCT.from_params({"root": str(ct.root / "a")}).scan(label_file=labels)
+    assert str(raised.value) == (
+        f"{labels}: line 2 is not UTF-8 (byte 0xe9): save the label file as CSV in UTF-8 "
+        "(in Excel: 'CSV UTF-8')"
+    )

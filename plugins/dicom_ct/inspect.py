@@ -14,15 +14,30 @@ from medadapt.engine import ExitCode, InvalidInputError, Rejection
 from medadapt.engine.output import plain_row, strict_json
 from medadapt.engine.progress import progress_bar
 from medadapt.engine.pseudonym import Pseudonymizer
-from medadapt.plugins.dicom_ct.pixels import UndecodableFile, load_hu
+from medadapt.plugins.dicom_ct.pixels import UndecodableFile, UndecodableSeries, load_hu
 from medadapt.plugins.dicom_ct.scan import iter_files, scan_folder
 from medadapt.plugins.dicom_ct.series import Volume
 
 
-def describe_volume(volume: Volume) -> dict[str, Any]:
-    """One series as ``inspect`` reports it; loads the pixels for the HU range."""
-    image = load_hu(volume)
+def describe_volume(
+    volume: Volume, undecodable: list[UndecodableFile] | None = None
+) -> dict[str, Any]:
+    """One series as ``inspect`` reports it; loads the pixels for the HU range.
+
+    Args:
+        undecodable: gets each file left out because its pixels cannot be decoded (its
+            slice filled in from the neighbours, as every job does).
+    """
+    left_out: list[UndecodableFile] = []
+    image = load_hu(volume, on_undecodable=left_out.append)
+    if undecodable is not None:
+        undecodable.extend(left_out)
     attributes = volume.attributes
+    filled = [
+        f"{exc.path.name} cannot be decoded: its slice is filled in by linear interpolation "
+        "between its neighbours"
+        for exc in left_out
+    ]
     return {
         "series": volume.series_key,
         "patient": volume.patient_key,
@@ -33,11 +48,11 @@ def describe_volume(volume: Volume) -> dict[str, Any]:
         "slice_thickness_mm": attributes.get("slice_thickness"),
         "pixel_spacing_mm": list(volume.acquisition_spacing[1:]),
         "spacing_between_slices_mm": round(volume.acquisition_spacing[0], 4),
-        "slices": len(volume.slices),
+        "slices": len(volume.slices) - len(left_out),
         "shape": list(image.hu.shape),
         "hu_min": float(image.hu.min()),
         "hu_max": float(image.hu.max()),
-        "warnings": list(volume.warnings),
+        "warnings": [*volume.warnings, *filled],
     }
 
 
@@ -66,21 +81,26 @@ def inspect_command(ctx: click.Context, path: Path, as_json: bool, no_recursive:
         )
         series, rejections = [], list(found.rejections)
         task = progress.add_task("reading pixels", total=len(found.volumes))
-        todo, unreadable = list(found.volumes), set()
-        while todo:
-            volume = todo.pop(0)
+        for volume in found.volumes:
+            undecodable: list[UndecodableFile] = []
             try:
-                series.append(describe_volume(volume))
-            except UndecodableFile as exc:  # that file alone; its series is read without it
-                rejections.append(Rejection(exc.path, exc.reason))
-                unreadable.add(exc.path)
-                rebuilt, unplaced = found.reassembled(volume, unreadable)
-                todo[:0] = [v for v in rebuilt if v.series_key == volume.series_key]
-                known = {(r.path, r.reason) for r in rejections}
-                rejections.extend(r for r in unplaced if (r.path, r.reason) not in known)
-                continue
+                series.append(describe_volume(volume, undecodable))
+            except UndecodableSeries as exc:
+                bad = {failed.path for failed in exc.failed}
+                rejections.extend(Rejection(f.path, f.reason) for f in exc.failed)
+                rejections.extend(
+                    Rejection(
+                        s.path,
+                        f"left out with its series: {exc.missing} of its {exc.slices} slices "
+                        "cannot be decoded, too many to fill in from their neighbours",
+                    )
+                    for s in volume.slices
+                    if s.path not in bad
+                )
             except InvalidInputError as exc:
                 rejections.extend(_unreadable(volume, str(exc)))
+            # A file left out alone: its series is read without it.
+            rejections.extend(Rejection(exc.path, exc.reason) for exc in undecodable)
             progress.advance(task)
     rejected = [
         {"path": _relative(r.path, path), "image": r.image_key, "reason": r.reason}

@@ -24,10 +24,14 @@ them is kept, and each is reported with the others.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from medadapt.engine import InvalidInputError, Rejection
 from medadapt.engine.pseudonym import Pseudonymizer
@@ -48,16 +52,46 @@ class Lesion:
 
 
 def _read(label_file: Path, header_only: bool) -> tuple[set[str], list[dict[str, str]]]:
+    """The label file's columns (stripped, lower case) and rows. Reads UTF-8 (with or without
+    a byte-order mark) and UTF-16 with one (Excel's "Unicode text"), separated by commas,
+    semicolons or tabs; with semicolons or tabs a decimal comma is read as a point."""
     try:
-        with label_file.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = set(reader.fieldnames or [])
-            rows = [] if header_only else list(reader)
+        raw = label_file.read_bytes()
     except FileNotFoundError:
         raise InvalidInputError(f"{label_file}: the label file does not exist") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except OSError as exc:
+        raise InvalidInputError(
+            f"{label_file}: the label file cannot be read ({exc.strerror or exc})"
+        ) from None
+    text = _decode(label_file, raw)
+    first = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=first.count) if first.strip() else ","
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
+        columns = set(reader.fieldnames)
+        rows = [] if header_only else list(reader)
+    except csv.Error as exc:
         raise InvalidInputError(f"{label_file}: the label file cannot be read: {exc}") from None
+    if delimiter != ",":
+        for row in rows:
+            for name in (*_MM, *_VOXEL):
+                if row.get(name):
+                    row[name] = row[name].replace(",", ".")
     return columns, rows
+
+
+def _decode(label_file: Path, raw: bytes) -> str:
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InvalidInputError(
+            f"{label_file}: line {line} is not UTF-8 (byte 0x{raw[exc.start]:02x}): save the "
+            "label file as CSV in UTF-8 (in Excel: 'CSV UTF-8')"
+        ) from None
 
 
 def columns_problem(label_file: Path, columns: set[str] | None = None) -> str | None:
@@ -206,6 +240,14 @@ def _centre(row: dict[str, str], volume: Volume) -> tuple[float, float, float]:
     if volume.shear is not None:  # the index is a tilted slice's, as a viewer shows it
         row, column = volume.shear[min(max(round(values[0]), 0), len(volume.shear) - 1)]
         values = [values[0], values[1] + row, values[2] + column]
+    if volume.heights is not None:  # the n-th slice stored, placed on the resampled grid
+        between, last = volume.acquisition_spacing[0], len(volume.heights) - 1
+        if values[0] < 0 or values[0] > last:  # outside: rejected below, wherever it lands
+            height = values[0] * between if values[0] < 0 else volume.heights[-1]
+            height += max(values[0] - last, 0.0) * between
+        else:
+            height = float(np.interp(values[0], np.arange(last + 1), volume.heights))
+        values = [height / between, values[1], values[2]]
     return volume.to_output_index(values)
 
 

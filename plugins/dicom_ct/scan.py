@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from medadapt.engine import InvalidInputError, Rejection
@@ -21,16 +21,6 @@ class FolderScan:
     volumes: list[Volume]
     rejections: list[Rejection]
     files: int
-    headers: list[FileHeader] = field(default_factory=list)
-
-    def reassembled(
-        self, volume: Volume, without: set[Path]
-    ) -> tuple[list[Volume], list[Rejection]]:
-        """``volume``'s series built again from its files but ``without`` (ones that turned
-        out unreadable), so that its good slices stay usable (a gap is a warning)."""
-        series = volume.series_key.split(".")[0]
-        members = [h for h in self.headers if h.series_key == series and h.path not in without]
-        return assemble(members)
 
 
 def iter_files(
@@ -130,4 +120,4 @@ def scan_folder(
         if on_file is not None:
             on_file(path)
     volumes, unplaced = assemble(headers)
-    return FolderScan(volumes, rejections + unplaced, count, headers)
+    return FolderScan(volumes, rejections + unplaced, count)

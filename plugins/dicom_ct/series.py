@@ -28,6 +28,12 @@ _GAP_FACTOR = 1.5
 _UNEVEN_FRACTION = 0.1
 #: Slices whose in-plane offsets stay within this many pixels stack along their normal.
 _SHEAR_PIXELS = 0.1
+#: Slices within this fraction of the spacing of a regular grid lie on it; otherwise (a gap,
+#: uneven spacing) the volume is resampled onto one along the slice normal.
+_ON_GRID_FRACTION = 0.1
+#: A gap up to this many times the spacing (three missing slices) is filled in by
+#: interpolation; a wider one is not: interpolating across it would invent anatomy.
+_FILLED_GAP_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,28 @@ class Volume:
     #: For a tilted (sheared) series: each slice's in-plane offset from the first, in pixels
     #: (rows, columns), removed when the pixels are loaded; None when the slices stack.
     shear: list[tuple[float, float]] | None = None
+    #: Each slice's height above the first along the normal, in mm, when the slices do not
+    #: lie on a regular grid (a gap, uneven spacing): the pixels are then resampled along the
+    #: normal onto a grid ``acquisition_spacing[0]`` apart. None when they lie on one.
+    heights: list[float] | None = None
+
+    @property
+    def depth(self) -> int:
+        """How many slices the loaded volume has: those of the regular grid it lies on."""
+        if self.heights is None:
+            return len(self.slices)
+        return round(self.heights[-1] / self.acquisition_spacing[0]) + 1
+
+    def slice_heights(self) -> list[float]:
+        """Each slice's height above the first along the normal, in mm."""
+        if self.heights is not None:
+            return list(self.heights)
+        return [index * self.acquisition_spacing[0] for index in range(len(self.slices))]
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """The (z, y, x) shape of the oriented volume."""
-        acquisition = (len(self.slices), self.rows, self.columns)
+        acquisition = (self.depth, self.rows, self.columns)
         return tuple(acquisition[a] for a in self.axes)  # type: ignore[return-value]
 
     @property
@@ -80,7 +103,7 @@ class Volume:
     def to_output_index(self, acquisition_index: Iterable[float]) -> tuple[float, float, float]:
         """Map an acquisition index (slice, row, column) to an oriented (z, y, x) index."""
         source = list(acquisition_index)
-        acquisition_shape = (len(self.slices), self.rows, self.columns)
+        acquisition_shape = (self.depth, self.rows, self.columns)
         out = []
         for axis, flip in zip(self.axes, self.flips, strict=True):
             value = source[axis]
@@ -98,7 +121,7 @@ class Volume:
                     f"{ref.path}: the file cannot be read any more ({exc.strerror}); scan again"
                 ) from None
             parts.append(f"{ref.path}|{ref.frame}|{stat.st_size}|{stat.st_mtime_ns}")
-        parts.append(f"{self.axes}|{self.flips}|{self.shear}")
+        parts.append(f"{self.axes}|{self.flips}|{self.shear}|{self.heights}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     def to_locator(self) -> str:
@@ -117,6 +140,7 @@ class Volume:
                 "affine": self.affine.tolist(),
                 "attributes": self.attributes,
                 "shear": self.shear,
+                "heights": self.heights,
             }
         )
 
@@ -137,6 +161,7 @@ class Volume:
             affine=np.asarray(data["affine"], dtype=float),
             attributes=data["attributes"],
             shear=[tuple(o) for o in data["shear"]] if data.get("shear") else None,
+            heights=data.get("heights"),
         )
 
     def patient_mm_to_output_index(self, point_mm: Iterable[float]) -> tuple[float, float, float]:
@@ -244,9 +269,25 @@ def _build_volume(
         )
 
     steps = np.diff([heights[i] for i in kept])
+    positioned = orientation is not None and all(f.position is not None for _, f in members)
+    relative: list[float] | None = None
     if len(steps):
         between = float(np.median(steps))
-        _describe_spacing(steps, between, warnings)
+        above = [heights[i] - heights[kept[0]] for i in kept]
+        off_grid = max(abs(h - k * between) for k, h in enumerate(above))
+        fillable = float(steps.max()) <= _FILLED_GAP_FACTOR * between
+        if positioned and fillable and off_grid > _ON_GRID_FRACTION * between:
+            relative = above
+        _describe_spacing(
+            steps, between, warnings, resampled=relative is not None, positioned=positioned
+        )
+        if not fillable:
+            warnings.append(
+                f"a gap wider than {_FILLED_GAP_FACTOR:g} slices is not filled in: the slices "
+                "either side of it are stacked as if adjacent, so distances across it are "
+                "wrong (check the export for missing files, or label each part as its own "
+                "series)"
+            )
     else:
         fallback = first_header.spacing_between_slices or first_header.slice_thickness
         between = fallback or 1.0
@@ -288,6 +329,7 @@ def _build_volume(
         attributes={**first_header.attributes, "pixel_spacing": round(float(row_spacing), 4)},
         warnings=warnings,
         shear=shear,
+        heights=relative,
     )
     return volume, rejections
 
@@ -336,7 +378,9 @@ def _tilt_text(
     )
 
 
-def _describe_spacing(steps: np.ndarray, between: float, warnings: list[str]) -> None:
+def _describe_spacing(
+    steps: np.ndarray, between: float, warnings: list[str], *, resampled: bool, positioned: bool
+) -> None:
     gaps = [(i, float(s)) for i, s in enumerate(steps) if s > _GAP_FACTOR * between]
     for i, step in gaps[:5]:
         warnings.append(
@@ -350,6 +394,17 @@ def _describe_spacing(steps: np.ndarray, between: float, warnings: list[str]) ->
         warnings.append(
             f"uneven slice spacing: from {min(regular):.2f} to {max(regular):.2f} mm "
             f"(median {between:.2f} mm)"
+        )
+    if resampled:
+        warnings.append(
+            f"the slices lie on no regular grid; the volume is resampled onto one "
+            f"{between:.2f} mm apart (linear interpolation along the slice normal between "
+            "the two nearest slices, so a gap holds interpolated values)"
+        )
+    elif not positioned and (gaps or any(w.startswith("uneven") for w in warnings)):
+        warnings.append(
+            "the slice positions are unknown (ordered by InstanceNumber), so the slices are "
+            "stacked as if evenly spaced"
         )
 
 
