@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import signal
@@ -50,13 +51,50 @@ class MedadaptGroup(click.Group):
         except KeyboardInterrupt:
             _stderr().print("interrupted; finished work is kept")
             ctx.exit(ExitCode.INTERRUPTED)
-        except Exception:
+        except Exception as exc:
+            what = environment_error(exc) if isinstance(exc, OSError) else None
+            if what is not None:
+                _stderr().print(f"[bold red]error:[/] {escape(what)}", highlight=False)
+                ctx.exit(ExitCode.INVALID_INPUT)
             _stderr().print(traceback.format_exc(), markup=False, highlight=False)
             _stderr().print(
                 "[bold red]internal error:[/] this is a bug in medadapt or one of its plugins; "
                 "please report it with the traceback above"
             )
             ctx.exit(ExitCode.INTERNAL_ERROR)
+
+
+#: What to do when the machine, not medadapt, refuses a read or a write.
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "the disk is full: free space, or choose an --out on another disk",
+    errno.EDQUOT: "the disk quota is used up: free space, or choose an --out elsewhere",
+    errno.EROFS: "the filesystem is read-only: choose another --out",
+    errno.EACCES: "no permission: give medadapt's user access, or choose another --out",
+    errno.EPERM: "not permitted: give medadapt's user access, or choose another --out",
+    errno.ENAMETOOLONG: "the path is too long for the filesystem: choose a shorter --out",
+    errno.EIO: "the disk reported an input/output error: check the disk",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) and run again",
+}
+
+
+def environment_error(exc: OSError) -> str | None:
+    """The message for an error of the machine (a full disk, a read-only or forbidden
+    folder, a path too long), naming the file; None for any other error.
+
+    Example:
+        >>> import errno
+        >>> print(environment_error(OSError(errno.ENOSPC, "No space left", "runs/a/x.json")))
+        runs/a/x.json: No space left (the disk is full: free space, or choose an --out on \
+another disk); what was finished before is kept, so the command can be run again
+    """
+    advice = _ENVIRONMENT_ERRORS.get(exc.errno or 0)
+    if advice is None:
+        return None
+    where = f"{exc.filename}: " if exc.filename else ""
+    return (
+        f"{where}{exc.strerror or exc} ({advice}); what was finished before is kept, so the "
+        "command can be run again"
+    )
 
 
 def _stdout() -> Console:

@@ -101,6 +101,11 @@ def atomic_file(path: Path) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        if exc.filename in (None, str(temporary)):  # name the file the user asked for
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -153,6 +154,49 @@ def test_a_bug_gives_the_internal_error_exit_code(register):
     assert result.exit_code == ExitCode.INTERNAL_ERROR
     assert "RuntimeError: boom" in result.output
     assert "a bug in medadapt or one of its plugins" in result.output
+
+
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (errno.ENOSPC, "the disk is full: free space, or choose an --out on another disk"),
+        (errno.EROFS, "the filesystem is read-only: choose another --out"),
+        (errno.ENAMETOOLONG, "the path is too long for the filesystem: choose a shorter --out"),
+    ],
+)
+def test_a_full_disk_or_a_forbidden_folder_is_said_plainly_not_called_a_bug(register, code, advice):
+    class Writing:
+        @hookimpl
+        def medadapt_selection_scores(self):
+            raise OSError(code, os.strerror(code), "runs/b/report.html")
+
+    register(Writing(), "writing")
+    result = invoke("profile", "check", str(TEMPLATE))
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert result.output.startswith(f"error: runs/b/report.html: {os.strerror(code)} ({advice})")
+    assert "what was finished before is kept" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_another_os_error_is_still_reported_as_a_bug(register):
+    class Resetting:
+        @hookimpl
+        def medadapt_selection_scores(self):
+            raise OSError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+
+    register(Resetting(), "resetting")
+    assert invoke("profile", "check", str(TEMPLATE)).exit_code == ExitCode.INTERNAL_ERROR
+
+
+def test_a_failed_atomic_write_names_the_file_and_leaves_no_temporary(tmp_path):
+    from medadapt.engine.model import atomic_file
+
+    target = tmp_path / "report.html"
+    with pytest.raises(OSError, match="No space left") as raised, atomic_file(target):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a file object's write does
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_quiet_prints_only_problems():
