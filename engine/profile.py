@@ -537,8 +537,17 @@ class _ProfileDocument:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise fail("no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise fail(f"cannot read the profile: {exc}") from None
+        except IsADirectoryError:
+            raise fail("is a folder; give the profile's YAML file") from None
+        except UnicodeDecodeError as exc:
+            line = exc.object[: exc.start].count(b"\n") + 1
+            raise fail(
+                f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): save the profile as "
+                "UTF-8",
+                line,
+            ) from None
+        except OSError as exc:
+            raise fail(f"cannot read the profile: {exc.strerror or exc}") from None
         try:
             root = yaml.compose(text, Loader=_UniqueKeyLoader)
             data = yaml.load(text, Loader=_UniqueKeyLoader)

@@ -228,6 +228,16 @@ def test_several_files_are_checked_and_any_invalid_one_fails(tmp_path):
     assert f"{missing}: no such file" in result.output
 
 
+def test_rejects_a_profile_that_is_not_utf8_or_is_a_folder_naming_the_line(tmp_path):
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("site:\n  name: H\xf4pital B\n".encode("latin-1"))
+    result = check(latin, tmp_path)
+    assert result.exit_code == 2
+    assert f"{latin}:2: is not UTF-8 text (byte 0xf4): save the profile as UTF-8" in result.output
+    assert f"{tmp_path}: is a folder; give the profile's YAML file" in result.output
+    assert "codec" not in result.output
+
+
 def test_check_json_gives_one_object_per_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TEMPLATE.read_text().replace("seed: 20261128", "seed: -1"))
