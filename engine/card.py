@@ -65,6 +65,24 @@ class AdaptationRecord(_Part):
     decision: DecisionRecord | None = None
 
 
+class ImportRecord(_Part):
+    """Where a model trained outside medadapt came from (``medadapt model import``).
+
+    Attributes:
+        file: the name of the imported weights file.
+        sha256: its SHA-256.
+        layout: whose key names it used: ``torchvision``, ``monai`` (the backbone's published
+            layout) or ``medadapt``.
+        notes: what the import changed, in words (a first convolution summed to one
+            channel, a one-logit output turned into two).
+    """
+
+    file: str
+    sha256: str
+    layout: str
+    notes: list[str] = Field(default_factory=list)
+
+
 class ModelCard(_Part):
     """Everything a model folder says about its model, besides the weights.
 
@@ -101,6 +119,8 @@ class ModelCard(_Part):
     #: For an adapted model: the source model's training history.
     source_history: list[dict[str, Any]] = Field(default_factory=list)
     adaptation: AdaptationRecord | None = None
+    #: For a model trained outside medadapt: the file it was imported from.
+    imported: ImportRecord | None = None
     #: Written by :func:`~medadapt.engine.model.save_model`; loading checks it.
     weights_sha256: str | None = None
 

@@ -284,6 +284,50 @@ def profile_option(purpose: str) -> Callable[[Callable[..., Any]], Callable[...,
     )
 
 
+@cli.group("model")
+def model_group() -> None:
+    """Bring in a model trained outside medadapt."""
+
+
+@model_group.command("import")
+@click.argument("weights", type=click.Path(exists=True, path_type=Path))
+@profile_option(
+    "what the weights cannot say: backbone, task (classes, positive class), preprocessing"
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The model folder to write (then: adapt --from, validate --model).",
+)
+@overwrite_option("the model there is written anew from these weights")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def model_import_command(
+    weights: Path, profile_path: Path, out: Path, overwrite: bool, as_json: bool
+) -> None:
+    """Make a model folder from a state dict trained elsewhere (plain PyTorch, MONAI).
+
+    WEIGHTS is a state dict: .safetensors, or .pt/.pth saved with
+    torch.save(model.state_dict(), ...), in the layout the backbone publishes (torchvision's
+    ResNets, MONAI's DenseNet-121, classifier layer included) or medadapt's own. The profile
+    says the backbone, the classes in the model's output order, the positive class and the
+    preprocessing the model was trained with. Keys, shapes and outputs that do not fit are
+    refused by name; pickled and TorchScript files are refused with the reason.
+    """
+    from medadapt.engine.importing import import_model
+
+    registry = get_plugin_host().registry()
+    profile = load_profile(profile_path, registry)
+    result = import_model(weights, profile, registry, out, overwrite=overwrite)
+    summary = {"model": str(result.model_dir), "layout": result.layout, "notes": result.notes}
+    if as_json:
+        _emit_json(summary)
+        return
+    click.echo(f"model written to {result.model_dir} (from {result.layout} key names)")
+    for note in result.notes:
+        _stderr().print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
 @cli.command("train")
 @profile_option("data, backbone, training")
 @click.option(
@@ -347,7 +391,7 @@ def train_command(
 @click.option(
     "--from",
     "source_model",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="The source model folder (default: the profile's adaptation.source_model).",
 )
 @click.option(
@@ -454,7 +498,7 @@ def adapt_command(
 @click.option(
     "--model",
     "model_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="A model (usually the source model) whose features are compared too.",
 )
 @click.option(
@@ -524,13 +568,13 @@ def shift_command(
     "--model",
     "model_dir",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="The model folder to judge.",
 )
 @click.option(
     "--baseline",
     "baseline_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="A model to compare with (usually the unadapted source model).",
 )
 @click.option(
@@ -630,7 +674,7 @@ def _validation_text(report: dict[str, Any], out: Path) -> str:
 @click.option(
     "--from",
     "source_model",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="With profiles instead of a jobs file: the source model carried to each site.",
 )
 @click.option("--method", help="With profiles: an adaptation method, or auto.")

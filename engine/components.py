@@ -300,6 +300,10 @@ class Backbone(Component):
     imagenet_url: ClassVar[str | None] = None
     #: The smallest patch side (in voxels) the backbone's downsampling can take.
     min_patch_size: ClassVar[int] = 1
+    #: The name prefix of the classifier layer in the layout the backbone publishes
+    #: (``fc.`` for torchvision's ResNets): ``medadapt model import`` makes it the head of a
+    #: model trained elsewhere. ``None`` when the published layout has none.
+    classifier_prefix: ClassVar[str | None] = None
 
     @abstractmethod
     def build(

@@ -128,8 +128,18 @@ def load_model(folder: Path, registry: ComponentRegistry) -> LoadedModel:
             not match the card, or the backbone is not installed.
     """
     card_file, weights_file = folder / CARD, folder / WEIGHTS
+    if folder.is_file():
+        raise InvalidInputError(
+            f"{folder}: a file, not a model folder. A state dict trained elsewhere becomes a "
+            f"model folder with: medadapt model import {folder} -p PROFILE --out FOLDER "
+            "(docs/models.md)"
+        )
     if not card_file.is_file() or not weights_file.is_file():
-        raise InvalidInputError(f"{folder}: not a medadapt model (expected {CARD} and {WEIGHTS})")
+        raise InvalidInputError(
+            f"{folder}: not a medadapt model (expected {CARD} and {WEIGHTS}). A model trained "
+            "elsewhere becomes one with `medadapt model import WEIGHTS -p PROFILE --out "
+            "FOLDER` (docs/models.md)"
+        )
     card = read_card(card_file)
     actual = file_sha256(weights_file)
     if card.weights_sha256 != actual:

@@ -59,6 +59,7 @@ def load_matching(
 
 class _ResNet(Backbone):
     spatial_dims = frozenset({2})
+    classifier_prefix = "fc."
     stage_names = ("stem", "stage1", "stage2", "stage3", "stage4")
     architecture: str
 
@@ -119,6 +120,7 @@ class DenseNet121(Backbone):
 
     name = "densenet121"
     spatial_dims = frozenset({2, 3})
+    classifier_prefix = "class_layers.out."
     min_patch_size = 32
     stage_names = ("stem", "stage1", "stage2", "stage3", "stage4")
     _stage_modules = {

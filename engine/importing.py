@@ -1,0 +1,232 @@
+"""``medadapt model import``: a model trained outside medadapt, made a medadapt model folder.
+
+Most sites that need adaptation already have a model, trained by someone else in plain
+PyTorch. Its state dict (safetensors, or a ``.pt`` file read with ``weights_only=True``)
+becomes a model folder (engine/model.py) that ``shift``, ``adapt``, ``validate`` and
+``batch`` take like any other:
+
+- the key names may be the backbone's published layout (torchvision's for the ResNets,
+  MONAI's for DenseNet-121), classifier layer included, or medadapt's own;
+- what the weights cannot say (the classes, the positive class, the window, the spacing, the
+  patch size, the backbone) comes from a profile, checked like every profile;
+- anything that does not fit is refused by name: missing or extra keys, wrong shapes, a
+  classifier layer with another number of outputs than the profile's classes, a pickled
+  file, a TorchScript file.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from medadapt.engine.card import BackboneInfo, ImportRecord, ModelCard
+from medadapt.engine.components import Backbone, ComponentKind
+from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.model import WEIGHTS, Classifier, build_classifier, file_sha256, save_model
+from medadapt.engine.profile import Profile
+from medadapt.engine.registry import ComponentRegistry
+from medadapt.engine.runfolder import Provenance, claim_folder, remove_outputs
+from medadapt.engine.train import profile_hash
+from medadapt.engine.weights import load_weights_file
+
+#: What an import writes into its folder (besides the run-folder records).
+IMPORT_OUTPUTS = ("card.json", WEIGHTS)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """The model folder written, and what the import had to change."""
+
+    model_dir: Path
+    layout: str
+    notes: list[str]
+
+
+def import_model(
+    weights: Path,
+    profile: Profile,
+    registry: ComponentRegistry,
+    out_dir: Path,
+    overwrite: bool = False,
+) -> ImportResult:
+    """Write ``out_dir`` as a medadapt model folder holding the weights of ``weights``.
+
+    Args:
+        weights: a state dict: ``.safetensors``, or ``.pt``/``.pth``/``.bin`` saved with
+            ``torch.save(model.state_dict(), ...)``.
+        profile: says the backbone (``backbone.name`` and its parameters), the classes and
+            the positive class (``task``) and the preprocessing the model was trained with.
+        out_dir: the model folder to write (``adapt --from``, ``validate --model`` take it).
+        overwrite: write over a folder made by something else.
+
+    Raises:
+        InvalidInputError: the file is not a state dict that fits the backbone and the
+            classes; the message names the keys, the shapes or the reason.
+    """
+    if profile.backbone is None:
+        raise InvalidInputError(
+            f"the profile of {profile.site.name!r} has no 'backbone' section: it must say "
+            "which network the weights are for (backbone.name, e.g. resnet18)"
+        )
+    if weights.is_dir():
+        raise InvalidInputError(
+            f"{weights}: a folder; give the weights file (a state dict: .safetensors or .pt)"
+        )
+    _refuse_torchscript(weights)
+    state = load_weights_file(weights)
+    backbone = registry.create(
+        ComponentKind.BACKBONES,
+        profile.backbone.name,
+        profile.backbone.params,
+        base_dir=profile.base_dir,
+    )
+    assert isinstance(backbone, Backbone)
+    model, layout, notes = _classifier(weights, state, backbone, profile)
+    digest = file_sha256(weights)
+    provenance = Provenance(
+        "model import",
+        {"weights": digest, "profile": profile_hash(profile)},
+        {},
+        {"file": repr(weights.name)},
+    )
+    with claim_folder(out_dir, provenance, overwrite=overwrite, reads=[weights]) as claim:
+        if claim.fresh:
+            remove_outputs(out_dir, IMPORT_OUTPUTS)
+        card = ModelCard(
+            site=profile.site.name,
+            intended_use=profile.intended_use,
+            body_region=profile.body_region,
+            classes=profile.task.classes,
+            positive_class=profile.task.positive_class,
+            preprocessing=profile.preprocessing,
+            backbone=BackboneInfo(
+                name=backbone.name,
+                params=backbone.params.model_dump(mode="json"),
+                pretrained=weights.name,
+            ),
+            seed=profile.seed,
+            profile_sha256=profile_hash(profile),
+            versions={"medadapt": metadata.version("medadapt"), "torch": torch.__version__},
+            imported=ImportRecord(file=weights.name, sha256=digest, layout=layout, notes=notes),
+        )
+        save_model(out_dir, model, card)
+    return ImportResult(out_dir, layout, notes)
+
+
+def _refuse_torchscript(path: Path) -> None:
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
+        raise InvalidInputError(
+            f"{path}: a TorchScript file. Its network is compiled code, not layers medadapt "
+            "can rebuild, change (batch-norm statistics, a new head) and save again, so it "
+            "cannot be adapted. Import the weights instead: where the model is defined, "
+            "torch.save(model.state_dict(), 'weights.pt')"
+        )
+
+
+def _classifier(
+    path: Path, state: dict[str, Tensor], backbone: Backbone, profile: Profile
+) -> tuple[Classifier, str, list[str]]:
+    """The classifier the weights describe, the layout they came in, and what changed."""
+    classes = profile.task.classes
+    mode = profile.preprocessing.patch_mode
+    if "head.weight" in state and any(key.startswith("features.") for key in state):
+        model = build_classifier(backbone, mode, len(classes))
+        _load_own(path, model, state)
+        return model, "medadapt", []
+    prefix = backbone.classifier_prefix
+    if prefix is None:
+        raise InvalidInputError(
+            f"{path}: the keys are not medadapt's (features.*, head.*), and the backbone "
+            f"{backbone.name!r} publishes no other layout to import from"
+        )
+    head = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    if set(head) != {"weight", "bias"}:
+        found = ", ".join(sorted(prefix + key for key in head)) or "none"
+        raise InvalidInputError(
+            f"{path}: no classifier layer {prefix}weight and {prefix}bias for "
+            f"{backbone.name!r} (found: {found}). Weights of a backbone alone train a new "
+            "model: use them as backbone.weights_file with `medadapt train`"
+        )
+    notes: list[str] = []
+    features_state = {key: value for key, value in state.items() if not key.startswith(prefix)}
+    model = build_classifier(backbone, mode, len(classes), features_state)
+    weight, bias = head["weight"], head["bias"]
+    outputs = weight.shape[0]
+    if outputs == 1 and len(classes) == 2:
+        # One logit z for the positive class: softmax over (0, z) gives sigmoid(z) for it.
+        positive = classes.index(profile.task.positive_class)
+        weight = torch.cat([torch.zeros_like(weight), weight])
+        bias = torch.cat([torch.zeros_like(bias), bias])
+        if positive == 0:
+            weight, bias = weight.flip(0), bias.flip(0)
+        notes.append(
+            f"the one-logit output ({prefix}weight) became two logits, 0 for "
+            f"{classes[1 - positive]!r} and the saved one for {classes[positive]!r}: the same "
+            "probabilities (softmax over the two equals the sigmoid of the one)"
+        )
+    elif outputs != len(classes):
+        raise InvalidInputError(
+            f"{path}: the classifier layer {prefix}weight has {outputs} outputs, but the "
+            f"profile's task.classes has {len(classes)} ({', '.join(classes)}); give the "
+            "classes in the order the model was trained with"
+        )
+    if weight.shape[1] != model.head.in_features:
+        raise InvalidInputError(
+            f"{path}: {prefix}weight has shape {tuple(weight.shape)}, the backbone "
+            f"{backbone.name!r} gives {model.head.in_features} features"
+        )
+    model.head.load_state_dict({"weight": weight, "bias": bias})
+    first = _first_convolution(state)
+    if first is not None and first.shape[1] != _in_channels(model):
+        notes.append(
+            f"the first convolution was trained on {first.shape[1]} channels and now reads "
+            f"{_in_channels(model)} ({mode} patches): its weights are summed over the "
+            "channels, which gives a grey image the response of the same image repeated"
+        )
+    layout = "monai" if prefix.startswith("class_layers") else "torchvision"
+    return model, layout, notes
+
+
+def _load_own(path: Path, model: Classifier, state: dict[str, Tensor]) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+            for label, names in (("missing", missing), ("unexpected", unexpected))
+            if names
+        ]
+        parts += [
+            f"wrong shape: {k} {tuple(state[k].shape)}, expected {tuple(own[k].shape)}"
+            for k in wrong[:4]
+        ]
+        raise InvalidInputError(
+            f"{path}: the weights do not fit the profile's backbone and classes "
+            f"({'; '.join(parts)})"
+        )
+    model.load_state_dict(state)
+
+
+def _first_convolution(state: dict[str, Tensor]) -> Tensor | None:
+    for key in ("conv1.weight", "features.conv0.weight"):
+        if key in state:
+            return state[key]
+    return None
+
+
+def _in_channels(model: Classifier) -> int:
+    for module in model.features.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Conv3d):
+            return module.in_channels
+    raise AssertionError("a backbone without a convolution")

@@ -1,0 +1,268 @@
+"""``medadapt model import``: state dicts trained elsewhere become medadapt model folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from medadapt.engine import InvalidInputError
+from medadapt.engine.cli import cli
+from medadapt.engine.importing import import_model
+from medadapt.engine.model import build_classifier, load_model
+from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.profile import load_profile
+
+PROFILE = {
+    "site": {"name": "Elsewhere Hospital"},
+    "intended_use": "tests",
+    "body_region": "chest",
+    "task": {
+        "classes": ["benign", "malignant"],
+        "positive_class": "malignant",
+        "label_depends_on": ["shape", "texture", "absolute-hu"],
+    },
+    "preprocessing": {
+        "window": {"level": -600, "width": 1500},
+        "patch_mode": "2d",
+        "patch_size": [48, 48],
+    },
+    "backbone": {"name": "resnet18"},
+    "acceptance": {"min_auroc": 0.8},
+}
+
+
+@pytest.fixture
+def profile(tmp_path):
+    def _write(backbone: str = "resnet18", classes: tuple[str, ...] = ("benign", "malignant")):
+        data = json.loads(json.dumps(PROFILE))
+        data["backbone"]["name"] = backbone
+        data["task"]["classes"] = list(classes)
+        path = tmp_path / f"{backbone}-{len(classes)}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return load_profile(path, get_plugin_host().registry())
+
+    return _write
+
+
+def resnet(outputs: int) -> torchvision.models.ResNet:
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=outputs).eval()
+    for module in net.modules():  # batch-norm statistics that are not the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+def imported(weights, profile, out):
+    registry = get_plugin_host().registry()
+    result = import_model(weights, profile, registry, out)
+    return result, load_model(out, registry)
+
+
+def grey_patches() -> torch.Tensor:
+    return torch.randn(32, 1, 48, 48, generator=torch.Generator().manual_seed(1))
+
+
+def test_a_torchvision_state_dict_imports_and_gives_the_networks_own_probabilities(
+    tmp_path, profile
+):
+    net = resnet(2)
+    torch.save(net.state_dict(), tmp_path / "resnet18.pt")  # as a site saves it
+    result, loaded = imported(tmp_path / "resnet18.pt", profile(), tmp_path / "model")
+    assert result.layout == "torchvision"
+    assert any("summed over the channels" in note for note in result.notes)
+    card = loaded.card
+    assert card.classes == ["benign", "malignant"]
+    assert card.imported.file == "resnet18.pt"
+    assert card.imported.layout == "torchvision"
+    patches = grey_patches()
+    with torch.no_grad():
+        theirs = net(patches.repeat(1, 3, 1, 1)).softmax(1)  # a grey image as three channels
+        ours = loaded.model.eval()(patches).softmax(1)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_a_one_logit_sigmoid_model_keeps_its_probabilities(tmp_path, profile):
+    net = resnet(1)
+    save_file(net.state_dict(), str(tmp_path / "binary.safetensors"))
+    result, loaded = imported(tmp_path / "binary.safetensors", profile(), tmp_path / "model")
+    assert any("one-logit output" in note for note in result.notes)
+    patches = grey_patches()
+    with torch.no_grad():
+        theirs = net(patches.repeat(1, 3, 1, 1)).sigmoid()[:, 0]
+        ours = loaded.model.eval()(patches).softmax(1)[:, 1]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_a_monai_densenet_state_dict_imports(tmp_path, profile):
+    from monai.networks.nets import DenseNet121
+
+    torch.manual_seed(0)
+    net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).eval()
+    torch.save(net.state_dict(), tmp_path / "densenet.pt")
+    result, loaded = imported(tmp_path / "densenet.pt", profile("densenet121"), tmp_path / "m")
+    assert result.layout == "monai"
+    patches = grey_patches()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.model.eval()(patches).softmax(1), net(patches).softmax(1), atol=1e-5, rtol=0
+        )
+
+
+def test_medadapts_own_layout_imports_as_it_is(tmp_path, profile):
+    registry = get_plugin_host().registry()
+    backbone = registry.create("backbones", "resnet18", {})
+    model = build_classifier(backbone, "2d", 2)
+    save_file(model.state_dict(), str(tmp_path / "ours.safetensors"))
+    result, loaded = imported(tmp_path / "ours.safetensors", profile(), tmp_path / "model")
+    assert result.layout == "medadapt"
+    assert result.notes == []
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[key], value)
+
+
+def test_refuses_a_whole_pickled_model_saying_how_to_save_a_state_dict(tmp_path, profile):
+    torch.save(resnet(2), tmp_path / "whole.pt")
+    with pytest.raises(InvalidInputError) as refused:
+        imported(tmp_path / "whole.pt", profile(), tmp_path / "model")
+    assert "torch.save(model.state_dict(), 'weights.pt')" in str(refused.value)
+    assert not (tmp_path / "model").exists()
+
+
+def test_refuses_a_torchscript_file_with_the_reason(tmp_path, profile):
+    torch.jit.save(torch.jit.trace(resnet(2), torch.randn(1, 3, 48, 48)), tmp_path / "ts.pt")
+    with pytest.raises(InvalidInputError, match=r"a TorchScript file.*cannot be adapted"):
+        imported(tmp_path / "ts.pt", profile(), tmp_path / "model")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda s: s.pop("layer1.0.conv1.weight"), "missing: layer1.0.conv1.weight"),
+        (lambda s: s.update(extra=torch.zeros(1)), "unexpected: extra"),
+        (lambda s: s.update({"layer4.1.bn2.weight": torch.ones(3)}), "wrong shape: layer4.1.bn2"),
+        (lambda s: [s.pop("fc.weight"), s.pop("fc.bias")], "no classifier layer fc.weight"),
+    ],
+)
+def test_refuses_weights_that_do_not_fit_naming_the_keys(tmp_path, profile, change, expected):
+    state = resnet(2).state_dict()
+    change(state)
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(InvalidInputError, match=expected.replace(".", r"\.")):
+        imported(tmp_path / "w.pt", profile(), tmp_path / "model")
+
+
+def test_refuses_a_classifier_with_another_number_of_classes(tmp_path, profile):
+    torch.save(resnet(2).state_dict(), tmp_path / "w.pt")
+    three = profile(classes=("benign", "malignant", "other"))
+    with pytest.raises(InvalidInputError) as refused:
+        imported(tmp_path / "w.pt", three, tmp_path / "model")
+    assert "fc.weight has 2 outputs, but the profile's task.classes has 3 (benign" in str(
+        refused.value
+    )
+
+
+def test_the_command_imports_and_jobs_point_files_to_it(tmp_path):
+    profile_file = tmp_path / "elsewhere.yaml"
+    profile_file.write_text(yaml.safe_dump(PROFILE))
+    torch.save(resnet(2).state_dict(), tmp_path / "resnet18.pt")
+    done = CliRunner().invoke(
+        cli,
+        [
+            "model",
+            "import",
+            str(tmp_path / "resnet18.pt"),
+            "-p",
+            str(profile_file),
+            "--out",
+            str(tmp_path / "model"),
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    assert f"model written to {tmp_path / 'model'} (from torchvision key names)" in done.stdout
+    # The file itself where a model folder is wanted: the way to make one is named.
+    refused = CliRunner().invoke(
+        cli,
+        ["validate", "-p", str(profile_file), "--model", str(tmp_path / "resnet18.pt")],
+    )
+    assert refused.exit_code == 2
+    assert "a file, not a model folder" in refused.output
+    assert "medadapt model import" in refused.output
+
+
+@pytest.mark.slow
+def test_an_imported_torchvision_model_is_adapted_and_validated_like_any_other(tmp_path):
+    # The source-free case: a model from elsewhere, and no source data at all.
+    preprocessing = {
+        "window": {"level": 40, "width": 400},
+        "spacing_mm": [2.0, 1.0, 1.0],
+        "patch_mode": "2d",
+        "patch_size": [32, 32],
+    }
+    elsewhere = json.loads(json.dumps(PROFILE))
+    elsewhere["preprocessing"] = preprocessing
+    (tmp_path / "elsewhere.yaml").write_text(yaml.safe_dump(elsewhere))
+    target = json.loads(json.dumps(elsewhere))
+    target["site"] = {"name": "Target Hospital"}
+    target["seed"] = 3
+    target["data"] = {
+        "source": "phantom",
+        "params": {"patients": 24, "seed": 8, "slices": 12, "size": 96},
+        "split": {"train": 0.5, "validation": 0.25, "test": 0.25},
+    }
+    target["adaptation"] = {"method": "adabn"}
+    target["training"] = {"epochs": 1, "batch_size": 8, "early_stopping_patience": None}
+    target["acceptance"] = {"min_auroc": 0.5, "judge_on": "point"}
+    (tmp_path / "target.yaml").write_text(yaml.safe_dump(target))
+    torch.save(resnet(2).state_dict(), tmp_path / "resnet18.pt")
+    runner = CliRunner()
+
+    def run(*args: str, allowed: tuple[int, ...] = (0,)):
+        done = runner.invoke(cli, list(args))
+        assert done.exit_code in allowed, done.output
+        return done
+
+    run(
+        "model",
+        "import",
+        str(tmp_path / "resnet18.pt"),
+        "-p",
+        str(tmp_path / "elsewhere.yaml"),
+        "--out",
+        str(tmp_path / "imported"),
+    )
+    run(
+        "adapt",
+        "-p",
+        str(tmp_path / "target.yaml"),
+        "--from",
+        str(tmp_path / "imported"),
+        "--out",
+        str(tmp_path / "adapt"),
+    )
+    run(
+        "validate",
+        "-p",
+        str(tmp_path / "target.yaml"),
+        "--model",
+        str(tmp_path / "adapt" / "model"),
+        "--baseline",
+        str(tmp_path / "imported"),
+        "--out",
+        str(tmp_path / "validate"),
+        allowed=(0, 1, 5),  # a random network on 6 test patients: the verdict is not the point
+    )
+    registry = get_plugin_host().registry()
+    adapted = load_model(tmp_path / "adapt" / "model", registry).card
+    assert adapted.adaptation.method == "adabn"
+    assert adapted.trained_at == "Elsewhere Hospital"
+    report = json.loads((tmp_path / "validate" / "report.json").read_text())
+    assert report["results"]["model"]["auroc"]["value"] is not None
+    assert (tmp_path / "validate" / "report.html").is_file()
