@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from medadapt.engine.card import BackboneInfo, ImportRecord, ModelCard
+from medadapt.engine.card import ImportRecord, ModelCard
 from medadapt.engine.components import Backbone, ComponentKind
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.model import WEIGHTS, Classifier, build_classifier, file_sha256, save_model
 from medadapt.engine.profile import Profile
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.runfolder import Provenance, claim_folder, remove_outputs
-from medadapt.engine.train import profile_hash
+from medadapt.engine.train import card_fields, profile_hash
 from medadapt.engine.weights import load_weights_file
 
 #: What an import writes into its folder (besides the run-folder records).
@@ -98,19 +98,7 @@ def import_model(
         if claim.fresh:
             remove_outputs(out_dir, IMPORT_OUTPUTS)
         card = ModelCard(
-            site=profile.site.name,
-            intended_use=profile.intended_use,
-            body_region=profile.body_region,
-            classes=profile.task.classes,
-            positive_class=profile.task.positive_class,
-            preprocessing=profile.preprocessing,
-            backbone=BackboneInfo(
-                name=backbone.name,
-                params=backbone.params.model_dump(mode="json"),
-                pretrained=weights.name,
-            ),
-            seed=profile.seed,
-            profile_sha256=profile_hash(profile),
+            **card_fields(profile, backbone, weights.name),
             versions={"medadapt": metadata.version("medadapt"), "torch": torch.__version__},
             imported=ImportRecord(file=weights.name, sha256=digest, layout=layout, notes=notes),
         )

@@ -271,6 +271,26 @@ def profile_hash(profile: Profile) -> str:
     ).hexdigest()
 
 
+def card_fields(profile: Profile, backbone: Backbone, pretrained: str) -> dict[str, Any]:
+    """What a model card takes from the profile that made the model: the site, the task,
+    the preprocessing, the backbone (started from ``pretrained``), the seed, the hash."""
+    return {
+        "site": profile.site.name,
+        "intended_use": profile.intended_use,
+        "body_region": profile.body_region,
+        "classes": profile.task.classes,
+        "positive_class": profile.task.positive_class,
+        "preprocessing": profile.preprocessing,
+        "backbone": BackboneInfo(
+            name=backbone.name,
+            params=backbone.params.model_dump(mode="json"),
+            pretrained=pretrained,
+        ),
+        "seed": profile.seed,
+        "profile_sha256": profile_hash(profile),
+    }
+
+
 def _card(
     profile: Profile,
     backbone: Backbone,
@@ -282,20 +302,12 @@ def _card(
     assert profile.backbone is not None
     weights = profile.backbone.weights
     return ModelCard(
-        site=profile.site.name,
-        intended_use=profile.intended_use,
-        body_region=profile.body_region,
-        classes=profile.task.classes,
-        positive_class=profile.task.positive_class,
-        preprocessing=profile.preprocessing,
-        backbone=BackboneInfo(
-            name=backbone.name,
-            params=backbone.params.model_dump(mode="json"),
-            pretrained=weights if weights in ("imagenet", "none") else Path(weights).name,
+        **card_fields(
+            profile,
+            backbone,
+            weights if weights in ("imagenet", "none") else Path(weights).name,
         ),
         training=profile.training.model_dump(mode="json"),
-        seed=profile.seed,
-        profile_sha256=profile_hash(profile),
         data_manifest_sha256=data_manifest_hash(records),
         best_epoch=fit.best_epoch,
         validation={k: v for k, v in fit.best.items() if k.startswith("val_")},
