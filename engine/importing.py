@@ -25,13 +25,13 @@ import torch
 from torch import Tensor
 
 from medadapt.engine.card import ImportRecord, ModelCard
-from medadapt.engine.components import Backbone, ComponentKind
+from medadapt.engine.components import Backbone
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.model import WEIGHTS, Classifier, build_classifier, file_sha256, save_model
 from medadapt.engine.profile import Profile
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.runfolder import Provenance, claim_folder, remove_outputs
-from medadapt.engine.train import card_fields, profile_hash
+from medadapt.engine.train import card_fields, profile_backbone, profile_hash
 from medadapt.engine.weights import load_weights_file
 
 #: What an import writes into its folder (besides the run-folder records).
@@ -79,13 +79,7 @@ def import_model(
         )
     _refuse_torchscript(weights)
     state = load_weights_file(weights)
-    backbone = registry.create(
-        ComponentKind.BACKBONES,
-        profile.backbone.name,
-        profile.backbone.params,
-        base_dir=profile.base_dir,
-    )
-    assert isinstance(backbone, Backbone)
+    backbone = profile_backbone(profile, registry)
     model, layout, notes = _classifier(weights, state, backbone, profile)
     digest = file_sha256(weights)
     provenance = Provenance(

@@ -151,13 +151,7 @@ def _train(
             "more patients or other data.split fractions are needed"
         )
     seed_everything(profile.seed)
-    backbone = registry.create(
-        ComponentKind.BACKBONES,
-        profile.backbone.name,
-        profile.backbone.params,
-        base_dir=profile.base_dir,
-    )
-    assert isinstance(backbone, Backbone)
+    backbone = profile_backbone(profile, registry)
     model = build_classifier(
         backbone, profile.preprocessing.patch_mode, len(classes), _pretrained(profile, backbone)
     )
@@ -269,6 +263,19 @@ def profile_hash(profile: Profile) -> str:
     return hashlib.sha256(
         json.dumps(profile.model_dump(mode="json"), sort_keys=True).encode()
     ).hexdigest()
+
+
+def profile_backbone(profile: Profile, registry: ComponentRegistry) -> Backbone:
+    """The backbone component the profile's ``backbone`` section names, with its parameters."""
+    assert profile.backbone is not None
+    backbone = registry.create(
+        ComponentKind.BACKBONES,
+        profile.backbone.name,
+        profile.backbone.params,
+        base_dir=profile.base_dir,
+    )
+    assert isinstance(backbone, Backbone)
+    return backbone
 
 
 def card_fields(profile: Profile, backbone: Backbone, pretrained: str) -> dict[str, Any]:
