@@ -32,7 +32,7 @@ from medadapt.engine.profile import Profile
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.runfolder import Provenance, claim_folder, remove_outputs
 from medadapt.engine.train import card_fields, profile_backbone, profile_hash
-from medadapt.engine.weights import load_weights_file
+from medadapt.engine.weights import load_matching, load_weights_file
 
 #: What an import writes into its folder (besides the run-folder records).
 IMPORT_OUTPUTS = ("card.json", WEIGHTS)
@@ -122,7 +122,10 @@ def _classifier(
     mode = profile.preprocessing.patch_mode
     if "head.weight" in state and any(key.startswith("features.") for key in state):
         model = build_classifier(backbone, mode, len(classes))
-        _load_own(path, model, state)
+        try:
+            load_matching(model, state, "the profile's backbone and classes")
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{path}: {exc}") from None
         return model, "medadapt", []
     prefix = backbone.classifier_prefix
     if prefix is None:
@@ -176,28 +179,6 @@ def _classifier(
         )
     layout = "monai" if prefix.startswith("class_layers") else "torchvision"
     return model, layout, notes
-
-
-def _load_own(path: Path, model: Classifier, state: dict[str, Tensor]) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = [
-            f"{label}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
-            for label, names in (("missing", missing), ("unexpected", unexpected))
-            if names
-        ]
-        parts += [
-            f"wrong shape: {k} {tuple(state[k].shape)}, expected {tuple(own[k].shape)}"
-            for k in wrong[:4]
-        ]
-        raise InvalidInputError(
-            f"{path}: the weights do not fit the profile's backbone and classes "
-            f"({'; '.join(parts)})"
-        )
-    model.load_state_dict(state)
 
 
 def _first_convolution(state: dict[str, Tensor]) -> Tensor | None:

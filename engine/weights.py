@@ -12,13 +12,16 @@ from __future__ import annotations
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
 from medadapt.engine.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def torch_load_weights_only(path: Path) -> Any:
@@ -74,6 +77,44 @@ def unsafe_contents(path: Path) -> str:
         f"it holds pickled Python objects ({shown}), not only tensors (a whole model saved "
         "with torch.save(model) does)"
     )
+
+
+def load_matching(
+    module: nn.Module, state_dict: Mapping[str, Tensor], what: str, skip: str = ""
+) -> None:
+    """Load weights into ``module``, refusing names or shapes that do not fit.
+
+    Args:
+        module: the network to load into.
+        state_dict: the weights.
+        what: what they must fit, for the message ("the backbone 'resnet18'").
+        skip: a name prefix to ignore on both sides (a pretrained network's classifier).
+
+    Raises:
+        InvalidInputError: names missing, names unexpected or shapes that differ, each named
+            (the first four of each kind).
+    """
+
+    def kept(name: str) -> bool:
+        return not (skip and name.startswith(skip))
+
+    wanted = {k: v for k, v in state_dict.items() if kept(k)}
+    own = {k: v for k, v in module.state_dict().items() if kept(k)}
+    missing = sorted(set(own) - set(wanted))
+    unexpected = sorted(set(wanted) - set(own))
+    wrong = sorted(k for k in set(own) & set(wanted) if own[k].shape != wanted[k].shape)
+    if missing or unexpected or wrong:
+        details = [
+            f"{label}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+            for label, names in (("missing", missing), ("unexpected", unexpected))
+            if names
+        ]
+        details += [
+            f"wrong shape: {k} {tuple(wanted[k].shape)}, expected {tuple(own[k].shape)}"
+            for k in wrong[:4]
+        ]
+        raise InvalidInputError(f"the weights do not fit {what} ({'; '.join(details)})")
+    module.load_state_dict(wanted, strict=not skip)
 
 
 def hub_cache_file(url: str) -> Path:

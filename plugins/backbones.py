@@ -13,48 +13,14 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from medadapt.engine import Backbone, InvalidInputError, hookimpl
+from medadapt.engine import Backbone, hookimpl
+from medadapt.engine.weights import load_matching
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
 # PyTorch, torchvision and MONAI are imported when a network is built, not when the plugin
 # loads, so that commands that train nothing start in a fraction of a second.
-
-
-def load_matching(
-    module: nn.Module, state_dict: Mapping[str, Tensor], what: str, skip: str = ""
-) -> None:
-    """Load weights into ``module``, refusing names or shapes that do not fit.
-
-    Args:
-        module: the network to load into.
-        state_dict: the weights.
-        what: the backbone's name, for messages.
-        skip: a name prefix to ignore (the pretrained network's own classifier).
-    """
-
-    def kept(name: str) -> bool:
-        return not (skip and name.startswith(skip))
-
-    wanted = {k: v for k, v in state_dict.items() if kept(k)}
-    own = {k: v for k, v in module.state_dict().items() if kept(k)}
-    missing = sorted(set(own) - set(wanted))
-    unexpected = sorted(set(wanted) - set(own))
-    wrong = sorted(k for k in set(own) & set(wanted) if own[k].shape != wanted[k].shape)
-    if missing or unexpected or wrong:
-        details = []
-        for label, names in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        ):
-            if names:
-                details.append(f"{label}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}")
-        raise InvalidInputError(
-            f"the weights do not fit the backbone {what!r} ({'; '.join(details)})"
-        )
-    module.load_state_dict(wanted, strict=not skip)
 
 
 class _ResNet(Backbone):
@@ -81,7 +47,7 @@ class _ResNet(Backbone):
             weights = dict(state_dict)
             if "conv1.weight" in weights:
                 weights["conv1.weight"] = adapt_input_channels(weights["conv1.weight"], in_channels)
-            load_matching(net, weights, self.name, skip="fc.")
+            load_matching(net, weights, f"the backbone {self.name!r}", skip="fc.")
         features = nn.Sequential(
             OrderedDict(
                 stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
@@ -148,7 +114,7 @@ class DenseNet121(Backbone):
             first = "features.conv0.weight"
             if first in weights:
                 weights[first] = adapt_input_channels(weights[first], in_channels)
-            load_matching(net, weights, self.name, skip="class_layers.")
+            load_matching(net, weights, f"the backbone {self.name!r}", skip="class_layers.")
         pool = nn.AdaptiveAvgPool2d(1) if spatial_dims == 2 else nn.AdaptiveAvgPool3d(1)
         features = nn.Sequential(
             OrderedDict(features=net.features, relu=nn.ReLU(), pool=pool, flatten=nn.Flatten())
@@ -194,7 +160,7 @@ class SmallCNN(Backbone):
         blocks["flatten"] = nn.Flatten()
         features = nn.Sequential(blocks)
         if state_dict is not None:
-            load_matching(features, state_dict, self.name)
+            load_matching(features, state_dict, f"the backbone {self.name!r}")
         return features, widths[-1]
 
     def stages(self, features: nn.Module) -> dict[str, list[nn.Module]]:
