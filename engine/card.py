@@ -75,12 +75,15 @@ class ImportRecord(_Part):
             layout) or ``medadapt``.
         notes: what the import changed, in words (a first convolution summed to one
             channel, a one-logit output turned into two).
+        bundle: for a MONAI bundle: its name, version, network and the SHA-256 of its
+            metadata.json and inference.json.
     """
 
     file: str
     sha256: str
     layout: str
     notes: list[str] = Field(default_factory=list)
+    bundle: dict[str, str] | None = None
 
 
 class ModelCard(_Part):

@@ -290,7 +290,7 @@ def model_group() -> None:
 
 
 @model_group.command("import")
-@click.argument("weights", type=click.Path(exists=True, path_type=Path))
+@click.argument("weights", metavar="WEIGHTS|BUNDLE", type=click.Path(exists=True, path_type=Path))
 @profile_option(
     "what the weights cannot say: backbone, task (classes, positive class), preprocessing"
 )
@@ -305,14 +305,17 @@ def model_group() -> None:
 def model_import_command(
     weights: Path, profile_path: Path, out: Path, overwrite: bool, as_json: bool
 ) -> None:
-    """Make a model folder from a state dict trained elsewhere (plain PyTorch, MONAI).
+    """Make a model folder from a model trained elsewhere (plain PyTorch, a MONAI bundle).
 
     WEIGHTS is a state dict: .safetensors, or .pt/.pth saved with
     torch.save(model.state_dict(), ...), in the layout the backbone publishes (torchvision's
-    ResNets, MONAI's DenseNet-121, classifier layer included) or medadapt's own. The profile
-    says the backbone, the classes in the model's output order, the positive class and the
-    preprocessing the model was trained with. Keys, shapes and outputs that do not fit are
-    refused by name; pickled and TorchScript files are refused with the reason.
+    ResNets, MONAI's DenseNet-121, classifier layer included) or medadapt's own. Or it is a
+    MONAI bundle folder (configs/metadata.json, configs/inference.json, models/model.pt)
+    whose network_def is one the backbones know; the bundle is read as data, its code never
+    runs. The profile says the backbone, the classes in the model's output order, the
+    positive class and the preprocessing the model was trained with. Keys, shapes and
+    outputs that do not fit are refused by name; pickled and TorchScript files are refused
+    with the reason.
     """
     from medadapt.engine.importing import import_model
 

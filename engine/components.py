@@ -304,6 +304,10 @@ class Backbone(Component):
     #: (``fc.`` for torchvision's ResNets): ``medadapt model import`` makes it the head of a
     #: model trained elsewhere. ``None`` when the published layout has none.
     classifier_prefix: ClassVar[str | None] = None
+    #: The ``_target_`` names a MONAI bundle's ``network_def`` gives this network under
+    #: (``DenseNet121``, ``monai.networks.nets.DenseNet121``), whose weights are in the
+    #: published layout: ``medadapt model import`` takes such a bundle.
+    bundle_networks: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def build(

@@ -1,9 +1,9 @@
 """``medadapt model import``: a model trained outside medadapt, made a medadapt model folder.
 
 Most sites that need adaptation already have a model, trained by someone else in plain
-PyTorch. Its state dict (safetensors, or a ``.pt`` file read with ``weights_only=True``)
-becomes a model folder (engine/model.py) that ``shift``, ``adapt``, ``validate`` and
-``batch`` take like any other:
+PyTorch or as a MONAI bundle. Its state dict (safetensors, or a ``.pt`` file read with
+``weights_only=True``), or the bundle folder (engine/bundle.py), becomes a model folder
+(engine/model.py) that ``shift``, ``adapt``, ``validate`` and ``batch`` take like any other:
 
 - the key names may be the backbone's published layout (torchvision's for the ResNets,
   MONAI's for DenseNet-121), classifier layer included, or medadapt's own;
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from medadapt.engine.bundle import INFERENCE, METADATA, BundleNetwork, is_bundle, read_bundle
 from medadapt.engine.card import ImportRecord, ModelCard
 from medadapt.engine.components import Backbone
 from medadapt.engine.errors import InvalidInputError
@@ -58,7 +59,8 @@ def import_model(
 
     Args:
         weights: a state dict: ``.safetensors``, or ``.pt``/``.pth``/``.bin`` saved with
-            ``torch.save(model.state_dict(), ...)``.
+            ``torch.save(model.state_dict(), ...)``; or a MONAI bundle folder whose
+            ``network_def`` is the profile's backbone.
         profile: says the backbone (``backbone.name`` and its parameters), the classes and
             the positive class (``task``) and the preprocessing the model was trained with.
         out_dir: the model folder to write (``adapt --from``, ``validate --model`` take it).
@@ -73,28 +75,45 @@ def import_model(
             f"the profile of {profile.site.name!r} has no 'backbone' section: it must say "
             "which network the weights are for (backbone.name, e.g. resnet18)"
         )
-    if weights.is_dir():
-        raise InvalidInputError(
-            f"{weights}: a folder; give the weights file (a state dict: .safetensors or .pt)"
-        )
-    _refuse_torchscript(weights)
-    state = load_weights_file(weights)
     backbone = profile_backbone(profile, registry)
-    model, layout, notes = _classifier(weights, state, backbone, profile)
-    digest = file_sha256(weights)
+    bundle: BundleNetwork | None = None
+    if weights.is_dir():
+        if not is_bundle(weights):
+            raise InvalidInputError(
+                f"{weights}: a folder, and not a MONAI bundle (no {METADATA}); give the "
+                "weights file (a state dict: .safetensors or .pt) or a bundle folder"
+            )
+        bundle = read_bundle(weights, profile, backbone)
+        path, state = bundle.weights, bundle.state
+        name = f"{weights.name}/{path.relative_to(weights)}"
+    else:
+        _refuse_torchscript(weights)
+        path, state, name = weights, load_weights_file(weights), weights.name
+    model, layout, notes = _classifier(path, state, backbone, profile)
+    if bundle is not None:
+        notes = bundle.notes + notes
+    digest = file_sha256(path)
+    reads = [path] if bundle is None else [path, weights / METADATA, weights / INFERENCE]
     provenance = Provenance(
         "model import",
-        {"weights": digest, "profile": profile_hash(profile)},
+        {"weights": digest, "profile": profile_hash(profile)}
+        | ({} if bundle is None else {k: v for k, v in bundle.record.items() if "sha" in k}),
         {},
-        {"file": repr(weights.name)},
+        {"file": repr(name)},
     )
-    with claim_folder(out_dir, provenance, overwrite=overwrite, reads=[weights]) as claim:
+    with claim_folder(out_dir, provenance, overwrite=overwrite, reads=reads) as claim:
         if claim.fresh:
             remove_outputs(out_dir, IMPORT_OUTPUTS)
         card = ModelCard(
-            **card_fields(profile, backbone, weights.name),
+            **card_fields(profile, backbone, name),
             versions={"medadapt": metadata.version("medadapt"), "torch": torch.__version__},
-            imported=ImportRecord(file=weights.name, sha256=digest, layout=layout, notes=notes),
+            imported=ImportRecord(
+                file=name,
+                sha256=digest,
+                layout=layout,
+                notes=notes,
+                bundle=None if bundle is None else bundle.record,
+            ),
         )
         save_model(out_dir, model, card)
     return ImportResult(out_dir, layout, notes)

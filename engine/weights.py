@@ -56,8 +56,12 @@ def load_weights_file(path: Path) -> dict[str, Tensor]:
             "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors'), or "
             "torch.save(model.state_dict(), 'weights.pt')"
         ) from None
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]
+    # A training checkpoint holds the state dict under a name: "state_dict" (Lightning and
+    # most scripts) or "model" (MONAI's CheckpointSaver, as bundles' models/model.pt).
+    for entry in ("state_dict", "model"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(entry), Mapping):
+            loaded = loaded[entry]
+            break
     if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
         raise InvalidInputError(f"{path}: expected a mapping of names to tensors (a state dict)")
     return {_strip(str(key)): value for key, value in loaded.items()}

@@ -70,6 +70,7 @@ class ResNet18(_ResNet):
 
     name = "resnet18"
     architecture = "resnet18"
+    bundle_networks = frozenset({"torchvision.models.resnet18"})
     imagenet_url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"  # IMAGENET1K_V1
 
 
@@ -78,6 +79,7 @@ class ResNet50(_ResNet):
 
     name = "resnet50"
     architecture = "resnet50"
+    bundle_networks = frozenset({"torchvision.models.resnet50"})
     imagenet_url = "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"  # IMAGENET1K_V2
 
 
@@ -87,6 +89,11 @@ class DenseNet121(Backbone):
     name = "densenet121"
     spatial_dims = frozenset({2, 3})
     classifier_prefix = "class_layers.out."
+    bundle_networks = frozenset(
+        f"{prefix}{name}"
+        for prefix in ("", "monai.networks.nets.", "monai.networks.nets.densenet.")
+        for name in ("DenseNet121", "Densenet121", "densenet121")
+    )
     min_patch_size = 32
     stage_names = ("stem", "stage1", "stage2", "stage3", "stage4")
     _stage_modules = {

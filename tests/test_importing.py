@@ -266,3 +266,162 @@ def test_an_imported_torchvision_model_is_adapted_and_validated_like_any_other(t
     report = json.loads((tmp_path / "validate" / "report.json").read_text())
     assert report["results"]["model"]["auroc"]["value"] is not None
     assert (tmp_path / "validate" / "report.html").is_file()
+
+
+# --- MONAI bundles ----------------------------------------------------------------------------
+
+
+def monai_bundle(root, net, spatial_dims=2, **changes):
+    """A bundle laid out as MONAI's model zoo lays them out, around ``net``."""
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    metadata = {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
+        "0.8.1/meta_schema_20220324.json",
+        "version": "0.2.0",
+        "name": "Lesion classification",
+        "task": "benign or malignant lesion",
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "num_channels": 1,
+                    "spatial_shape": [48, 48],
+                    "dtype": "float32",
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "probabilities",
+                    "num_channels": 2,
+                    "channel_def": {"0": "benign", "1": "malignant"},
+                }
+            },
+        },
+    }
+    inference = {
+        "imports": ["$import torch"],
+        "bundle_root": ".",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "spatial_dims": spatial_dims,
+        "network_def": {
+            "_target_": "DenseNet121",
+            "spatial_dims": "@spatial_dims",
+            "in_channels": 1,
+            "out_channels": 2,
+        },
+        "network": "$@network_def.to(@device)",
+        "handlers": [
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": "$@bundle_root + '/models/model.pt'",
+                "load_dict": {"model": "@network"},
+            }
+        ],
+    }
+    for change in changes.get("metadata", []):
+        change(metadata)
+    for change in changes.get("inference", []):
+        change(inference)
+    (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    (root / "configs" / "inference.json").write_text(json.dumps(inference))
+    # MONAI's CheckpointSaver keeps the network under its load_dict name.
+    torch.save({"model": net.state_dict()}, root / "models" / "model.pt")
+    return root
+
+
+def densenet(spatial_dims=2):
+    from monai.networks.nets import DenseNet121
+
+    torch.manual_seed(0)
+    return DenseNet121(spatial_dims=spatial_dims, in_channels=1, out_channels=2).eval()
+
+
+def test_a_monai_bundle_imports_with_its_densenet_and_gives_its_probabilities(tmp_path, profile):
+    net = densenet()
+    bundle = monai_bundle(tmp_path / "lesion_classification", net)
+    result, loaded = imported(bundle, profile("densenet121"), tmp_path / "model")
+    assert result.layout == "monai"
+    record = loaded.card.imported
+    assert record.file == "lesion_classification/models/model.pt"
+    assert record.bundle["network"] == "DenseNet121"
+    assert record.bundle["version"] == "0.2.0"
+    assert len(record.bundle["metadata_sha256"]) == 64
+    patches = grey_patches()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.model.eval()(patches).softmax(1), net(patches).softmax(1), atol=1e-5, rtol=0
+        )
+
+
+def test_a_3d_bundle_imports_for_3d_patches(tmp_path, write_profile):
+    net = densenet(spatial_dims=3)
+    bundle = monai_bundle(tmp_path / "b", net, spatial_dims=3)
+    data = json.loads(json.dumps(PROFILE))
+    data["backbone"]["name"] = "densenet121"
+    data["preprocessing"].update(patch_mode="3d", patch_size=[32, 32, 32])
+    path = tmp_path / "three.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result, loaded = imported(
+        bundle, load_profile(path, get_plugin_host().registry()), tmp_path / "m"
+    )
+    assert any("made for inputs of [48, 48]" in note for note in result.notes)
+    volume = torch.randn(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.model.eval()(volume).softmax(1), net(volume).softmax(1), atol=1e-5, rtol=0
+        )
+
+
+def _set(section, key, value):
+    return lambda config: config[section].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"inference": [_set("network_def", "_target_", "UNet")]},
+            r"network_def builds 'UNet', which is not the profile's backbone 'densenet121'",
+        ),
+        (
+            {"inference": [_set("network_def", "in_channels", "$int(1)")]},
+            r"network_def.in_channels is an expression .*never runs its code",
+        ),
+        (
+            {"inference": [_set("network_def", "out_channels", "@classes")]},
+            r"network_def.out_channels refers to '@classes', which is not a value",
+        ),
+        ({"inference": [lambda c: c.__setitem__("spatial_dims", 3)]}, r"spatial_dims is 3"),
+        (
+            {
+                "metadata": [
+                    lambda m: m["network_data_format"]["outputs"]["pred"].__setitem__(
+                        "channel_def", {"0": "malignant", "1": "benign"}
+                    )
+                ]
+            },
+            r"the outputs are malignant, benign .* give the classes in the order",
+        ),
+    ],
+)
+def test_refuses_a_bundle_that_does_not_fit_naming_the_field(tmp_path, profile, changes, expected):
+    bundle = monai_bundle(tmp_path / "b", densenet(), **changes)
+    with pytest.raises(InvalidInputError, match=expected):
+        imported(bundle, profile("densenet121"), tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
+def test_refuses_a_bundle_with_only_torchscript_weights_with_the_reason(tmp_path, profile):
+    net = densenet()
+    bundle = monai_bundle(tmp_path / "b", net)
+    (bundle / "models" / "model.pt").unlink()
+    torch.jit.save(torch.jit.trace(net, torch.randn(1, 1, 48, 48)), bundle / "models" / "model.ts")
+    with pytest.raises(InvalidInputError, match=r"only weights are TorchScript.*models/model\.pt"):
+        imported(bundle, profile("densenet121"), tmp_path / "model")
+
+
+def test_refuses_a_folder_that_is_not_a_bundle(tmp_path, profile):
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(InvalidInputError, match="not a MONAI bundle"):
+        imported(tmp_path / "weights", profile(), tmp_path / "model")
