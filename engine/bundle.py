@@ -79,6 +79,9 @@ def read_bundle(folder: Path, profile: Profile, backbone: Backbone) -> BundleNet
             f"{folder / INFERENCE}: no 'network_def': the bundle does not say which network "
             "its weights are for"
         )
+    exported = metadata.get("medadapt")
+    if isinstance(network, str) and isinstance(exported, Mapping):
+        return _exported_by_medadapt(folder, exported, metadata, backbone)
     if isinstance(network, str):
         network = _resolve(inference, network, "network_def", folder)
     if not isinstance(network, Mapping) or not isinstance(network.get("_target_"), str):
@@ -101,14 +104,34 @@ def read_bundle(folder: Path, profile: Profile, backbone: Backbone) -> BundleNet
     }
     notes = _check_shape(folder, arguments, metadata, profile)
     weights, state = _weights(folder)
-    record = {
+    record = _record(folder, metadata, target)
+    return BundleNetwork(weights, state, target, arguments, record, notes)
+
+
+def _record(folder: Path, metadata: Mapping[str, Any], network: str) -> dict[str, str]:
+    return {
         "name": str(metadata.get("name") or folder.name),
         "version": str(metadata.get("version", "")),
-        "network": target,
+        "network": network,
         "metadata_sha256": file_sha256(folder / METADATA),
         "inference_sha256": file_sha256(folder / INFERENCE),
     }
-    return BundleNetwork(weights, state, target, arguments, record, notes)
+
+
+def _exported_by_medadapt(
+    folder: Path, exported: Mapping[str, Any], metadata: Mapping[str, Any], backbone: Backbone
+) -> BundleNetwork:
+    """A bundle ``medadapt model export`` wrote: its network is TorchScript for MONAI, and
+    its state dict (medadapt's key names) is read back for the backbone it names."""
+    named = exported.get("backbone", {}).get("name") if isinstance(exported, Mapping) else None
+    if named != backbone.name:
+        raise InvalidInputError(
+            f"{folder / METADATA}: medadapt exported this bundle from a {named!r} model, but "
+            f"the profile's backbone is {backbone.name!r}"
+        )
+    weights, state = _weights(folder)
+    target = f"medadapt {named}"
+    return BundleNetwork(weights, state, target, {}, _record(folder, metadata, target))
 
 
 def _json(path: Path) -> dict[str, Any]:

@@ -286,7 +286,7 @@ def profile_option(purpose: str) -> Callable[[Callable[..., Any]], Callable[...,
 
 @cli.group("model")
 def model_group() -> None:
-    """Bring in a model trained outside medadapt."""
+    """Bring in a model trained outside medadapt; take one out to deployment."""
 
 
 @model_group.command("import")
@@ -327,6 +327,67 @@ def model_import_command(
         _emit_json(summary)
         return
     click.echo(f"model written to {result.model_dir} (from {result.layout} key names)")
+    for note in result.notes:
+        _stderr().print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+@model_group.command("export")
+@click.argument("model_dir", metavar="MODEL", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(["torchscript", "onnx", "monai-bundle"]),
+    help="TorchScript (PyTorch alone), ONNX (any runtime), or a MONAI bundle folder.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The file to write (model.ts, model.onnx), or the bundle's folder.",
+)
+@click.option(
+    "--report",
+    type=click.Path(exists=True, path_type=Path),
+    help="The report.json (or its folder) of `validate` on this model: its figures go into "
+    "the bundle's metadata.",
+)
+@overwrite_option("the file or bundle there is replaced")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def model_export_command(
+    model_dir: Path, fmt: str, out: Path, report: Path | None, overwrite: bool, as_json: bool
+) -> None:
+    """Write a model for deployment, checked against medadapt's own probabilities.
+
+    The export takes patches prepared as the model card says (centred on the lesion,
+    resampled, windowed to [0, 1]) and gives one probability per class. Before it is kept,
+    it is run on 32 probe patches and must agree with medadapt within 1e-5 (exit 1 and
+    nothing written otherwise). TorchScript and ONNX files carry the model card. ONNX needs
+    pip install 'medadapt[onnx]', and is checked when onnxruntime is installed.
+    """
+    from medadapt.engine.export import export_model
+
+    registry = get_plugin_host().registry()
+    result = export_model(model_dir, registry, fmt, out, report=report, overwrite=overwrite)
+    agreement = result.agreement
+    summary = {
+        "path": str(result.path),
+        "format": result.format,
+        "checked": None
+        if agreement is None
+        else {"patches": agreement.patches, "max_difference": agreement.max_difference},
+        "notes": result.notes,
+    }
+    if as_json:
+        _emit_json(summary)
+        return
+    checked = (
+        "not run here"
+        if agreement is None
+        else f"agrees with medadapt on {agreement.patches} probe patches: largest difference "
+        f"{agreement.max_difference:.1e}, allowed 1e-05"
+    )
+    click.echo(f"{result.format} written to {result.path} ({checked})")
     for note in result.notes:
         _stderr().print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 

@@ -30,6 +30,10 @@ from medadapt.engine.registry import ComponentRegistry
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
 
+# The process's umask, read once (os.umask can only be read by setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 class Classifier(nn.Module):
     """Features from a backbone, then a linear layer to one logit per class."""
@@ -100,6 +104,9 @@ def atomic_file(path: Path) -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
+        # mkstemp makes the file readable by its owner alone; the file in place gets the
+        # permissions any new file would (a deployment account may need to read a model).
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except OSError as exc:
         temporary.unlink(missing_ok=True)

@@ -199,6 +199,17 @@ def test_a_failed_atomic_write_names_the_file_and_leaves_no_temporary(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_atomic_write_gets_the_permissions_of_any_new_file(tmp_path):
+    # mkstemp's temporary is its owner's alone; a model a deployment account reads must not be.
+    from medadapt.engine.model import _UMASK, atomic_file
+
+    with atomic_file(tmp_path / "weights.safetensors") as temporary:
+        temporary.write_bytes(b"weights")
+    mode = (tmp_path / "weights.safetensors").stat().st_mode & 0o777
+    assert mode == 0o666 & ~_UMASK
+    assert mode & 0o044 == 0o044 or _UMASK & 0o044  # readable by others under umask 022
+
+
 def test_quiet_prints_only_problems():
     result = invoke("--quiet", "profile", "check", str(TEMPLATE))
     assert result.exit_code == 0

@@ -1,0 +1,335 @@
+"""``medadapt model export``: TorchScript, ONNX and MONAI bundles that give medadapt's
+probabilities."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import yaml
+from click.testing import CliRunner
+
+from medadapt.engine import InvalidInputError, Split
+from medadapt.engine.card import ModelCard
+from medadapt.engine.cli import cli
+from medadapt.engine.data import PatchDataset
+from medadapt.engine.evaluate import predict_records
+from medadapt.engine.export import (
+    ExportDisagrees,
+    Probabilities,
+    export_model,
+    run_onnx,
+    run_torchscript,
+)
+from medadapt.engine.importing import import_model
+from medadapt.engine.model import build_classifier, load_model, save_model
+from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.profile import load_profile
+from medadapt.engine.samples import PatchLoader, open_site_data
+from medadapt.engine.splits import site_split
+
+CARD = {
+    "site": "Export Hospital",
+    "intended_use": "tests.",
+    "classes": ["benign", "malignant"],
+    "positive_class": "malignant",
+    "preprocessing": {
+        "window": {"level": 40, "width": 400},
+        "spacing_mm": [2.0, 1.0, 1.0],
+        "patch_mode": "2d",
+        "patch_size": [24, 24],
+    },
+    "backbone": {"name": "small-cnn"},
+}
+
+
+@pytest.fixture
+def registry():
+    return get_plugin_host().registry()
+
+
+@pytest.fixture
+def small_model(tmp_path, registry):
+    """A small CNN model folder, its batch-norm statistics away from the identity."""
+    torch.manual_seed(0)
+    model = build_classifier(registry.create("backbones", "small-cnn", {}), "2d", 2)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return save_model(tmp_path / "model", model, ModelCard.model_validate(CARD))
+
+
+def probabilities(model_dir, registry, patches):
+    with torch.no_grad():
+        return Probabilities(load_model(model_dir, registry).model).eval()(patches).numpy()
+
+
+def test_torchscript_export_gives_the_models_probabilities_and_carries_its_card(
+    tmp_path, registry, small_model
+):
+    result = export_model(small_model, registry, "torchscript", tmp_path / "model.ts")
+    assert result.agreement.patches == 32
+    assert result.agreement.max_difference <= 1e-5
+    patches = torch.rand(5, 1, 24, 24, generator=torch.Generator().manual_seed(9))
+    np.testing.assert_allclose(
+        run_torchscript(tmp_path / "model.ts", patches),
+        probabilities(small_model, registry, patches),
+        atol=1e-5,
+        rtol=0,
+    )
+    extra = {"medadapt/card.json": ""}
+    torch.jit.load(str(tmp_path / "model.ts"), _extra_files=extra)
+    card = json.loads(extra["medadapt/card.json"])
+    assert card["classes"] == ["benign", "malignant"]
+    assert card["weights_sha256"] == load_model(small_model, registry).card.weights_sha256
+
+
+def test_onnx_export_runs_in_onnxruntime_with_any_batch_size_and_carries_its_card(
+    tmp_path, registry, small_model
+):
+    import onnx
+
+    result = export_model(small_model, registry, "onnx", tmp_path / "model.onnx")
+    assert result.agreement.max_difference <= 1e-5
+    for batch in (1, 7):
+        patches = torch.rand(batch, 1, 24, 24, generator=torch.Generator().manual_seed(batch))
+        np.testing.assert_allclose(
+            run_onnx(tmp_path / "model.onnx", patches),
+            probabilities(small_model, registry, patches),
+            atol=1e-5,
+            rtol=0,
+        )
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    assert json.loads(props["classes"]) == ["benign", "malignant"]
+    assert props["positive_class"] == "malignant"
+    assert "windowed at level 40 and width 400" in props["input"]
+    assert json.loads(props["medadapt_card"])["site"] == "Export Hospital"
+
+
+def test_a_monai_bundle_runs_through_monais_own_parser(tmp_path, registry, small_model):
+    from monai.bundle import ConfigParser
+
+    result = export_model(small_model, registry, "monai-bundle", tmp_path / "bundle")
+    assert any("no validation figures" in note for note in result.notes)
+    bundle = tmp_path / "bundle"
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    network = parser.get_parsed_content("network")
+    patches = torch.rand(4, 1, 24, 24, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            network(patches).numpy(),
+            probabilities(small_model, registry, patches),
+            atol=1e-5,
+            rtol=0,
+        )
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    data_format = metadata["network_data_format"]
+    assert data_format["inputs"]["image"]["spatial_shape"] == [24, 24]
+    assert data_format["outputs"]["pred"]["channel_def"] == {"0": "benign", "1": "malignant"}
+    assert metadata["medadapt"]["preprocessing"]["window"] == {"level": 40.0, "width": 400.0}
+    assert metadata["medadapt"]["validation"] is None
+    assert "No validation figures" in (bundle / "docs" / "README.md").read_text()
+    # The bundle goes back into medadapt: its state dict, in medadapt's own key names.
+    profile_file = tmp_path / "profile.yaml"
+    profile_file.write_text(
+        yaml.safe_dump(
+            {
+                "site": {"name": "Export Hospital"},
+                "intended_use": "tests",
+                "body_region": "chest",
+                "acceptance": {"min_auroc": 0.8},
+                "task": {
+                    "classes": ["benign", "malignant"],
+                    "positive_class": "malignant",
+                    "label_depends_on": ["shape"],
+                },
+                "preprocessing": CARD["preprocessing"],
+                "backbone": {"name": "small-cnn"},
+            }
+        )
+    )
+    back = import_model(
+        bundle,
+        load_profile(profile_file, registry),
+        registry,
+        tmp_path / "again",
+    )
+    assert back.layout == "medadapt"
+    np.testing.assert_allclose(
+        probabilities(tmp_path / "again", registry, patches),
+        probabilities(small_model, registry, patches),
+        atol=1e-6,
+        rtol=0,
+    )
+
+
+def test_a_bundle_takes_the_figures_of_this_models_report_and_refuses_another_models(
+    tmp_path, registry, small_model
+):
+    sha = load_model(small_model, registry).card.weights_sha256
+    interval = {"value": 0.91, "low": 0.84, "high": 0.97, "n": 40}
+    report = {
+        "site": "Export Hospital",
+        "date": "2026-12-01",
+        "confidence_level": 0.95,
+        "operating_point_rule": "the threshold with the largest sensitivity + specificity",
+        "models": {"model": {"weights_sha256": sha}},
+        "results": {
+            "model": {
+                "threshold": 0.42,
+                "auroc": interval,
+                "sensitivity": interval,
+                "specificity": interval,
+            }
+        },
+        "data": {"patients": {"test": 20}, "validated_samples": {"test": 40}},
+        "acceptance": {"verdict": "pass"},
+        # A report names patients by pseudonym among its failures; none of it is exported.
+        "failures": [{"patient": "pseudonym-0001"}],
+    }
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    export_model(
+        small_model,
+        registry,
+        "monai-bundle",
+        tmp_path / "bundle",
+        report=tmp_path / "report.json",
+    )
+    metadata = json.loads((tmp_path / "bundle" / "configs" / "metadata.json").read_text())
+    figures = metadata["medadapt"]["validation"]
+    assert figures["auroc"]["value"] == 0.91
+    assert figures["test_patients"] == 20
+    assert figures["verdict"] == "pass"
+    readme = (tmp_path / "bundle" / "docs" / "README.md").read_text()
+    assert "on 20 test patients (40 samples)" in readme
+    assert "AUROC 0.910 (95% interval 0.840 to 0.970)" in readme
+    every_file = b"".join(p.read_bytes() for p in (tmp_path / "bundle").rglob("*") if p.is_file())
+    assert b"pseudonym-0001" not in every_file
+    report["models"]["model"]["weights_sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(report))
+    with pytest.raises(InvalidInputError, match="this report measured another model"):
+        export_model(
+            small_model,
+            registry,
+            "monai-bundle",
+            tmp_path / "b2",
+            report=tmp_path / "other.json",
+        )
+    assert not (tmp_path / "b2").exists()
+
+
+def test_an_export_that_disagrees_with_medadapt_is_not_kept(
+    tmp_path, registry, small_model, monkeypatch
+):
+    from medadapt.engine import export
+
+    monkeypatch.setattr(export, "run_torchscript", lambda path, patches: np.zeros((32, 2)))
+    with pytest.raises(ExportDisagrees, match=r"differ from medadapt's by up to .* nothing"):
+        export_model(small_model, registry, "torchscript", tmp_path / "model.ts")
+    assert list(tmp_path.glob("model.ts*")) == []
+    assert list(tmp_path.glob(".model.ts*")) == []
+
+
+def test_refuses_to_write_over_a_file_and_says_what_onnx_needs(
+    tmp_path, registry, small_model, monkeypatch
+):
+    (tmp_path / "model.ts").write_text("something of the user's")
+    with pytest.raises(InvalidInputError, match="exists; give --overwrite"):
+        export_model(small_model, registry, "torchscript", tmp_path / "model.ts")
+    assert (tmp_path / "model.ts").read_text() == "something of the user's"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("mine")
+    with pytest.raises(InvalidInputError, match="is not a MONAI bundle; refusing"):
+        export_model(small_model, registry, "monai-bundle", tmp_path / "notes", overwrite=True)
+    from medadapt.engine import export
+
+    monkeypatch.setattr(export, "_installed", lambda name: name != "onnxscript")
+    with pytest.raises(InvalidInputError, match=r"needs the onnxscript package.*medadapt\[onnx\]"):
+        export_model(small_model, registry, "onnx", tmp_path / "model.onnx")
+
+
+def test_onnx_without_onnxruntime_is_written_and_said_to_be_unchecked(
+    tmp_path, registry, small_model, monkeypatch
+):
+    from medadapt.engine import export
+
+    monkeypatch.setattr(export, "_installed", lambda name: name != "onnxruntime")
+    result = export_model(small_model, registry, "onnx", tmp_path / "model.onnx")
+    assert result.agreement is None
+    assert any("not checked: onnxruntime is not installed" in note for note in result.notes)
+    assert zipfile.is_zipfile(tmp_path / "model.onnx") is False  # one protobuf file
+
+
+def test_the_command_exports_and_says_how_it_checked(tmp_path, small_model):
+    done = CliRunner().invoke(
+        cli,
+        [
+            "model",
+            "export",
+            str(small_model),
+            "--format",
+            "torchscript",
+            "--out",
+            str(tmp_path / "model.ts"),
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    assert "agrees with medadapt on 32 probe patches: largest difference" in done.stdout
+    refused = CliRunner().invoke(
+        cli,
+        [
+            "model",
+            "export",
+            str(small_model),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "x"),
+            "--report",
+            str(small_model / "card.json"),
+        ],
+    )
+    assert refused.exit_code == 2
+    assert "use it with --format monai-bundle" in refused.output
+
+
+@pytest.mark.slow
+def test_torchscript_and_onnx_match_medadapt_on_32_test_patches(tmp_path, registry, phantom_site):
+    # A torchvision ResNet-18 trained elsewhere, imported, then exported: its probabilities
+    # on 32 patches of a site's test patients, as `validate` computes them, are the export's.
+    site = phantom_site("Export Hospital", seed=5, patients=60, split=(0.25, 0.25, 0.5))
+    site["backbone"] = {"name": "resnet18"}
+    site["preprocessing"]["patch_size"] = [32, 32]
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+    profile = load_profile(tmp_path / "site.yaml", registry)
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=2).eval()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    torch.save(net.state_dict(), tmp_path / "resnet18.pt")
+    import_model(tmp_path / "resnet18.pt", profile, registry, tmp_path / "model")
+    loaded = load_model(tmp_path / "model", registry)
+    data = open_site_data(profile, registry)
+    test = [r for r in site_split(data.records, profile) if r.split is Split.TEST][:32]
+    assert len(test) == 32
+    loader = PatchLoader(data.source, loaded.card.preprocessing)
+    patches = torch.stack([x for x, _ in PatchDataset(loader, test, loaded.card.classes)])
+    scores = predict_records(loaded, "malignant", data.source, test).scores
+    for fmt, out, run in (
+        ("torchscript", tmp_path / "model.ts", run_torchscript),
+        ("onnx", tmp_path / "model.onnx", run_onnx),
+    ):
+        result = export_model(tmp_path / "model", registry, fmt, out, probes=patches)
+        assert result.agreement.patches == 32
+        exported = run(out, patches)
+        assert np.abs(exported[:, 1] - scores).max() <= 1e-5, fmt
+        assert np.ptp(scores) > 0.01  # the patches are not all alike to the network
