@@ -67,7 +67,10 @@ def test_compressed_files_decode_to_the_uncompressed_values(
 def test_pydicom_test_folder_keeps_ct_and_explains_the_rest(pydicom_test_files, pseudonymizer):
     found = scan_folder(pydicom_test_files, pseudonymizer)
     assert len(found.volumes) == 5
-    assert found.files == len(found.rejections) + sum(len(v.slices) for v in found.volumes)
+    assert len(found.segmentations) == 2  # pydicom's SEG examples, read as annotations
+    assert found.files == (
+        len(found.rejections) + sum(len(v.slices) for v in found.volumes) + len(found.segmentations)
+    )
     reasons = {r.path.name: r.reason for r in found.rejections}
     assert reasons["MR_small.dcm"] == "modality MR, not CT"
     assert reasons["README.txt"] == "not a DICOM file"

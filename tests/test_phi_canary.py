@@ -1,10 +1,12 @@
 """No patient identity anywhere: canary strings in every identifying DICOM attribute.
 
 Two simulated hospitals are written as DICOM, then every identifying attribute of every file
-is replaced by a unique canary (the labels file follows, as a hospital's would). The whole
-workflow runs on them: inspect, train, adapt, shift, validate. Then every file the commands
-wrote (reports, JSON, CSV, logs, caches, model cards, checkpoints, weights) and everything
-they printed is searched for the canaries. None may appear.
+is replaced by a unique canary (the labels file follows, as a hospital's would; Hospital A's
+lesions come from DICOM SEG files, which carry the canaries too). The whole workflow runs on
+them: inspect, train, adapt, shift, validate, and the exports (ONNX, a MONAI bundle with the
+report's figures). Then every file the commands wrote (reports, JSON, CSV, logs, caches,
+model cards, checkpoints, weights, exports) and everything they printed is searched for the
+canaries. None may appear.
 """
 
 from __future__ import annotations
@@ -46,13 +48,14 @@ def canaries(site: str, index: int) -> dict[str, str]:
 FORBIDDEN = ["CANARY", "CNRYSTUDY", "18870214", "1887-02-14", MRN_DIGITS]
 
 
-def canary_hospital(root: Path, site: str, **params: object) -> Path:
+def canary_hospital(root: Path, site: str, segmentations: bool = False, **params: object) -> Path:
     folder = root / site
     spec = HospitalSpec.model_validate({"patients": 14, "slices": 12, "size": 96, **params})
-    write_hospital(spec, folder)
+    write_hospital(spec, folder, segmentations=segmentations)
     new_ids: dict[str, tuple[str, str]] = {}
     for index, series in enumerate(sorted((folder / "dicom").iterdir())):
         uid_root = f"1.2.826.0.1.3680043.10.{MRN_DIGITS}{index}"
+        new_sop: dict[str, str] = {}
         for number, path in enumerate(sorted(series.glob("*.dcm"))):
             ds = pydicom.dcmread(path)
             old = (ds.PatientID, ds.SeriesInstanceUID)
@@ -60,10 +63,27 @@ def canary_hospital(root: Path, site: str, **params: object) -> Path:
                 setattr(ds, keyword, value)
             ds.StudyInstanceUID = f"{uid_root}.1"
             ds.SeriesInstanceUID = f"{uid_root}.2"
-            ds.SOPInstanceUID = f"{uid_root}.3.{number + 1}"
+            new_sop[ds.SOPInstanceUID] = f"{uid_root}.3.{number + 1}"
+            ds.SOPInstanceUID = new_sop[ds.SOPInstanceUID]
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.save_as(path, enforce_file_format=True)
             new_ids[old[0]] = (ds.PatientID, ds.SeriesInstanceUID)
+        for path in series.glob("SEG/*.dcm"):  # the radiologist's SEG, drawn on that series
+            ds = pydicom.dcmread(path)
+            for keyword, value in canaries(site, index).items():
+                setattr(ds, keyword, value)
+            ds.StudyInstanceUID = f"{uid_root}.1"
+            referenced = ds.ReferencedSeriesSequence[0]
+            referenced.SeriesInstanceUID = f"{uid_root}.2"
+            for item in referenced.ReferencedInstanceSequence:
+                item.ReferencedSOPInstanceUID = new_sop[item.ReferencedSOPInstanceUID]
+            for frame in ds.PerFrameFunctionalGroupsSequence:
+                for derivation in frame.get("DerivationImageSequence", []):
+                    for source in derivation.SourceImageSequence:
+                        source.ReferencedSOPInstanceUID = new_sop[source.ReferencedSOPInstanceUID]
+            ds.SOPInstanceUID = f"{uid_root}.4.1"
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.save_as(path, enforce_file_format=True)
     labels = folder / "labels.csv"
     with labels.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -80,7 +100,7 @@ def canary_hospital(root: Path, site: str, **params: object) -> Path:
     return folder
 
 
-def profile(root: Path, name: str, folder: Path) -> Path:
+def profile(root: Path, name: str, folder: Path, from_seg: bool = False) -> Path:
     document = {
         "site": {"name": name},
         "intended_use": "PHI test",
@@ -109,6 +129,9 @@ def profile(root: Path, name: str, folder: Path) -> Path:
         "adaptation": {"method": "adabn"},
         "acceptance": {"min_auroc": 0.5, "min_test_patients": 1},
     }
+    if from_seg:  # the lesions come from the SEG files the radiologist saved
+        del document["data"]["label_file"]
+        document["data"]["params"]["lesions_from_seg"] = True
     path = root / f"{name.replace(' ', '-')}.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
@@ -119,14 +142,17 @@ def test_no_identifying_attribute_reaches_anything_written(tmp_path, monkeypatch
     work.mkdir()
     monkeypatch.setenv("MEDADAPT_CACHE_DIR", str(work / "cache"))
     monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", "a-site-secret-for-this-test-only")
-    a = canary_hospital(inputs, "A", seed=31)
+    a = canary_hospital(inputs, "A", segmentations=True, seed=31)
     b = canary_hospital(inputs, "B", seed=32, scanner="ge-sharp-low-dose")
     # The canaries are really in the inputs (the test would prove nothing otherwise).
     first = next((b / "dicom").rglob("*.dcm"))
     ds = pydicom.dcmread(first)
     assert str(ds.PatientName).startswith("CANARY")
     assert MRN_DIGITS in ds.SeriesInstanceUID
-    source, target = profile(work, "Hospital A", a), profile(work, "Hospital B", b)
+    seg = next((a / "dicom").rglob("SEG/*.dcm"))
+    assert str(pydicom.dcmread(seg).PatientName).startswith("CANARY")
+    source = profile(work, "Hospital A", a, from_seg=True)
+    target = profile(work, "Hospital B", b)
     commands = [
         ["inspect", str(a / "dicom")],
         ["inspect", str(b / "dicom"), "--json"],
@@ -139,6 +165,10 @@ def test_no_identifying_attribute_reaches_anything_written(tmp_path, monkeypatch
         ["validate", "-p", str(target), "--model", str(work / "adapt" / "model"),
          "--baseline", str(work / "train" / "model"), "--shift",
          str(work / "shift" / "shift.json"), "--out", str(work / "validate")],
+        ["model", "export", str(work / "adapt" / "model"), "--format", "onnx",
+         "--out", str(work / "model.onnx")],
+        ["model", "export", str(work / "adapt" / "model"), "--format", "monai-bundle",
+         "--out", str(work / "bundle"), "--report", str(work / "validate")],
     ]  # fmt: skip
     get_plugin_host().add_commands(cli)
     _configure_logging(quiet=False)  # as the console script does: logs are searched too
@@ -148,6 +178,10 @@ def test_no_identifying_attribute_reaches_anything_written(tmp_path, monkeypatch
         assert result.exit_code in (0, 1, 5), result.output[-3000:]  # ran to the end
         printed.append(result.output)
     assert (work / "validate" / "report.html").is_file()
+    assert (work / "model.onnx").is_file()
+    assert (work / "bundle" / "configs" / "metadata.json").is_file()
+    trained = json.loads((work / "train" / "model" / "card.json").read_text())
+    assert trained["history"], "Hospital A trained on the lesions of its SEG files"
     data = json.loads((work / "validate" / "report.json").read_text())["data"]
     assert data["unmatched_label_rows"] == 1  # reported by reason, without the identifier
     assert data["rejected_inputs"] == {

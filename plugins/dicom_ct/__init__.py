@@ -8,19 +8,35 @@ only as keyed pseudonyms.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import click
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from medadapt.engine import DataSource, Image, ProfilePath, SampleRecord, ScanResult, hookimpl
+from medadapt.engine import (
+    DataSource,
+    Image,
+    InvalidInputError,
+    ProfilePath,
+    Rejection,
+    SampleRecord,
+    ScanResult,
+    hookimpl,
+)
 from medadapt.engine.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.inspect import inspect_command
-from medadapt.plugins.dicom_ct.labels import columns_problem, join_labels
+from medadapt.plugins.dicom_ct.labels import Lesion, columns_problem, join_labels
 from medadapt.plugins.dicom_ct.pixels import load_hu
 from medadapt.plugins.dicom_ct.scan import scan_folder
+from medadapt.plugins.dicom_ct.segmentation import join_segmentations
 from medadapt.plugins.dicom_ct.series import Volume
+
+_BOTH_LABEL_SOURCES = (
+    "the profile names a label file ({label_file}) and data.params.lesions_from_seg: true; "
+    "the lesions come from one or the other: remove data.label_file to read them from the "
+    "DICOM SEG files"
+)
 
 
 class DicomCT(DataSource):
@@ -40,6 +56,16 @@ class DicomCT(DataSource):
             default=None,
             description="site secret for pseudonyms; prefer $MEDADAPT_PSEUDONYM_KEY",
         )
+        lesions_from_seg: bool = Field(
+            default=False,
+            description="read the lesions (centre, size, class) from the export's DICOM SEG "
+            "files instead of a label file",
+        )
+        segment_labels: dict[str, str] = Field(
+            default_factory=dict,
+            description="with lesions_from_seg: segment label to class (case ignored); "
+            "empty: a segment's label is its class",
+        )
 
     def pseudonymizer(self, *, allow_ephemeral: bool = False) -> Pseudonymizer:
         """The pseudonymizer this source's identifiers go through."""
@@ -49,11 +75,15 @@ class DicomCT(DataSource):
         )
 
     def check_label_file(self, label_file: Path) -> str | None:
-        """A label file needs patient_id, label and a lesion location (mm or voxel)."""
+        """A label file needs patient_id, label and a lesion location (mm or voxel), and
+        cannot stand beside ``lesions_from_seg``."""
+        if self.params.lesions_from_seg:
+            return _BOTH_LABEL_SOURCES.format(label_file=label_file)
         return columns_problem(label_file)
 
     def scan(self, label_file: ProfilePath | None = None) -> ScanResult:
-        """One sample per labelled lesion, or per volume when there is no label file."""
+        """One sample per labelled lesion (a row of the label file, or a segment of the
+        export's DICOM SEG files with ``lesions_from_seg``); one per volume without labels."""
         pseudonymizer = self.pseudonymizer()
         found = scan_folder(
             self.params.root,
@@ -62,15 +92,32 @@ class DicomCT(DataSource):
             recursive=self.params.recursive,
         )
         rejections = list(found.rejections)
-        if label_file is None:
+        from_seg = self.params.lesions_from_seg
+        if from_seg and label_file is not None:
+            raise InvalidInputError(_BOTH_LABEL_SOURCES.format(label_file=label_file))
+        if not from_seg:
+            rejections.extend(
+                Rejection(
+                    seg.path,
+                    "a DICOM SEG, not read: lesions come from SEG files only with "
+                    "data.params.lesions_from_seg: true",
+                    seg.image_key,
+                )
+                for seg in found.segmentations
+            )
+        if label_file is not None:
+            lesions, unmatched = join_labels(label_file, found.volumes, pseudonymizer)
+        elif from_seg:
+            lesions, unmatched = join_segmentations(
+                found.segmentations, found.volumes, self.params.segment_labels
+            )
+        else:
+            lesions, unmatched = [], []
+        rejections.extend(unmatched)
+        if label_file is None and not from_seg:
             records = [_record(volume) for volume in found.volumes]
         else:
-            lesions, unmatched = join_labels(label_file, found.volumes, pseudonymizer)
-            rejections.extend(unmatched)
-            records = [
-                _record(lesion.volume, lesion.label, lesion.centre, lesion.lesion_id)
-                for lesion in lesions
-            ]
+            records = [_lesion_record(lesion) for lesion in lesions]
         used = {record.series_key for record in records}
         warnings = [
             f"series {volume.series_key}: {warning}"
@@ -89,15 +136,21 @@ class DicomCT(DataSource):
         return Volume.from_locator(record.locator).fingerprint()
 
 
+def _lesion_record(lesion: Lesion) -> SampleRecord:
+    return _record(lesion.volume, lesion.label, lesion.centre, lesion.lesion_id, lesion.attributes)
+
+
 def _record(
     volume: Volume,
     label: str | None = None,
     centre: tuple[float, float, float] | None = None,
     lesion_id: str | None = None,
+    more: Mapping[str, float] | None = None,
 ) -> SampleRecord:
     attributes: dict[str, str | float | int | None] = dict(volume.attributes)
     if lesion_id is not None:
         attributes["lesion_id"] = lesion_id
+    attributes.update(more or {})
     return SampleRecord(
         patient_key=volume.patient_key,
         series_key=volume.series_key,

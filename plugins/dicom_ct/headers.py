@@ -94,12 +94,59 @@ class FileHeader:
     notes: list[str] = field(default_factory=list)
 
 
+#: Segmentation Storage: the SOP class of a DICOM SEG.
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+@dataclass(frozen=True)
+class SegmentationFile:
+    """What a scan keeps of a SEG file's header. Identifiers are pseudonyms already."""
+
+    path: Path
+    image_key: str | None
+    patient_key: str
+    series_keys: tuple[str, ...]
+
+
+def is_segmentation(ds: Dataset) -> bool:
+    """Whether a dataset is a DICOM SEG."""
+    return str(ds.get("SOPClassUID", "") or "") == SEGMENTATION_STORAGE
+
+
+def segmentation_header(
+    path: Path, ds: Dataset, pseudonymizer: Pseudonymizer, image_key: str | None
+) -> SegmentationFile | Rejection:
+    """The series a SEG file references, or why it cannot be matched to any."""
+    patient_id = str(ds.get("PatientID", "") or "").strip()
+    if not patient_id:
+        return Rejection(path, "a DICOM SEG without a PatientID: it cannot be matched", image_key)
+    uids = [
+        str(item.get("SeriesInstanceUID", "") or "")
+        for item in ds.get("ReferencedSeriesSequence", None) or []
+    ]
+    uids = [uid for uid in uids if uid]
+    if not uids:
+        return Rejection(
+            path,
+            "a DICOM SEG that references no series (ReferencedSeriesSequence is empty): it "
+            "cannot be matched to the CT it was drawn on",
+            image_key,
+        )
+    return SegmentationFile(
+        path,
+        image_key,
+        pseudonymizer.pseudonym("patient", patient_id),
+        tuple(pseudonymizer.pseudonym("series", uid) for uid in uids),
+    )
+
+
 def read_header(
     path: Path,
     pseudonymizer: Pseudonymizer,
     allowed_modalities: Sequence[str] = ("CT",),
-) -> FileHeader | Rejection:
-    """Read one file's header, or explain why the file cannot be used.
+) -> FileHeader | SegmentationFile | Rejection:
+    """Read one file's header, or explain why the file cannot be used. A DICOM SEG gives
+    the series it was drawn on (plugins/dicom_ct/segmentation.py reads its segments).
 
     Example:
         >>> from pydicom.data import get_testdata_file
@@ -128,6 +175,8 @@ def read_header(
         infer_transfer_syntax(ds)
         uid = str(ds.get("SOPInstanceUID", "") or "")
         image_key = pseudonymizer.pseudonym("image", uid) if uid else None
+        if is_segmentation(ds):
+            return segmentation_header(path, ds, pseudonymizer, image_key)
         try:
             checked = _check(path, ds, pseudonymizer, allowed_modalities, notes, image_key)
         except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from medadapt.engine import ExitCode, InvalidInputError, Rejection
 from medadapt.engine.output import plain_row, strict_json
 from medadapt.engine.progress import progress_bar
 from medadapt.engine.pseudonym import Pseudonymizer
+from medadapt.plugins.dicom_ct.labels import Lesion
 from medadapt.plugins.dicom_ct.pixels import UndecodableFile, UndecodableSeries, load_hu
 from medadapt.plugins.dicom_ct.scan import iter_files, scan_folder
+from medadapt.plugins.dicom_ct.segmentation import join_segmentations
 from medadapt.plugins.dicom_ct.series import Volume
 
 
@@ -64,6 +67,10 @@ def describe_volume(
 def inspect_command(ctx: click.Context, path: Path, as_json: bool, no_recursive: bool) -> None:
     """List the CT series in a DICOM folder, and every file that cannot be used and why.
 
+    DICOM SEG files are matched to the series they were drawn on; each usable one is
+    listed with its lesions, and one that matches no series, or a segment without a label,
+    is listed with the reason.
+
     Patients and series are shown by pseudonym only; set MEDADAPT_PSEUDONYM_KEY for
     pseudonyms that stay the same between runs. Exits with 1 when no usable series is found.
     """
@@ -102,18 +109,55 @@ def inspect_command(ctx: click.Context, path: Path, as_json: bool, no_recursive:
             # A file left out alone: its series is read without it.
             rejections.extend(Rejection(exc.path, exc.reason) for exc in undecodable)
             progress.advance(task)
+    lesions, unusable = join_segmentations(found.segmentations, found.volumes)
+    rejections.extend(unusable)
+    segmentations = _segmentations(lesions, path)
     rejected = [
         {"path": _relative(r.path, path), "image": r.image_key, "reason": r.reason}
         for r in rejections
     ]
     if as_json:
-        click.echo(strict_json({"series": series, "rejections": rejected}))
+        click.echo(
+            strict_json({"series": series, "segmentations": segmentations, "rejections": rejected})
+        )
     else:
         _print_tables(series, rejected, found.files, pseudonymizer.ephemeral)
+        _print_segmentations(segmentations, len(found.segmentations))
     if not series:
         if not as_json:
             err.print(f"[bold red]no usable CT series[/] in {escape(str(path))}")
         ctx.exit(ExitCode.NOT_PASSED)
+
+
+def _segmentations(lesions: list[Lesion], root: Path) -> list[dict[str, Any]]:
+    """Each usable DICOM SEG: the series it was drawn on and its lesions by label."""
+    by_file: dict[Path, list[Lesion]] = {}
+    for lesion in lesions:
+        by_file.setdefault(lesion.source, []).append(lesion)
+    return [
+        {
+            "path": _relative(file, root),
+            "series": found[0].volume.series_key,
+            "lesions": len(found),
+            "labels": dict(sorted(Counter(lesion.label for lesion in found).items())),
+        }
+        for file, found in sorted(by_file.items())
+    ]
+
+
+def _print_segmentations(segmentations: list[dict[str, Any]], files: int) -> None:
+    if not files:
+        return
+    labels: Counter[str] = Counter()
+    for seg in segmentations:
+        labels.update(seg["labels"])
+    described = ", ".join(f"{n} {label}" for label, n in sorted(labels.items()))
+    Console().print(
+        f"{len(segmentations)} of {files} DICOM SEG files give lesions: "
+        f"{sum(labels.values())} ({escape(described) or 'none'}); each segment's label is its "
+        "class unless the profile maps it (data.params.segment_labels)",
+        highlight=False,
+    )
 
 
 def _unreadable(volume: Volume, reason: str) -> list[Rejection]:

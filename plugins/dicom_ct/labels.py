@@ -28,7 +28,7 @@ import codecs
 import csv
 import io
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +43,21 @@ _VOXEL = ("slice", "row", "column")
 
 @dataclass(frozen=True)
 class Lesion:
-    """One label row joined to its volume."""
+    """One labelled lesion (a label row, a SEG segment) joined to its volume.
+
+    Attributes:
+        source: the file that placed it (the label file, a SEG file).
+        number: its row in the label file, or its segment number in the SEG file.
+        attributes: what else is known of it, kept with the sample (a SEG's lesion size).
+    """
 
     volume: Volume
     label: str
     centre: tuple[float, float, float]
     lesion_id: str | None
+    source: Path
+    number: int
+    attributes: dict[str, float] = field(default_factory=dict)
 
 
 def _read(label_file: Path, header_only: bool) -> tuple[set[str], list[dict[str, str]]]:
@@ -133,7 +142,6 @@ def join_labels(
     for volume in volumes:
         by_patient[volume.patient_key].append(volume)
     lesions: list[Lesion] = []
-    rows_of: list[int] = []
     rejections: list[Rejection] = []
     first_of: dict[tuple[tuple[str, str], ...], int] = {}
     for number, row in enumerate(rows, start=2):  # row 1 is the header
@@ -179,47 +187,61 @@ def join_labels(
             reject(f"the lesion centre lies outside the series (voxel {_fmt(centre)})")
             continue
         lesion_id = (row.get("lesion_id") or "").strip() or None
-        lesions.append(Lesion(volume, label, centre, lesion_id))
-        rows_of.append(number)
-    return _without_contradictions(lesions, rows_of, label_file, rejections)
+        lesions.append(Lesion(volume, label, centre, lesion_id, label_file, number))
+    return without_contradictions(lesions, rejections, "row", "the label file")
 
 
-def _without_contradictions(
-    lesions: list[Lesion], rows: list[int], label_file: Path, rejections: list[Rejection]
+def without_contradictions(
+    lesions: list[Lesion], rejections: list[Rejection], unit: str, authority: str
 ) -> tuple[list[Lesion], list[Rejection]]:
-    """One sample per lesion: rows placing one lesion (same series, same centre within a
-    voxel) twice with one label are counted once; with different labels, none is kept,
-    since either could be the mistake."""
+    """One sample per lesion: lesions placed twice (same series, same centre within a
+    voxel) with one label are counted once; with different labels, none is kept, since
+    either could be the mistake.
+
+    Args:
+        unit: what a lesion's number counts, for messages ("row", "segment").
+        authority: what must say which label is right ("the label file").
+    """
     groups: dict[tuple[str, tuple[int, int, int]], list[int]] = defaultdict(list)
     for index, lesion in enumerate(lesions):
         place = tuple(round(c) for c in lesion.centre)
         groups[(lesion.volume.series_key, place)].append(index)  # type: ignore[index]
     dropped: set[int] = set()
+
+    def name(lesion: Lesion, of: Lesion) -> str:  # "row 5", or "segment 2 of seg.dcm"
+        text = f"{unit} {lesion.number}"
+        return text if lesion.source == of.source else f"{text} of {lesion.source.name}"
+
     for (_, place), members in groups.items():
         if len(members) < 2:
             continue
         labels = sorted({lesions[i].label for i in members})
-        numbers = [rows[i] for i in members]
         patient = lesions[members[0]].volume.patient_key
         if len(labels) > 1:
             for i in members:
-                others = ", ".join(str(n) for n in numbers if n != rows[i])
+                here = lesions[i]
+                every = ", ".join(name(lesions[j], here).removeprefix(f"{unit} ") for j in members)
+                others = ", ".join(
+                    name(lesions[j], here).removeprefix(f"{unit} ") for j in members if j != i
+                )
                 rejections.append(
                     Rejection(
-                        label_file,
-                        f"row {rows[i]}: the lesion of patient {patient} at voxel {place} is "
-                        f"labelled {' and '.join(labels)} in rows {', '.join(map(str, numbers))}"
-                        f"; none is kept until the label file says which (see row {others})",
+                        here.source,
+                        f"{unit} {here.number}: the lesion of patient {patient} at voxel "
+                        f"{place} is labelled {' and '.join(labels)} in {unit}s {every}; none "
+                        f"is kept until {authority} says which (see {unit} {others})",
                     )
                 )
             dropped.update(members)
         else:
+            first = lesions[members[0]]
             for i in members[1:]:
+                here = lesions[i]
                 rejections.append(
                     Rejection(
-                        label_file,
-                        f"row {rows[i]}: the same lesion as row {rows[members[0]]} (patient "
-                        f"{patient}, voxel {place}, {labels[0]}); counted once",
+                        here.source,
+                        f"{unit} {here.number}: the same lesion as {name(first, here)} "
+                        f"(patient {patient}, voxel {place}, {labels[0]}); counted once",
                     )
                 )
             dropped.update(members[1:])

@@ -10,17 +10,19 @@ from pathlib import Path
 
 from medadapt.engine import InvalidInputError, Rejection
 from medadapt.engine.pseudonym import Pseudonymizer
-from medadapt.plugins.dicom_ct.headers import FileHeader, read_header
+from medadapt.plugins.dicom_ct.headers import FileHeader, SegmentationFile, read_header
 from medadapt.plugins.dicom_ct.series import Volume, assemble
 
 
 @dataclass(frozen=True)
 class FolderScan:
-    """The volumes found in a folder and every file that could not be used."""
+    """The volumes found in a folder, its DICOM SEG files, and every file that could not be
+    used."""
 
     volumes: list[Volume]
     rejections: list[Rejection]
     files: int
+    segmentations: list[SegmentationFile]
 
 
 def iter_files(
@@ -111,13 +113,19 @@ def scan_folder(
         on_file: called after each file, for progress.
     """
     headers: list[FileHeader] = []
+    segmentations: list[SegmentationFile] = []
     rejections: list[Rejection] = []
     count = 0
     for path in iter_files(root, recursive, rejections):
         count += 1
         result = read_header(path, pseudonymizer, modalities)
-        (rejections if isinstance(result, Rejection) else headers).append(result)
+        if isinstance(result, Rejection):
+            rejections.append(result)
+        elif isinstance(result, SegmentationFile):
+            segmentations.append(result)
+        else:
+            headers.append(result)
         if on_file is not None:
             on_file(path)
     volumes, unplaced = assemble(headers)
-    return FolderScan(volumes, rejections + unplaced, count)
+    return FolderScan(volumes, rejections + unplaced, count, segmentations)

@@ -167,10 +167,21 @@ class Phantom(DataSource):
     show_default=True,
     help="Processes writing patients in parallel.",
 )
+@click.option(
+    "--seg",
+    "segmentations",
+    is_flag=True,
+    help="Also write each patient's lesions as a DICOM SEG (one segment per lesion).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.pass_context
 def phantom_command(
-    ctx: click.Context, out: Path, as_json: bool, workers: int, **options: object
+    ctx: click.Context,
+    out: Path,
+    as_json: bool,
+    workers: int,
+    segmentations: bool,
+    **options: object,
 ) -> None:
     """Write a simulated hospital: one CT series per patient in OUT/dicom, and OUT/labels.csv.
 
@@ -198,7 +209,11 @@ def phantom_command(
     with progress_bar(quiet) as progress:
         task = progress.add_task("simulating patients", total=spec.patients)
         summary = write_hospital(
-            spec, out, workers=workers, on_patient=lambda n: progress.advance(task, n)
+            spec,
+            out,
+            workers=workers,
+            on_patient=lambda n: progress.advance(task, n),
+            segmentations=segmentations,
         )
     data = summary.as_dict()
     if as_json:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from medadapt.engine import InvalidInputError
@@ -26,6 +27,7 @@ from medadapt.plugins.phantom.scanner import ScannerPreset, acquire, check_kerne
 GENERATOR_VERSION = 2
 _INTERCEPT = -1024.0
 _MANIFEST = "phantom.json"
+_SEG_FILE = Path("SEG") / "SEG0001.dcm"
 
 
 class HospitalSpec(BaseModel):
@@ -179,37 +181,46 @@ def write_hospital(
     *,
     workers: int = 1,
     on_patient: Callable[[int], None] | None = None,
+    segmentations: bool = False,
 ) -> HospitalSummary:
     """Write the hospital: one CT series per patient under folder/dicom, and labels.csv.
 
     A patient whose series is already complete in ``folder`` is not written again, so an
     interrupted run resumes. A folder holding a different hospital is refused.
 
+    Args:
+        segmentations: also write each patient's lesions as a DICOM SEG (one segment per
+            lesion, labelled with its class) in ``<series folder>/SEG/``, as a viewer would
+            save them: the same lesions as labels.csv.
+
     Raises:
         InvalidInputError: ``folder`` holds a hospital made with other settings.
     """
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / _MANIFEST
-    wanted = {"generator": GENERATOR_VERSION, "spec": spec.model_dump(mode="json")}
+    wanted: dict[str, Any] = {"generator": GENERATOR_VERSION, "spec": spec.model_dump(mode="json")}
+    if segmentations:  # only then, so that hospitals written before SEGs existed still match
+        wanted["segmentations"] = True
     if manifest.exists() and json.loads(manifest.read_text()) != wanted:
         raise InvalidInputError(
             f"{folder} already holds a simulated hospital made with other settings; "
             "choose another folder or delete it"
         )
     manifest.write_text(json.dumps(wanted, indent=2))
-    todo = [i for i in range(spec.patients) if not _complete(spec, folder, i)]
+    todo = [i for i in range(spec.patients) if not _complete(spec, folder, i, segmentations)]
     done = spec.patients - len(todo)
     for _ in range(done):
         if on_patient:
             on_patient(1)
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_write_patient, [(spec, folder, i) for i in todo]):
+            jobs = [(spec, folder, i, segmentations) for i in todo]
+            for _ in pool.map(_write_patient, jobs):
                 if on_patient:
                     on_patient(1)
     else:
         for index in todo:
-            _write_patient((spec, folder, index))
+            _write_patient((spec, folder, index, segmentations))
             if on_patient:
                 on_patient(1)
     counts = _write_labels(spec, folder)
@@ -220,13 +231,14 @@ def _series_folder(spec: HospitalSpec, folder: Path, index: int) -> Path:
     return folder / "dicom" / patient_id(spec, index)
 
 
-def _complete(spec: HospitalSpec, folder: Path, index: int) -> bool:
+def _complete(spec: HospitalSpec, folder: Path, index: int, segmentations: bool) -> bool:
     series = _series_folder(spec, folder, index)
-    return series.is_dir() and len(list(series.glob("*.dcm"))) == spec.slices
+    complete = series.is_dir() and len(list(series.glob("*.dcm"))) == spec.slices
+    return complete and (not segmentations or (series / _SEG_FILE).is_file())
 
 
-def _write_patient(job: tuple[HospitalSpec, Path, int]) -> None:
-    spec, folder, index = job
+def _write_patient(job: tuple[HospitalSpec, Path, int, bool]) -> None:
+    spec, folder, index, segmentations = job
     scanned = scan_patient(spec, index)
     scanner = spec.scanner_preset()
     target = _series_folder(spec, folder, index)
@@ -251,6 +263,7 @@ def _write_patient(job: tuple[HospitalSpec, Path, int]) -> None:
         "CTDIvol": scanner.ctdi_vol_mgy,
         "SpacingBetweenSlices": scanner.slice_thickness_mm,
     }
+    written = []
     for k, z in enumerate(spec.slice_positions()):
         ds = ct_slice(
             stored[k],
@@ -266,8 +279,91 @@ def _write_patient(job: tuple[HospitalSpec, Path, int]) -> None:
             attributes=attributes,
         )
         ds.save_as(staging / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
+        written.append(ds)
+    if segmentations and scanned.patient.lesions:
+        (staging / _SEG_FILE).parent.mkdir()
+        _segmentation(spec, index, scanned.patient, written).save_as(staging / _SEG_FILE)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
+
+
+def _segmentation(
+    spec: HospitalSpec, index: int, patient: Patient, images: list[Dataset]
+) -> Dataset:
+    """The patient's lesions as a DICOM SEG drawn on ``images``: one segment per lesion,
+    the voxels within its mean radius of its centre (at least the voxel at the centre),
+    labelled with its class, as a radiologist's would be."""
+    import highdicom
+    from pydicom.sr.codedict import codes
+
+    frame_of_reference = _uid(spec, index, "frame-of-reference")
+    for ds in images:  # what a scanner's images carry and the SEG copies (not saved again)
+        ds.FrameOfReferenceUID = frame_of_reference
+        for keyword in ("AccessionNumber", "StudyID", "StudyTime", "ReferringPhysicianName"):
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        if "SeriesNumber" not in ds:
+            ds.SeriesNumber = 1
+    first = images[0]
+    rows, columns = int(first.Rows), int(first.Columns)
+    row_mm, column_mm = (float(v) for v in first.PixelSpacing)
+    x0, y0 = float(first.ImagePositionPatient[0]), float(first.ImagePositionPatient[1])
+    x = x0 + np.arange(columns) * column_mm
+    y = y0 + np.arange(rows) * row_mm
+    z = np.array([float(ds.ImagePositionPatient[2]) for ds in images])
+    mask = np.zeros((len(images), rows, columns, len(patient.lesions)), dtype=bool)
+    descriptions = []
+    for number, lesion in enumerate(patient.lesions, start=1):
+        cx, cy, cz = lesion.centre
+        distance = (
+            (x[None, None, :] - cx) ** 2
+            + (y[None, :, None] - cy) ** 2
+            + (z[:, None, None] - cz) ** 2
+        )
+        inside = distance <= lesion.radius**2
+        inside.flat[int(np.argmin(distance))] = True
+        mask[..., number - 1] = inside
+        descriptions.append(
+            highdicom.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=lesion.label,
+                segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+                segmented_property_type=codes.SCT.Nodule,
+                algorithm_type="MANUAL",
+                tracking_id=f"lesion {number}",
+                tracking_uid=_uid(spec, index, "lesion", number),
+            )
+        )
+    seg = highdicom.seg.Segmentation(
+        source_images=images,
+        pixel_array=mask,
+        segmentation_type="BINARY",
+        segment_descriptions=descriptions,
+        series_instance_uid=_uid(spec, index, "segmentation-series"),
+        series_number=100,
+        sop_instance_uid=_uid(spec, index, "segmentation"),
+        instance_number=1,
+        manufacturer="medadapt",
+        manufacturer_model_name="phantom",
+        software_versions=str(GENERATOR_VERSION),
+        device_serial_number="0",
+        series_description="lesions",
+    )
+    # highdicom stamps the time of writing and a random dimension organisation UID: the same
+    # spec must give the same file.
+    seg.ContentDate, seg.ContentTime = "20000101", "000000"
+    for keyword in ("SeriesDate", "SeriesTime", "InstanceCreationDate", "InstanceCreationTime"):
+        if keyword in seg:
+            setattr(seg, keyword, "20000101" if keyword.endswith("Date") else "000000")
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = "20000101000000"
+    organisation = _uid(spec, index, "dimension-organization")
+    for sequence in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
+        for item in seg.get(sequence, []):
+            if "DimensionOrganizationUID" in item:
+                item.DimensionOrganizationUID = organisation
+    return seg
 
 
 def _write_labels(spec: HospitalSpec, folder: Path) -> dict[str, int]:
