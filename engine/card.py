@@ -105,6 +105,8 @@ class ModelCard(_Part):
     body_region: str | None = None
     classes: list[str]
     positive_class: str
+    #: ``lesion``: a prediction per lesion patch; ``series``: per series (``task.level``).
+    level: Literal["lesion", "series"] = "lesion"
     preprocessing: Preprocessing
     backbone: BackboneInfo
     training: dict[str, Any] = Field(default_factory=dict)

@@ -206,6 +206,11 @@ class DataSource(Component):
     """
 
     kind = ComponentKind.DATA_SOURCES
+    #: The ``task.level`` values the source reads: ``lesion`` (a sample per lesion, centred
+    #: on it) and, where the source can, ``series`` (a sample per series, labelled as a
+    #: whole). The engine passes ``level="series"`` to :meth:`scan` only to a source that
+    #: lists it.
+    label_levels: ClassVar[frozenset[str]] = frozenset({"lesion"})
 
     @abstractmethod
     def scan(self, label_file: Path | None = None) -> ScanResult:
@@ -214,6 +219,10 @@ class DataSource(Component):
         Args:
             label_file: the profile's ``data.label_file``; without it, every image is one
                 unlabelled sample.
+
+        A source that lists ``series`` in :attr:`label_levels` also takes
+        ``level: str = "lesion"``: with ``"series"``, one sample per series, ``centre``
+        None (the engine crops around the middle of the series).
         """
 
     @abstractmethod
@@ -224,6 +233,12 @@ class DataSource(Component):
         """Why this source cannot read ``label_file``, or None: ``profile check`` calls it
         so that a label file without the columns the source needs is refused before any
         job scans the images. Read the header only. The default checks nothing."""
+        return None
+
+    def label_file_level(self, label_file: Path) -> str | None:
+        """The ``task.level`` the label file's header fits (``lesion`` when it places
+        lesions, ``series`` when it labels whole series), or None when the source cannot
+        tell; ``profile check`` compares it with the profile's. Read the header only."""
         return None
 
     def fingerprint(self, record: SampleRecord) -> str | None:

@@ -41,7 +41,13 @@ from torch import Tensor, nn
 from medadapt.engine.bundle import INFERENCE, METADATA, STATE_DICT, TORCHSCRIPT, is_bundle
 from medadapt.engine.card import ModelCard
 from medadapt.engine.errors import ExitCode, InvalidInputError, MedadaptError
-from medadapt.engine.model import Classifier, atomic_file, in_channels, load_model
+from medadapt.engine.model import (
+    Classifier,
+    atomic_file,
+    in_channels,
+    load_model,
+    patch_shape,
+)
 from medadapt.engine.registry import ComponentRegistry
 
 FORMATS = ("torchscript", "onnx", "monai-bundle")
@@ -161,7 +167,7 @@ def export_model(
 def probe_patches(card: ModelCard, count: int = PROBES, seed: int = 0) -> Tensor:
     """``count`` patches of the card's shape, values in [0, 1] as windowed patches have."""
     spec = card.preprocessing
-    shape = (count, in_channels(spec.patch_mode), *spec.patch_size)
+    shape = (count, *patch_shape(spec))
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -310,7 +316,7 @@ def bundle_metadata(card: ModelCard, figures: dict[str, Any] | None) -> dict[str
                     "format": "magnitude",
                     "modality": "CT",
                     "num_channels": channels,
-                    "spatial_shape": list(spec.patch_size),
+                    "spatial_shape": list(patch_shape(spec)[1:]),
                     "dtype": "float32",
                     "value_range": [0, 1],
                     "is_patch_data": True,
@@ -491,9 +497,10 @@ def _input_text(card: ModelCard) -> str:
         else f"resampled to {' x '.join(f'{s:g}' for s in spec.spacing_mm)} mm (z, y, x)"
     )
     return (
-        f"Input: float32 patches of shape (N, {in_channels(spec.patch_mode)}, "
-        f"{', '.join(str(s) for s in spec.patch_size)}), {spec.patch_mode} patches centred on "
-        f"the lesion, {spacing}, Hounsfield units windowed at level {spec.window.level:g} and "
+        f"Input: float32 patches of shape (N, {', '.join(map(str, patch_shape(spec)))}), "
+        f"{spec.patch_mode} patches centred on "
+        f"{'the middle of the series' if card.level == 'series' else 'the lesion'}, {spacing}, "
+        f"Hounsfield units windowed at level {spec.window.level:g} and "
         f"width {spec.window.width:g} and scaled to [0, 1]"
     )
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from medadapt.engine.card import CARD_FORMAT, ModelCard
 from medadapt.engine.components import Backbone, ComponentKind
 from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.profile import Preprocessing
 from medadapt.engine.registry import ComponentRegistry
 
 WEIGHTS = "weights.safetensors"
@@ -52,16 +53,57 @@ def in_channels(patch_mode: str) -> int:
     return 3 if patch_mode == "2.5d" else 1
 
 
+class SlicePooling(nn.Module):
+    """A 2D backbone read over every slice of a series: (N, C, S, H, W) patches to (N, F)
+    features, the slices' features pooled.
+
+    ``mean`` averages them, so that with the linear head the series' logits are the mean of
+    the slices' logits; ``max`` keeps each feature's strongest slice (max pooling, as in
+    multiple-instance learning). Adaptation methods see one feature vector per series.
+    """
+
+    def __init__(self, features: nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.slices = features
+        self.pooling = pooling
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, s, h, w = x.shape
+        per_slice = self.slices(x.transpose(1, 2).reshape(n * s, c, h, w)).reshape(n, s, -1)
+        return per_slice.mean(dim=1) if self.pooling == "mean" else per_slice.amax(dim=1)
+
+
+def patch_shape(preprocessing: Preprocessing) -> tuple[int, ...]:
+    """The shape of one patch the model takes, channels first: (C, y, x) or (C, z, y, x),
+    and (1, slices, y, x) for the slices of a series."""
+    spec = preprocessing
+    channels = in_channels(spec.patch_mode)
+    if spec.slices is not None:
+        return (channels, spec.slices, *spec.patch_size)
+    return (channels, *spec.patch_size)
+
+
 def build_classifier(
     backbone: Backbone,
     patch_mode: str,
     num_classes: int,
     state_dict: Mapping[str, Tensor] | None = None,
+    pooling: str | None = None,
 ) -> Classifier:
-    """A classifier on ``backbone``, its features loaded from ``state_dict`` when given."""
+    """A classifier on ``backbone``, its features loaded from ``state_dict`` when given;
+    with ``pooling``, a 2D backbone over a series' slices (:class:`SlicePooling`)."""
     spatial_dims = 3 if patch_mode == "3d" else 2
     features, feature_dim = backbone.build(in_channels(patch_mode), spatial_dims, state_dict)
+    if pooling is not None:
+        features = SlicePooling(features, pooling)
     return Classifier(features, feature_dim, num_classes)
+
+
+def backbone_features(model: Classifier) -> nn.Module:
+    """The backbone's own module in a classifier (inside a :class:`SlicePooling`), whose
+    stages a backbone names."""
+    features = model.features
+    return features.slices if isinstance(features, SlicePooling) else features
 
 
 def file_sha256(path: Path) -> str:
@@ -190,7 +232,8 @@ def build_from_card(card: ModelCard, registry: ComponentRegistry) -> tuple[Class
     """The untrained network a model card describes, and its backbone component."""
     backbone = registry.create(ComponentKind.BACKBONES, card.backbone.name, card.backbone.params)
     assert isinstance(backbone, Backbone)
-    model = build_classifier(backbone, card.preprocessing.patch_mode, len(card.classes))
+    spec = card.preprocessing
+    model = build_classifier(backbone, spec.patch_mode, len(card.classes), pooling=spec.pooling)
     return model, backbone
 
 

@@ -35,7 +35,8 @@ def sample_patch_hu(
     centre: tuple[float, float, float] | None,
     preprocessing: Preprocessing,
 ) -> np.ndarray:
-    """The patch in HU, channel first: (1, y, x) for 2d, (3, y, x) for 2.5d, (1, z, y, x) for 3d.
+    """The patch in HU, channel first: (1, y, x) for 2d, (3, y, x) for 2.5d, (1, z, y, x) for
+    3d, and (1, slices, y, x) for the slices of a series (2d with ``preprocessing.slices``).
 
     Args:
         image: the volume, axes (z, y, x).
@@ -47,9 +48,13 @@ def sample_patch_hu(
     target = np.asarray(preprocessing.spacing_mm or spacing, dtype=float)
     middle = (np.asarray(hu.shape, dtype=float) - 1) / 2
     centre_index = np.asarray(centre if centre is not None else middle, dtype=float)
+    volume = preprocessing.patch_mode == "3d" or preprocessing.slices is not None
     if preprocessing.patch_mode == "3d":
         depths = _offsets(preprocessing.patch_size[0])
         rows, columns = preprocessing.patch_size[1:]
+    elif preprocessing.slices is not None:
+        depths = _offsets(preprocessing.slices)
+        rows, columns = preprocessing.patch_size
     elif preprocessing.patch_mode == "2.5d":
         depths = np.array([-1.0, 0.0, 1.0])
         rows, columns = preprocessing.patch_size
@@ -64,7 +69,7 @@ def sample_patch_hu(
     patch = ndimage.map_coordinates(
         hu, grid, order=1, mode="constant", cval=AIR_HU, prefilter=False
     ).astype(np.float32)
-    return patch[np.newaxis] if preprocessing.patch_mode == "3d" else patch
+    return patch[np.newaxis] if volume else patch
 
 
 def preprocessing_key(preprocessing: Preprocessing) -> dict[str, Any]:

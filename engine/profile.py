@@ -78,6 +78,11 @@ class Task(_Section):
         lt=1.0,
         description="how much (a fraction) lesion size may change without changing a label",
     )
+    level: Literal["lesion", "series"] = Field(
+        default="lesion",
+        description="lesion: a sample per lesion, centred on it; series: a sample per "
+        "series, labelled as a whole (one label file row per series or per patient)",
+    )
 
     def tolerance(self, needed: LabelProperty) -> float:
         """How much change of a property the labels survive: HU, a fraction, or nothing."""
@@ -145,6 +150,27 @@ class Preprocessing(_Section):
     patch_size: list[PositiveInt] = Field(
         description="(y, x) voxels for 2d and 2.5d, (z, y, x) for 3d"
     )
+    slices: PositiveInt | None = Field(
+        default=None,
+        description="task.level series with 2d patches: how many slices of the series (at "
+        "spacing_mm's z, around its middle) make one sample",
+    )
+    pooling: Literal["mean", "max"] | None = Field(
+        default=None,
+        description="with slices: how the slices' features make the series' (mean: the "
+        "series logit is the mean of the slice logits; max: each feature's strongest slice)",
+    )
+
+    @model_validator(mode="after")
+    def _slices_with_pooling(self) -> Preprocessing:
+        if (self.slices is None) != (self.pooling is None):
+            raise ValueError(
+                "slices and pooling go together: a series' slices (slices), and how their "
+                "features are pooled (pooling: mean or max)"
+            )
+        if self.slices is not None and self.patch_mode != "2d":
+            raise ValueError("slices and pooling are for 2d patches of a series")
+        return self
 
     @model_validator(mode="after")
     def _patch_size_matches_mode(self) -> Preprocessing:
@@ -430,6 +456,23 @@ class Profile(_Section):
     report: Report = Field(default_factory=Report)
 
     _base_dir: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _series_level_fits_the_patches(self) -> Profile:
+        mode, slices = self.preprocessing.patch_mode, self.preprocessing.slices
+        if self.task.level == "lesion":
+            if slices is not None:
+                raise ValueError(
+                    "preprocessing.slices and pooling make a sample of a series' slices: "
+                    "they need task.level: series"
+                )
+            return self
+        if mode == "2.5d" or (mode == "2d" and slices is None):
+            raise ValueError(
+                "task.level series takes whole series: 3d patches (a 3D backbone), or 2d "
+                "patches with preprocessing.slices and preprocessing.pooling (mean or max)"
+            )
+        return self
 
     @property
     def base_dir(self) -> Path | None:
@@ -743,18 +786,45 @@ def _check_components(
         problem = _unsuitable(component, profile, registry)
         if problem:
             issues.append(document.issue(name_loc, problem))
+            continue
         # A label file that is not there yet is the job's to report (the export may come
-        # later); one that is there must have what the source reads.
+        # later); one that is there must have what the source reads, at the task's level.
         label_file = profile.data.label_file if isinstance(component, DataSource) else None
         if profile.data is not None and label_file and Path(label_file).is_file():
+            assert isinstance(component, DataSource)
+            level = profile.task.level
+            fits = component.label_file_level(Path(label_file))
+            if fits is not None and fits != level:
+                issues.append(
+                    document.issue(("data", "label_file"), _level_mismatch(label_file, fits, level))
+                )
+                continue
             unreadable = component.check_label_file(Path(label_file))
             if unreadable:
                 issues.append(document.issue(("data", "label_file"), unreadable))
     return issues
 
 
+def _level_mismatch(label_file: Path, fits: str, level: str) -> str:
+    if fits == "series":
+        return (
+            f"{label_file}: no lesion location (x_mm, y_mm, z_mm or slice, row, column): the "
+            f"file labels whole series, which fits task.level: series; this profile's "
+            f"task.level is {level}"
+        )
+    return (
+        f"{label_file}: places lesions (it has lesion location columns), which fits "
+        f"task.level: lesion; this profile's task.level is {level}"
+    )
+
+
 def _unsuitable(component: object, profile: Profile, registry: ComponentRegistry) -> str | None:
     """Why a component cannot serve this profile's task, or None when it can."""
+    if isinstance(component, DataSource) and profile.task.level not in component.label_levels:
+        return (
+            f"the data source {component.name!r} reads {', '.join(sorted(component.label_levels))}"
+            f"-level labels only, and task.level is {profile.task.level}"
+        )
     if isinstance(component, DecisionRule) and component.needs_labels:
         assert profile.adaptation is not None
         if not validation_labelled(profile.adaptation.target_labels):

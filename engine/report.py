@@ -284,6 +284,6 @@ def _shift_figure(shift: Mapping[str, Any] | None) -> str | None:
     for name, colour in (("source", COLOURS["baseline"]), ("target", COLOURS["model"])):
         ax.plot(centres, histograms[name], color=colour, label=shift["sites"][name])
     ax.set(xlabel="HU", ylabel="share of voxels")
-    ax.set_title("HU distribution around the lesions")
+    ax.set_title("HU distribution in the model's patches")
     ax.legend()
     return _png(fig)

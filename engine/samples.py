@@ -150,7 +150,15 @@ def open_site_data(
         base_dir=profile.base_dir,
     )
     assert isinstance(source, DataSource)
-    found = source.scan(label_file=profile.data.label_file)
+    if profile.task.level == "lesion":
+        found = source.scan(label_file=profile.data.label_file)
+    elif profile.task.level in source.label_levels:
+        found = source.scan(label_file=profile.data.label_file, level=profile.task.level)  # type: ignore[call-arg]
+    else:
+        raise InvalidInputError(
+            f"the data source {source.name!r} reads {', '.join(sorted(source.label_levels))}"
+            f"-level labels only, and the profile's task.level is {profile.task.level}"
+        )
     if found.rejections:
         log.warning("%s", rejections_text(profile.site.name, found.rejections))
     for warning in found.warnings[:SHOWN_REJECTIONS]:

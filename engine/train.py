@@ -31,7 +31,13 @@ from medadapt.engine.loop import (
     Trainer,
     seed_everything,
 )
-from medadapt.engine.model import CARD, build_classifier, save_model, write_json_atomic
+from medadapt.engine.model import (
+    CARD,
+    backbone_features,
+    build_classifier,
+    save_model,
+    write_json_atomic,
+)
 from medadapt.engine.objective import EpochJudge, Supervised
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Profile
@@ -153,7 +159,11 @@ def _train(
     seed_everything(profile.seed)
     backbone = profile_backbone(profile, registry)
     model = build_classifier(
-        backbone, profile.preprocessing.patch_mode, len(classes), _pretrained(profile, backbone)
+        backbone,
+        profile.preprocessing.patch_mode,
+        len(classes),
+        _pretrained(profile, backbone),
+        pooling=profile.preprocessing.pooling,
     )
     frozen = _freeze(model, backbone, profile.training.freeze)
     train_data = PatchDataset(
@@ -224,7 +234,7 @@ def _pretrained(profile: Profile, backbone: Backbone) -> dict[str, Tensor] | Non
 
 def _freeze(model: nn.Module, backbone: Backbone, names: list[str]) -> list[nn.Module]:
     """Stop gradients into the named stages; returns their modules (kept in eval mode)."""
-    stages = backbone.stages(model.features)
+    stages = backbone.stages(backbone_features(model))
     frozen = [module for name in names for module in stages[name]]
     for module in frozen:
         for parameter in module.parameters():
@@ -287,6 +297,7 @@ def card_fields(profile: Profile, backbone: Backbone, pretrained: str) -> dict[s
         "body_region": profile.body_region,
         "classes": profile.task.classes,
         "positive_class": profile.task.positive_class,
+        "level": profile.task.level,
         "preprocessing": profile.preprocessing,
         "backbone": BackboneInfo(
             name=backbone.name,

@@ -139,6 +139,12 @@ def _validate(
     cache_dir: Path | None,
 ) -> ValidationResult:
     loaded = models["model"][1]
+    for folder, model in models.values():
+        if model.card.level != profile.task.level:
+            raise InvalidInputError(
+                f"{folder}: the model predicts per {model.card.level}, and the profile's "
+                f"task.level is {profile.task.level}: validate it with a profile at its level"
+            )
     site = open_site_data(profile, registry, cache_dir)
     records = site_split(site.records, profile)
     splits = {
@@ -172,6 +178,7 @@ def _validate(
         "body_region": profile.body_region,
         "positive_class": profile.task.positive_class,
         "classes": list(profile.task.classes),
+        "level": profile.task.level,
         "date": datetime.date.today().isoformat(),
         "confidence_level": level,
         "operating_point_rule": _rule_text(profile),

@@ -1,4 +1,5 @@
-"""Built-in backbones: torchvision ResNets, MONAI's DenseNet-121, and a small CNN.
+"""Built-in backbones: torchvision ResNets, MONAI's DenseNet-121 and 3D ResNet-18, and a
+small CNN.
 
 Every backbone returns a feature extractor ending in global average pooling, so the engine
 can put the same kind of head on any of them. CT patches have one channel (2D, 3D) or
@@ -12,6 +13,8 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from medadapt.engine import Backbone, hookimpl
 from medadapt.engine.weights import load_matching
@@ -136,6 +139,67 @@ class DenseNet121(Backbone):
         }
 
 
+class ResNet18Volume(Backbone):
+    """ResNet-18 for volumes (MONAI's 3D ResNet): 33 M parameters, 512 features.
+
+    ``widen_factor`` scales every layer's width (0.25 gives 2 M parameters and 128
+    features, for small data and CPUs).
+    """
+
+    name = "resnet18-3d"
+    spatial_dims = frozenset({3})
+    classifier_prefix = "fc."
+    bundle_networks = frozenset(
+        f"{prefix}{name}"
+        for prefix in ("", "monai.networks.nets.", "monai.networks.nets.resnet.")
+        for name in ("resnet18",)
+    )
+    stage_names = ("stem", "stage1", "stage2", "stage3", "stage4")
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        widen_factor: float = Field(default=1.0, gt=0, le=4, description="layer width scale")
+
+    def build(
+        self,
+        in_channels: int,
+        spatial_dims: int,
+        state_dict: Mapping[str, Tensor] | None = None,
+    ) -> tuple[nn.Module, int]:
+        from monai.networks.nets import resnet18
+        from torch import nn
+
+        from medadapt.engine.weights import adapt_input_channels
+
+        net = resnet18(
+            spatial_dims=spatial_dims,
+            n_input_channels=in_channels,
+            widen_factor=self.params.widen_factor,
+            num_classes=2,
+        )
+        if state_dict is not None:
+            weights = dict(state_dict)
+            if "conv1.weight" in weights:
+                weights["conv1.weight"] = adapt_input_channels(weights["conv1.weight"], in_channels)
+            load_matching(net, weights, f"the backbone {self.name!r}", skip="fc.")
+        features = nn.Sequential(
+            OrderedDict(
+                stem=nn.Sequential(net.conv1, net.bn1, net.act, net.maxpool),
+                stage1=net.layer1,
+                stage2=net.layer2,
+                stage3=net.layer3,
+                stage4=net.layer4,
+                pool=net.avgpool,
+                flatten=nn.Flatten(),
+            )
+        )
+        return features, net.fc.in_features
+
+    def stages(self, features: nn.Module) -> dict[str, list[nn.Module]]:
+        return {name: [getattr(features, name)] for name in self.stage_names}
+
+
 class SmallCNN(Backbone):
     """Four convolution blocks, 2D or 3D, 100 k parameters: for quick runs and tests."""
 
@@ -176,4 +240,4 @@ class SmallCNN(Backbone):
 
 @hookimpl
 def medadapt_backbones() -> Sequence[type[Backbone]]:
-    return [ResNet18, ResNet50, DenseNet121, SmallCNN]
+    return [ResNet18, ResNet50, DenseNet121, ResNet18Volume, SmallCNN]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from medadapt.engine import ComponentKind
@@ -300,6 +301,33 @@ def test_profile_check_refuses_a_label_file_without_lesion_columns(tmp_path):
     line = next(line for line in result.output.splitlines() if "label_file" in line)
     assert f"{profile}:" in line
     assert "data.label_file" in line
-    assert "no lesion location; expected the columns" in line
+    assert "no lesion location (x_mm, y_mm, z_mm or slice, row, column)" in line
+    assert "fits task.level: series; this profile's task.level is lesion" in line
     labels.write_text("patient_id,label,x_mm,y_mm,z_mm\nP1,malignant,1,2,3\n")
     assert check(profile).exit_code == 0
+
+
+def test_profile_check_says_which_level_a_label_file_fits(tmp_path):
+    document = yaml.safe_load(TEMPLATE.read_text())
+    document["task"]["level"] = "series"
+    document["preprocessing"].update(patch_mode="3d", patch_size=[16, 64, 64])
+    document["backbone"] = {"name": "resnet18-3d"}
+    profile = tmp_path / "hospital-b.yaml"
+    profile.write_text(yaml.safe_dump(document))
+    labels = tmp_path / document["data"]["label_file"]
+    labels.write_text("patient_id,label,x_mm,y_mm,z_mm\nP1,malignant,1,2,3\n")
+    result = check(profile)
+    assert result.exit_code == 2, result.output
+    assert "places lesions (it has lesion location columns), which fits task.level: lesion" in (
+        result.output.replace("\n", " ")
+    )
+    labels.write_text("patient_id,series_uid,label\nP1,1.2.3,malignant\n")
+    assert check(profile).exit_code == 0, check(profile).output
+    # Pooled 2D slices need the slices and the pooling; 2.5d is refused at series level.
+    document["preprocessing"].update(patch_mode="2d", patch_size=[64, 64])
+    profile.write_text(yaml.safe_dump(document))
+    assert "preprocessing.slices and preprocessing.pooling" in check(profile).output
+    document["preprocessing"].update(slices=8, pooling="max")
+    document["backbone"] = {"name": "resnet18"}
+    profile.write_text(yaml.safe_dump(document))
+    assert check(profile).exit_code == 0, check(profile).output

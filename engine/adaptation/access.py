@@ -126,6 +126,12 @@ def check_fit(card: ModelCard, target: Profile) -> None:
     Raises:
         InvalidInputError: naming every preprocessing key that differs.
     """
+    if card.level != target.task.level:
+        raise InvalidInputError(
+            f"the model predicts per {card.level} (its card's level), and the target "
+            f"profile's task.level is {target.task.level}: a model answers the question it "
+            "was trained on"
+        )
     wanted = card.preprocessing.model_dump(mode="json")
     given = target.preprocessing.model_dump(mode="json")
     differing = sorted(key for key in wanted if wanted[key] != given.get(key))

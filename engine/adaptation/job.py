@@ -58,6 +58,7 @@ from medadapt.engine.model import (
     CARD,
     WEIGHTS,
     LoadedModel,
+    backbone_features,
     file_sha256,
     load_model,
     save_model,
@@ -276,7 +277,7 @@ def _run_candidate(name: str, seed: int, folder: Path, inputs: _Inputs) -> Candi
     state = inputs.loaded.model.state_dict()
     classes = target.task.classes
     model, backbone = fresh_model(inputs.registry, inputs.loaded.card, state, len(classes))
-    stages = backbone.stages(model.features)
+    stages = backbone.stages(backbone_features(model))
     unknown = [stage for stage in target.training.freeze if stage not in stages]
     if unknown:
         raise InvalidInputError(

@@ -26,9 +26,16 @@ from medadapt.engine import (
 )
 from medadapt.engine.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.inspect import inspect_command
-from medadapt.plugins.dicom_ct.labels import Lesion, columns_problem, join_labels
+from medadapt.plugins.dicom_ct.labels import (
+    Lesion,
+    columns_problem,
+    header,
+    join_labels,
+    join_series_labels,
+    level_of,
+)
 from medadapt.plugins.dicom_ct.pixels import load_hu
-from medadapt.plugins.dicom_ct.scan import scan_folder
+from medadapt.plugins.dicom_ct.scan import FolderScan, scan_folder
 from medadapt.plugins.dicom_ct.segmentation import join_segmentations
 from medadapt.plugins.dicom_ct.series import Volume
 
@@ -43,6 +50,7 @@ class DicomCT(DataSource):
     """CT series from a folder of DICOM files, in Hounsfield units."""
 
     name = "dicom-ct"
+    label_levels = frozenset({"lesion", "series"})
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -75,15 +83,28 @@ class DicomCT(DataSource):
         )
 
     def check_label_file(self, label_file: Path) -> str | None:
-        """A label file needs patient_id, label and a lesion location (mm or voxel), and
-        cannot stand beside ``lesions_from_seg``."""
+        """A label file needs patient_id and label, and a lesion location (mm or voxel)
+        when it places lesions; it cannot stand beside ``lesions_from_seg``."""
         if self.params.lesions_from_seg:
             return _BOTH_LABEL_SOURCES.format(label_file=label_file)
-        return columns_problem(label_file)
+        try:
+            columns = header(label_file)
+        except InvalidInputError as exc:
+            return str(exc)
+        return columns_problem(label_file, columns, level_of(columns))
 
-    def scan(self, label_file: ProfilePath | None = None) -> ScanResult:
+    def label_file_level(self, label_file: Path) -> str | None:
+        """``lesion`` when the header has a lesion location, ``series`` when it does not."""
+        try:
+            return level_of(header(label_file))
+        except InvalidInputError:
+            return None  # check_label_file says why
+
+    def scan(self, label_file: ProfilePath | None = None, level: str = "lesion") -> ScanResult:
         """One sample per labelled lesion (a row of the label file, or a segment of the
-        export's DICOM SEG files with ``lesions_from_seg``); one per volume without labels."""
+        export's DICOM SEG files with ``lesions_from_seg``); one per volume without labels.
+        At ``level="series"``, one sample per labelled series (its centre left to the
+        engine: the middle of the series)."""
         pseudonymizer = self.pseudonymizer()
         found = scan_folder(
             self.params.root,
@@ -105,6 +126,13 @@ class DicomCT(DataSource):
                 )
                 for seg in found.segmentations
             )
+        if level == "series":
+            if from_seg:
+                raise InvalidInputError(
+                    "data.params.lesions_from_seg reads lesions, and task.level is series: "
+                    "label whole series in a label file (patient_id, series_uid, label)"
+                )
+            return self._series(found, label_file, pseudonymizer, rejections)
         if label_file is not None:
             lesions, unmatched = join_labels(label_file, found.volumes, pseudonymizer)
         elif from_seg:
@@ -118,14 +146,26 @@ class DicomCT(DataSource):
             records = [_record(volume) for volume in found.volumes]
         else:
             records = [_lesion_record(lesion) for lesion in lesions]
-        used = {record.series_key for record in records}
-        warnings = [
-            f"series {volume.series_key}: {warning}"
-            for volume in found.volumes
-            if volume.series_key in used
-            for warning in volume.warnings
-        ]
-        return ScanResult(records=records, rejections=rejections, warnings=warnings)
+        return ScanResult(
+            records=records, rejections=rejections, warnings=_warnings(found, records)
+        )
+
+    def _series(
+        self,
+        found: FolderScan,
+        label_file: Path | None,
+        pseudonymizer: Pseudonymizer,
+        rejections: list[Rejection],
+    ) -> ScanResult:
+        if label_file is None:
+            records = [_record(volume) for volume in found.volumes]
+        else:
+            labelled, unmatched = join_series_labels(label_file, found.volumes, pseudonymizer)
+            rejections.extend(unmatched)
+            records = [_record(entry.volume, entry.label) for entry in labelled]
+        return ScanResult(
+            records=records, rejections=rejections, warnings=_warnings(found, records)
+        )
 
     def load(self, record: SampleRecord) -> Image:
         """The record's whole volume in HU, axes (z, y, x) towards head, back and left."""
@@ -134,6 +174,17 @@ class DicomCT(DataSource):
     def fingerprint(self, record: SampleRecord) -> str:
         """The identity of the record's files: path, size and modification time of each."""
         return Volume.from_locator(record.locator).fingerprint()
+
+
+def _warnings(found: FolderScan, records: list[SampleRecord]) -> list[str]:
+    """The warnings of every series a sample comes from."""
+    used = {record.series_key for record in records}
+    return [
+        f"series {volume.series_key}: {warning}"
+        for volume in found.volumes
+        if volume.series_key in used
+        for warning in volume.warnings
+    ]
 
 
 def _lesion_record(lesion: Lesion) -> SampleRecord:

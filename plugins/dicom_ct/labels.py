@@ -103,26 +103,137 @@ def _decode(label_file: Path, raw: bytes) -> str:
         ) from None
 
 
-def columns_problem(label_file: Path, columns: set[str] | None = None) -> str | None:
+def header(label_file: Path) -> set[str]:
+    """The label file's columns (stripped, lower case).
+
+    Raises:
+        InvalidInputError: the file cannot be read.
+    """
+    return _read(label_file, header_only=True)[0]
+
+
+def level_of(columns: set[str]) -> str:
+    """``lesion`` when the columns place lesions, else ``series`` (whole series labelled)."""
+    return "lesion" if set(_MM) <= columns or set(_VOXEL) <= columns else "series"
+
+
+def columns_problem(
+    label_file: Path, columns: set[str] | None = None, level: str = "lesion"
+) -> str | None:
     """What the label file's header lacks (read from the file when ``columns`` is None),
-    or None when it has every column the dicom-ct source needs."""
+    or None when it has every column the dicom-ct source needs at ``level``."""
     if columns is None:
         try:
-            columns, _ = _read(label_file, header_only=True)
+            columns = header(label_file)
         except InvalidInputError as exc:
             return str(exc)
     missing = {"patient_id", "label"} - columns
     if missing:
+        where = "" if level == "series" else f" and either {', '.join(_MM)} or {', '.join(_VOXEL)}"
         return (
             f"{label_file}: missing column(s) {', '.join(sorted(missing))}; expected "
-            f"patient_id, label and either {', '.join(_MM)} or {', '.join(_VOXEL)}"
+            f"patient_id, label{where}"
         )
-    if not (set(_MM) <= columns or set(_VOXEL) <= columns):
+    if level == "lesion" and not (set(_MM) <= columns or set(_VOXEL) <= columns):
         return (
             f"{label_file}: no lesion location; expected the columns {', '.join(_MM)} "
             f"(patient mm) or {', '.join(_VOXEL)} (voxel index)"
         )
     return None
+
+
+@dataclass(frozen=True)
+class SeriesLabel:
+    """One series and the label a label file gives it as a whole."""
+
+    volume: Volume
+    label: str
+    row: int
+
+
+def join_series_labels(
+    label_file: Path, volumes: list[Volume], pseudonymizer: Pseudonymizer
+) -> tuple[list[SeriesLabel], list[Rejection]]:
+    """Match every row of a series-level label file (``patient_id``, ``label``, optional
+    ``series_uid`` and ``study_uid``) to the series it labels: the one named, or every
+    usable series of the patient (and study) when none is.
+
+    A series labelled twice the same way is counted once; labelled two ways, by no row.
+
+    Raises:
+        InvalidInputError: the file cannot be read or lacks a required column.
+    """
+    columns, rows = _read(label_file, header_only=False)
+    problem = columns_problem(label_file, columns, level="series")
+    if problem:
+        raise InvalidInputError(problem)
+    rejections: list[Rejection] = []
+    given: dict[str, list[tuple[int, str]]] = defaultdict(list)  # series -> (row, label)
+    by_key = {volume.series_key: volume for volume in volumes}
+    by_patient = _by_patient(volumes)
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        candidates, patient_key = _candidates(row, by_patient, pseudonymizer)
+        label = (row.get("label") or "").strip()
+        if not candidates:
+            rejections.append(
+                Rejection(
+                    label_file,
+                    f"row {number}: no usable series for patient {patient_key} with the "
+                    "given study/series",
+                )
+            )
+        elif not label:
+            rejections.append(Rejection(label_file, f"row {number}: the label is empty"))
+        else:
+            for volume in candidates:
+                given[volume.series_key].append((number, label))
+    labelled: list[SeriesLabel] = []
+    for key, entries in given.items():
+        labels = sorted({label for _, label in entries})
+        numbers = [number for number, _ in entries]
+        if len(labels) > 1:
+            rejections.extend(
+                Rejection(
+                    label_file,
+                    f"row {number}: series {key} is labelled {' and '.join(labels)} in rows "
+                    f"{', '.join(map(str, numbers))}; none is kept until the label file says "
+                    "which",
+                )
+                for number in numbers
+            )
+            continue
+        labelled.append(SeriesLabel(by_key[key], labels[0], numbers[0]))
+        rejections.extend(
+            Rejection(
+                label_file,
+                f"row {number}: labels series {key} again ({labels[0]}, as row "
+                f"{numbers[0]}); counted once",
+            )
+            for number in numbers[1:]
+        )
+    return labelled, rejections
+
+
+def _by_patient(volumes: list[Volume]) -> dict[str, list[Volume]]:
+    grouped: dict[str, list[Volume]] = defaultdict(list)
+    for volume in volumes:
+        grouped[volume.patient_key].append(volume)
+    return grouped
+
+
+def _candidates(
+    row: dict[str, str], by_patient: dict[str, list[Volume]], pseudonymizer: Pseudonymizer
+) -> tuple[list[Volume], str]:
+    """The usable series a row may mean (by patient, then study and series when given)."""
+    patient_key = pseudonymizer.pseudonym("patient", (row.get("patient_id") or "").strip())
+    candidates = list(by_patient.get(patient_key, []))
+    for column, kind in (("study_uid", "study"), ("series_uid", "series")):
+        wanted = (row.get(column) or "").strip()
+        if wanted:
+            key = pseudonymizer.pseudonym(kind, wanted)
+            attribute = "study_key" if kind == "study" else "series_key"
+            candidates = [v for v in candidates if getattr(v, attribute).split(".")[0] == key]
+    return candidates, patient_key
 
 
 def join_labels(
@@ -138,9 +249,7 @@ def join_labels(
     if problem:
         raise InvalidInputError(problem)
 
-    by_patient: dict[str, list[Volume]] = defaultdict(list)
-    for volume in volumes:
-        by_patient[volume.patient_key].append(volume)
+    by_patient = _by_patient(volumes)
     lesions: list[Lesion] = []
     rejections: list[Rejection] = []
     first_of: dict[tuple[tuple[str, str], ...], int] = {}
@@ -156,14 +265,7 @@ def join_labels(
             continue
         first_of[content] = number
 
-        patient_key = pseudonymizer.pseudonym("patient", (row.get("patient_id") or "").strip())
-        candidates = by_patient.get(patient_key, [])
-        for column, kind in (("study_uid", "study"), ("series_uid", "series")):
-            wanted = (row.get(column) or "").strip()
-            if wanted:
-                key = pseudonymizer.pseudonym(kind, wanted)
-                attribute = "study_key" if kind == "study" else "series_key"
-                candidates = [v for v in candidates if getattr(v, attribute).split(".")[0] == key]
+        candidates, patient_key = _candidates(row, by_patient, pseudonymizer)
         if not candidates:
             reject(f"no usable series for patient {patient_key} with the given study/series")
             continue

@@ -31,6 +31,7 @@ from medadapt.plugins.phantom.hospital import (
     draw,
     patient_id,
     scan_patient,
+    series_label,
     write_hospital,
 )
 from medadapt.plugins.phantom.scanner import KERNELS, PRESETS
@@ -41,9 +42,11 @@ class Phantom(DataSource):
 
     name = "phantom"
     Params = HospitalSpec
+    label_levels = frozenset({"lesion", "series"})
 
-    def scan(self, label_file: Path | None = None) -> ScanResult:
-        """One sample per simulated lesion (per patient for the water phantom)."""
+    def scan(self, label_file: Path | None = None, level: str = "lesion") -> ScanResult:
+        """One sample per simulated lesion (per patient for the water phantom); at
+        ``level="series"``, one per patient, labelled by its lesions (:func:`series_label`)."""
         if label_file is not None:
             raise InvalidInputError(
                 f"the phantom source makes its own labels; remove data.label_file ({label_file})"
@@ -65,6 +68,12 @@ class Phantom(DataSource):
             patient = draw(spec, index)
             locator = json.dumps({"spec": spec.model_dump(mode="json"), "patient": index})
             key = f"patient-{hashlib.sha256(patient_id(spec, index).encode()).hexdigest()[:16]}"
+            if level == "series":
+                label = series_label(patient)
+                records.append(
+                    SampleRecord(key, f"series-{key[8:]}", locator, dict(attributes), label)
+                )
+                continue
             for number, lesion in enumerate(patient.lesions, start=1):
                 x, y, z = lesion.centre
                 records.append(

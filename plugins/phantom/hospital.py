@@ -164,6 +164,7 @@ class HospitalSummary:
             "folder": str(self.folder),
             "dicom": str(self.folder / "dicom"),
             "labels": str(self.folder / "labels.csv"),
+            "series_labels": str(self.folder / "series_labels.csv"),
             "patients": self.patients,
             "lesions": self.lesions,
             "body_region": self.spec.body_region,
@@ -183,7 +184,8 @@ def write_hospital(
     on_patient: Callable[[int], None] | None = None,
     segmentations: bool = False,
 ) -> HospitalSummary:
-    """Write the hospital: one CT series per patient under folder/dicom, and labels.csv.
+    """Write the hospital: one CT series per patient under folder/dicom, labels.csv (one
+    row per lesion) and series_labels.csv (one row per series: :func:`series_label`).
 
     A patient whose series is already complete in ``folder`` is not written again, so an
     interrupted run resumes. A folder holding a different hospital is refused.
@@ -366,6 +368,16 @@ def _segmentation(
     return seg
 
 
+def series_label(patient: Patient) -> str | None:
+    """A whole series' label: ``malignant`` when any of its lesions is, else ``benign``
+    (None for a patient without lesions, as in the water phantom)."""
+    if not patient.lesions:
+        return None
+    return (
+        "malignant" if any(lesion.label == "malignant" for lesion in patient.lesions) else "benign"
+    )
+
+
 def _write_labels(spec: HospitalSpec, folder: Path) -> dict[str, int]:
     counts = {"benign": 0, "malignant": 0}
     rows = []
@@ -385,14 +397,24 @@ def _write_labels(spec: HospitalSpec, folder: Path) -> dict[str, int]:
                     "lesion_id": f"{patient_id(spec, index)}-L{number}",
                 }
             )
-    labels = folder / "labels.csv"
-    temporary = labels.with_suffix(".csv.partial")
+    _write_csv(
+        folder / "labels.csv",
+        ["patient_id", "series_uid", "label", "x_mm", "y_mm", "z_mm", "lesion_id"],
+        rows,
+    )
+    series = [
+        {"patient_id": patient_id(spec, i), "series_uid": _uid(spec, i, "series"), "label": label}
+        for i in range(spec.patients)
+        if (label := series_label(draw(spec, i))) is not None
+    ]
+    _write_csv(folder / "series_labels.csv", ["patient_id", "series_uid", "label"], series)
+    return counts
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
+    temporary = path.with_suffix(".csv.partial")
     with temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(
-            handle,
-            fieldnames=["patient_id", "series_uid", "label", "x_mm", "y_mm", "z_mm", "lesion_id"],
-        )
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(temporary, labels)
-    return counts
+    os.replace(temporary, path)
