@@ -138,9 +138,9 @@ def _classifier(
 ) -> tuple[Classifier, str, list[str]]:
     """The classifier the weights describe, the layout they came in, and what changed."""
     classes = profile.task.classes
-    mode = profile.preprocessing.patch_mode
+    mode, pooling = profile.preprocessing.patch_mode, profile.preprocessing.pooling
     if "head.weight" in state and any(key.startswith("features.") for key in state):
-        model = build_classifier(backbone, mode, len(classes))
+        model = build_classifier(backbone, mode, len(classes), pooling=pooling)
         try:
             load_matching(model, state, "the profile's backbone and classes")
         except InvalidInputError as exc:
@@ -162,7 +162,7 @@ def _classifier(
         )
     notes: list[str] = []
     features_state = {key: value for key, value in state.items() if not key.startswith(prefix)}
-    model = build_classifier(backbone, mode, len(classes), features_state)
+    model = build_classifier(backbone, mode, len(classes), features_state, pooling=pooling)
     weight, bias = head["weight"], head["bias"]
     outputs = weight.shape[0]
     if outputs == 1 and len(classes) == 2:

@@ -203,3 +203,33 @@ def test_a_site_labelled_per_series_trains_adapts_and_validates(written, tmp_pat
     assert report["shift"] is not None
     html = (tmp_path / "validate" / "report.html").read_text()
     assert "a patient's series are" in html
+
+
+@pytest.mark.slow
+def test_a_2d_state_dict_imports_as_a_series_model_over_pooled_slices(tmp_path, written):
+    import torchvision
+
+    from medadapt.engine.export import export_model, run_onnx
+    from medadapt.engine.importing import import_model
+
+    registry = get_plugin_host().registry()
+    document = profile_document("B", written["b"][1], "2d")
+    document["backbone"] = {"name": "resnet18"}
+    document["preprocessing"]["pooling"] = "mean"
+    (tmp_path / "series.yaml").write_text(yaml.safe_dump(document))
+    profile = load_profile(tmp_path / "series.yaml", registry)
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=2).eval()
+    torch.save(net.state_dict(), tmp_path / "resnet18.pt")
+    import_model(tmp_path / "resnet18.pt", profile, registry, tmp_path / "model")
+    loaded = load_model(tmp_path / "model", registry)
+    assert loaded.card.level == "series"
+    series = torch.rand(2, 1, 8, 48, 48, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        slices = net(series.transpose(1, 2).reshape(16, 1, 48, 48).repeat(1, 3, 1, 1))
+        ours = loaded.model.eval()(series)
+    # Mean pooling: the series' logits are the mean of the network's own slice logits.
+    torch.testing.assert_close(ours, slices.reshape(2, 8, 2).mean(dim=1), atol=1e-5, rtol=0)
+    result = export_model(tmp_path / "model", registry, "onnx", tmp_path / "model.onnx")
+    assert result.agreement.max_difference <= 1e-5
+    assert run_onnx(tmp_path / "model.onnx", series).shape == (2, 2)
