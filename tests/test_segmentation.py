@@ -148,10 +148,11 @@ def test_the_phantom_writes_the_same_seg_files_for_the_same_spec(site, tmp_path)
         assert (tmp_path / original.relative_to(folder)).read_bytes() == original.read_bytes()
 
 
-def test_asking_for_segs_in_a_hospital_written_without_them_is_refused(tmp_path):
-    from medadapt.engine import InvalidInputError
-
-    spec = HospitalSpec(patients=1, seed=5, slices=4, size=32)
+def test_asking_for_segs_in_a_hospital_written_without_them_adds_them(tmp_path):
+    spec = HospitalSpec(patients=2, seed=5, slices=4, size=32)
     write_hospital(spec, tmp_path)
-    with pytest.raises(InvalidInputError, match="made with other settings"):
-        write_hospital(spec, tmp_path, segmentations=True)
+    assert seg_files(tmp_path) == []
+    images = sorted(p.read_bytes() for p in tmp_path.rglob("IM*.dcm"))
+    write_hospital(spec, tmp_path, segmentations=True)
+    assert len(seg_files(tmp_path)) == sum(1 for i in range(2) if draw(spec, i).lesions)
+    assert sorted(p.read_bytes() for p in tmp_path.rglob("IM*.dcm")) == images

@@ -200,9 +200,9 @@ def write_hospital(
     """
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / _MANIFEST
-    wanted: dict[str, Any] = {"generator": GENERATOR_VERSION, "spec": spec.model_dump(mode="json")}
-    if segmentations:  # only then, so that hospitals written before SEGs existed still match
-        wanted["segmentations"] = True
+    # SEG files are not part of the hospital's identity: asking for them later writes them
+    # (a patient without its SEG is not complete).
+    wanted = {"generator": GENERATOR_VERSION, "spec": spec.model_dump(mode="json")}
     if manifest.exists() and json.loads(manifest.read_text()) != wanted:
         raise InvalidInputError(
             f"{folder} already holds a simulated hospital made with other settings; "
@@ -236,7 +236,9 @@ def _series_folder(spec: HospitalSpec, folder: Path, index: int) -> Path:
 def _complete(spec: HospitalSpec, folder: Path, index: int, segmentations: bool) -> bool:
     series = _series_folder(spec, folder, index)
     complete = series.is_dir() and len(list(series.glob("*.dcm"))) == spec.slices
-    return complete and (not segmentations or (series / _SEG_FILE).is_file())
+    if not complete or not segmentations:
+        return complete
+    return (series / _SEG_FILE).is_file() or not draw(spec, index).lesions
 
 
 def _write_patient(job: tuple[HospitalSpec, Path, int, bool]) -> None:
