@@ -322,11 +322,20 @@ def model_import_command(
     registry = get_plugin_host().registry()
     profile = load_profile(profile_path, registry)
     result = import_model(weights, profile, registry, out, overwrite=overwrite)
-    summary = {"model": str(result.model_dir), "layout": result.layout, "notes": result.notes}
+    summary = {
+        "model": str(result.model_dir),
+        "layout": result.layout,
+        "bundle": result.bundle,
+        "notes": result.notes,
+    }
     if as_json:
         _emit_json(summary)
         return
-    click.echo(f"model written to {result.model_dir} (from {result.layout} key names)")
+    origin = f"{result.layout} key names"
+    if result.bundle is not None:
+        name, version = result.bundle["name"], result.bundle["version"]
+        origin = f"the MONAI bundle {name} {version}".rstrip() + f", {origin}"
+    click.echo(f"model written to {result.model_dir} (from {origin})")
     for note in result.notes:
         _stderr().print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 

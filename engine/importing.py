@@ -46,6 +46,8 @@ class ImportResult:
     model_dir: Path
     layout: str
     notes: list[str]
+    #: For a MONAI bundle: its name, version, network and config hashes.
+    bundle: dict[str, str] | None = None
 
 
 def import_model(
@@ -116,7 +118,7 @@ def import_model(
             ),
         )
         save_model(out_dir, model, card)
-    return ImportResult(out_dir, layout, notes)
+    return ImportResult(out_dir, layout, notes, None if bundle is None else bundle.record)
 
 
 def _refuse_torchscript(path: Path) -> None:
