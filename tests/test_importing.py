@@ -266,6 +266,19 @@ def test_an_imported_torchvision_model_is_adapted_and_validated_like_any_other(t
     report = json.loads((tmp_path / "validate" / "report.json").read_text())
     assert report["results"]["model"]["auroc"]["value"] is not None
     assert (tmp_path / "validate" / "report.html").is_file()
+    # And as a batch job: adapt and validate on a Dask worker, from the imported folder.
+    from medadapt.engine.batch import FINISHED, read_jobs_file, run_batch
+
+    (tmp_path / "jobs.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "defaults": {"from": str(tmp_path / "imported"), "method": "adabn"},
+                "jobs": [{"profile": "target.yaml"}],
+            }
+        )
+    )
+    outcomes = run_batch(read_jobs_file(tmp_path / "jobs.yaml"), tmp_path / "batch", workers=1)
+    assert [o.status for o in outcomes] == [FINISHED], outcomes
 
 
 # --- MONAI bundles ----------------------------------------------------------------------------
