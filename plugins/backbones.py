@@ -26,7 +26,52 @@ if TYPE_CHECKING:
 # loads, so that commands that train nothing start in a fraction of a second.
 
 
-class _ResNet(Backbone):
+def _load_published(
+    net: nn.Module,
+    state_dict: Mapping[str, Tensor] | None,
+    in_channels: int,
+    backbone: str,
+    first: str,
+    skip: str,
+) -> None:
+    """Load weights in the layout the network publishes into it: the first convolution
+    (``first``) adapted to ``in_channels``, the published classifier (``skip``) left out."""
+    if state_dict is None:
+        return
+    from medadapt.engine.weights import adapt_input_channels
+
+    weights = dict(state_dict)
+    if first in weights:
+        weights[first] = adapt_input_channels(weights[first], in_channels)
+    load_matching(net, weights, f"the backbone {backbone!r}", skip=skip)
+
+
+def _resnet_features(net: nn.Module, activation: nn.Module, pool: nn.Module) -> nn.Sequential:
+    """A ResNet's layers as medadapt's stages, ending in pooled, flat features."""
+    from torch import nn
+
+    return nn.Sequential(
+        OrderedDict(
+            stem=nn.Sequential(net.conv1, net.bn1, activation, net.maxpool),
+            stage1=net.layer1,
+            stage2=net.layer2,
+            stage3=net.layer3,
+            stage4=net.layer4,
+            pool=pool,
+            flatten=nn.Flatten(),
+        )
+    )
+
+
+class _Stages:
+    """For a backbone whose stages are the named children of its features (``stem``,
+    ``stage1`` ...: its ``stage_names``)."""
+
+    def stages(self, features: nn.Module) -> dict[str, list[nn.Module]]:
+        return {name: [getattr(features, name)] for name in self.stage_names}
+
+
+class _ResNet(_Stages, Backbone):
     spatial_dims = frozenset({2})
     classifier_prefix = "fc."
     stage_names = ("stem", "stage1", "stage2", "stage3", "stage4")
@@ -41,31 +86,11 @@ class _ResNet(Backbone):
         import torchvision
         from torch import nn
 
-        from medadapt.engine.weights import adapt_input_channels
-
         net = getattr(torchvision.models, self.architecture)(weights=None)
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        if state_dict is not None:
-            weights = dict(state_dict)
-            if "conv1.weight" in weights:
-                weights["conv1.weight"] = adapt_input_channels(weights["conv1.weight"], in_channels)
-            load_matching(net, weights, f"the backbone {self.name!r}", skip="fc.")
-        features = nn.Sequential(
-            OrderedDict(
-                stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
-                stage1=net.layer1,
-                stage2=net.layer2,
-                stage3=net.layer3,
-                stage4=net.layer4,
-                pool=nn.AdaptiveAvgPool2d(1),
-                flatten=nn.Flatten(),
-            )
-        )
-        return features, net.fc.in_features
-
-    def stages(self, features: nn.Module) -> dict[str, list[nn.Module]]:
-        return {name: [getattr(features, name)] for name in self.stage_names}
+        _load_published(net, state_dict, in_channels, self.name, "conv1.weight", "fc.")
+        return _resnet_features(net, net.relu, nn.AdaptiveAvgPool2d(1)), net.fc.in_features
 
 
 class ResNet18(_ResNet):
@@ -116,15 +141,9 @@ class DenseNet121(Backbone):
         from monai.networks.nets import DenseNet121 as MonaiDenseNet121
         from torch import nn
 
-        from medadapt.engine.weights import adapt_input_channels
-
         net = MonaiDenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=2)
-        if state_dict is not None:
-            weights = dict(state_dict)
-            first = "features.conv0.weight"
-            if first in weights:
-                weights[first] = adapt_input_channels(weights[first], in_channels)
-            load_matching(net, weights, f"the backbone {self.name!r}", skip="class_layers.")
+        first = "features.conv0.weight"
+        _load_published(net, state_dict, in_channels, self.name, first, "class_layers.")
         pool = nn.AdaptiveAvgPool2d(1) if spatial_dims == 2 else nn.AdaptiveAvgPool3d(1)
         features = nn.Sequential(
             OrderedDict(features=net.features, relu=nn.ReLU(), pool=pool, flatten=nn.Flatten())
@@ -139,7 +158,7 @@ class DenseNet121(Backbone):
         }
 
 
-class ResNet18Volume(Backbone):
+class ResNet18Volume(_Stages, Backbone):
     """ResNet-18 for volumes (MONAI's 3D ResNet): 33 M parameters, 512 features.
 
     ``widen_factor`` scales every layer's width (0.25 gives 2 M parameters and 128
@@ -168,9 +187,6 @@ class ResNet18Volume(Backbone):
         state_dict: Mapping[str, Tensor] | None = None,
     ) -> tuple[nn.Module, int]:
         from monai.networks.nets import resnet18
-        from torch import nn
-
-        from medadapt.engine.weights import adapt_input_channels
 
         net = resnet18(
             spatial_dims=spatial_dims,
@@ -178,29 +194,11 @@ class ResNet18Volume(Backbone):
             widen_factor=self.params.widen_factor,
             num_classes=2,
         )
-        if state_dict is not None:
-            weights = dict(state_dict)
-            if "conv1.weight" in weights:
-                weights["conv1.weight"] = adapt_input_channels(weights["conv1.weight"], in_channels)
-            load_matching(net, weights, f"the backbone {self.name!r}", skip="fc.")
-        features = nn.Sequential(
-            OrderedDict(
-                stem=nn.Sequential(net.conv1, net.bn1, net.act, net.maxpool),
-                stage1=net.layer1,
-                stage2=net.layer2,
-                stage3=net.layer3,
-                stage4=net.layer4,
-                pool=net.avgpool,
-                flatten=nn.Flatten(),
-            )
-        )
-        return features, net.fc.in_features
-
-    def stages(self, features: nn.Module) -> dict[str, list[nn.Module]]:
-        return {name: [getattr(features, name)] for name in self.stage_names}
+        _load_published(net, state_dict, in_channels, self.name, "conv1.weight", "fc.")
+        return _resnet_features(net, net.act, net.avgpool), net.fc.in_features
 
 
-class SmallCNN(Backbone):
+class SmallCNN(_Stages, Backbone):
     """Four convolution blocks, 2D or 3D, 100 k parameters: for quick runs and tests."""
 
     name = "small-cnn"
@@ -233,9 +231,6 @@ class SmallCNN(Backbone):
         if state_dict is not None:
             load_matching(features, state_dict, f"the backbone {self.name!r}")
         return features, widths[-1]
-
-    def stages(self, features: nn.Module) -> dict[str, list[nn.Module]]:
-        return {name: [getattr(features, name)] for name in self.stage_names}
 
 
 @hookimpl
