@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from medadapt.engine import Backbone, hookimpl
-from medadapt.engine.weights import load_matching
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -38,7 +37,7 @@ def _load_published(
     (``first``) adapted to ``in_channels``, the published classifier (``skip``) left out."""
     if state_dict is None:
         return
-    from medadapt.engine.weights import adapt_input_channels
+    from medadapt.engine.weights import adapt_input_channels, load_matching
 
     weights = dict(state_dict)
     if first in weights:
@@ -229,6 +228,8 @@ class SmallCNN(_Stages, Backbone):
         blocks["flatten"] = nn.Flatten()
         features = nn.Sequential(blocks)
         if state_dict is not None:
+            from medadapt.engine.weights import load_matching
+
             load_matching(features, state_dict, f"the backbone {self.name!r}")
         return features, widths[-1]
 
