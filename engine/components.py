@@ -79,6 +79,9 @@ class Component(ABC):
     name: ClassVar[str]
     kind: ClassVar[ComponentKind]
     Params: ClassVar[type[BaseModel]] = NoParams
+    #: For a family of components under one name: ``name:<variant>`` in a profile sets
+    #: this parameter to ``<variant>`` (``timm:efficientnet_lite0`` sets ``arch``).
+    variant_param: ClassVar[str | None] = None
 
     def __init__(self, params: BaseModel | None = None) -> None:
         self.params = self.Params() if params is None else params

@@ -779,7 +779,12 @@ def _check_components(
             continue
         params_loc = (*name_loc[:-1], "params")
         try:
-            component = cls.from_params(params, base_dir=document.path.parent)
+            given = registry.parameters(kind, name, params)
+        except ValueError as exc:
+            issues.append(document.issue(name_loc, str(exc)))
+            continue
+        try:
+            component = cls.from_params(given, base_dir=document.path.parent)
         except ValidationError as exc:
             issues.extend(document.issues_from(exc, cls.Params, params_loc))
             continue

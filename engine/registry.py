@@ -107,12 +107,39 @@ class ComponentRegistry:
         return sorted(self._components[kind])
 
     def get(self, kind: ComponentKind, name: str) -> type[Component]:
-        """The component class with that name.
+        """The component class with that name (``family:variant`` names the family).
 
         Raises:
-            UnknownComponentError: with the closest names, when no plugin provides it.
+            UnknownComponentError: with the closest names, when no plugin provides it, or
+                when a ``:variant`` is given to a component that is no family.
         """
-        return self._entry(kind, name).cls
+        family, _, variant = name.partition(":")
+        cls = self._entry(kind, family).cls
+        if variant and cls.variant_param is None:
+            raise UnknownComponentError(kind, name, self.names(kind), self.failed_plugins)
+        return cls
+
+    def parameters(
+        self, kind: ComponentKind, name: str, params: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """The parameters a profile's ``name`` and ``params`` give the component: a
+        family's ``:variant`` becomes its variant parameter.
+
+        Raises:
+            UnknownComponentError: as :meth:`get`.
+            ValueError: the variant is given twice, differently.
+        """
+        cls = self.get(kind, name)
+        given = dict(params or {})
+        _, _, variant = name.partition(":")
+        if variant and cls.variant_param is not None:
+            if given.get(cls.variant_param, variant) != variant:
+                raise ValueError(
+                    f"{name!r} names {cls.variant_param} {variant!r}, and params say "
+                    f"{given[cls.variant_param]!r}; give it once"
+                )
+            given[cls.variant_param] = variant
+        return given
 
     def provider(self, kind: ComponentKind, name: str) -> str:
         """The name of the plugin that provides a component."""
@@ -138,7 +165,8 @@ class ComponentRegistry:
             UnknownComponentError: no plugin provides it.
             pydantic.ValidationError: the component rejects the parameters.
         """
-        return self.get(kind, name).from_params(params, base_dir=base_dir)
+        given = self.parameters(kind, name, params)
+        return self.get(kind, name).from_params(given, base_dir=base_dir)
 
     def _entry(self, kind: ComponentKind, name: str) -> RegisteredComponent:
         try:

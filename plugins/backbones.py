@@ -12,11 +12,12 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medadapt.engine import Backbone, hookimpl
+from medadapt.engine.wording import did_you_mean
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -197,6 +198,87 @@ class ResNet18Volume(_Stages, Backbone):
         return _resnet_features(net, net.act, net.avgpool), net.fc.in_features
 
 
+def _timm() -> Any:
+    try:
+        import timm
+    except ModuleNotFoundError:
+        raise ValueError(
+            "timm backbones need the timm package, which medadapt does not install by "
+            "default: pip install 'medadapt[timm]'"
+        ) from None
+    return timm
+
+
+class Timm(Backbone):
+    """Any timm architecture for slice patches: ``timm:<arch>`` (``timm:efficientnet_lite0``).
+
+    The network is built without its classifier and without downloading anything; weights
+    come only from ``backbone.weights`` (a local file in timm's own layout: its first
+    convolution is adapted to the patch's channels, its classifier left out). The stage a
+    profile may freeze is ``stem``, as timm's ``group_matcher`` names it.
+    """
+
+    name = "timm"
+    variant_param = "arch"
+    spatial_dims = frozenset({2})
+    stage_names = ("stem",)
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        arch: str = Field(description="the timm architecture (timm.list_models())")
+
+        @field_validator("arch")
+        @classmethod
+        def _known(cls, arch: str) -> str:
+            known = _timm().list_models()
+            if arch not in known:
+                raise ValueError(
+                    f"timm has no architecture {arch!r}{did_you_mean(arch, known)} "
+                    "(timm.list_models() lists them)"
+                )
+            return arch
+
+    @property
+    def classifier_prefix(self) -> str | None:  # type: ignore[override]
+        """Where timm keeps this architecture's classifier (``fc.``, ``classifier.``)."""
+        name = self._config().get("classifier")
+        return f"{name}." if isinstance(name, str) else None
+
+    def _config(self) -> dict[str, Any]:
+        net = _timm().create_model(self.params.arch, pretrained=False, num_classes=0)
+        return dict(net.pretrained_cfg)
+
+    def build(
+        self,
+        in_channels: int,
+        spatial_dims: int,
+        state_dict: Mapping[str, Tensor] | None = None,
+    ) -> tuple[nn.Module, int]:
+        net = _timm().create_model(
+            self.params.arch, pretrained=False, num_classes=0, in_chans=in_channels
+        )
+        config = net.pretrained_cfg
+        first, head = config.get("first_conv"), config.get("classifier")
+        _load_published(
+            net,
+            state_dict,
+            in_channels,
+            f"timm:{self.params.arch}",
+            f"{first}.weight" if isinstance(first, str) else "",
+            f"{head}." if isinstance(head, str) else "",
+        )
+        return net, int(net.num_features)
+
+    def stages(self, features: nn.Module) -> dict[str, list[nn.Module]]:
+        import re
+
+        stem = features.group_matcher().get("stem") if hasattr(features, "group_matcher") else None
+        if not isinstance(stem, str):
+            return {"stem": []}
+        return {"stem": [m for name, m in features.named_children() if re.match(stem, name)]}
+
+
 class SmallCNN(_Stages, Backbone):
     """Four convolution blocks, 2D or 3D, 100 k parameters: for quick runs and tests."""
 
@@ -236,4 +318,4 @@ class SmallCNN(_Stages, Backbone):
 
 @hookimpl
 def medadapt_backbones() -> Sequence[type[Backbone]]:
-    return [ResNet18, ResNet50, DenseNet121, ResNet18Volume, SmallCNN]
+    return [ResNet18, ResNet50, DenseNet121, ResNet18Volume, SmallCNN, Timm]
