@@ -382,33 +382,34 @@ def series_label(patient: Patient) -> str | None:
 
 def _write_labels(spec: HospitalSpec, folder: Path) -> dict[str, int]:
     counts = {"benign": 0, "malignant": 0}
-    rows = []
+    rows, series = [], []
     for index in range(spec.patients):
         patient = draw(spec, index)
+        identity = {
+            "patient_id": patient_id(spec, index),
+            "series_uid": _uid(spec, index, "series"),
+        }
         for number, lesion in enumerate(patient.lesions, start=1):
             counts[lesion.label] += 1
             x, y, z = lesion.centre
             rows.append(
                 {
-                    "patient_id": patient_id(spec, index),
-                    "series_uid": _uid(spec, index, "series"),
+                    **identity,
                     "label": lesion.label,
                     "x_mm": f"{x:.2f}",
                     "y_mm": f"{y:.2f}",
                     "z_mm": f"{z:.2f}",
-                    "lesion_id": f"{patient_id(spec, index)}-L{number}",
+                    "lesion_id": f"{identity['patient_id']}-L{number}",
                 }
             )
+        label = series_label(patient)
+        if label is not None:
+            series.append({**identity, "label": label})
     _write_csv(
         folder / "labels.csv",
         ["patient_id", "series_uid", "label", "x_mm", "y_mm", "z_mm", "lesion_id"],
         rows,
     )
-    series = [
-        {"patient_id": patient_id(spec, i), "series_uid": _uid(spec, i, "series"), "label": label}
-        for i in range(spec.patients)
-        if (label := series_label(draw(spec, i))) is not None
-    ]
     _write_csv(folder / "series_labels.csv", ["patient_id", "series_uid", "label"], series)
     return counts
 
