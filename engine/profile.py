@@ -313,6 +313,12 @@ class Training(_Section):
     class_weights: Literal["balanced", "none"] = Field(
         default="balanced", description="weigh the loss so each class counts equally"
     )
+    labels_per_class: PositiveInt | None = Field(
+        default=None,
+        description="a label budget: train on this many labelled training samples per class "
+        "(drawn with the seed; the rest of the training split is left out, the validation "
+        "split keeps every label), in train and in adapt with target_labels: all; null: all",
+    )
     batch_norm_batches: NonNegativeInt = Field(
         default=50,
         description="after an epoch too short for the running averages (fewer than 44 "

@@ -63,6 +63,25 @@ def site_split(records: Sequence[SampleRecord], profile: Profile) -> list[Sample
     return split_by_patient(records, profile.data.split, profile.seed, profile.task.positive_class)
 
 
+def keep_labels_per_class(
+    records: Sequence[SampleRecord], per_class: int, seed: int
+) -> list[SampleRecord]:
+    """Keep the labels of ``per_class`` samples of each class, drawn with ``seed``; the other
+    samples are returned unlabelled, in the same order.
+
+    Example:
+        >>> records = [SampleRecord(f"p{i}", "s", "", label="ab"[i % 2]) for i in range(6)]
+        >>> [r.label for r in keep_labels_per_class(records, 1, seed=0)].count(None)
+        4
+    """
+    rng = random.Random(seed)
+    keep: set[int] = set()
+    for label in sorted({r.label for r in records if r.label is not None}):
+        indices = [i for i, r in enumerate(records) if r.label == label]
+        keep.update(rng.sample(indices, min(per_class, len(indices))))
+    return [r if i in keep else dataclasses.replace(r, label=None) for i, r in enumerate(records)]
+
+
 def _counts(n: int, fractions: SplitFractions) -> tuple[int, int, int]:
     """Patients per split: largest remainders, so the counts add up to n."""
     wanted = [n * fractions.train, n * fractions.validation, n * fractions.test]

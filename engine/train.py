@@ -44,7 +44,7 @@ from medadapt.engine.profile import Profile
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.runfolder import Provenance, claim_folder, profile_reads, remove_outputs
 from medadapt.engine.samples import open_site_data
-from medadapt.engine.splits import site_split
+from medadapt.engine.splits import keep_labels_per_class, site_split
 from medadapt.engine.weights import load_imagenet_weights, load_weights_file
 
 RUN = "run.json"
@@ -148,7 +148,12 @@ def _train(
             f"the data have labels {', '.join(map(repr, unknown))} that are not in "
             f"task.classes {classes}; fix the label file or the profile"
         )
-    records = [r for r in site_split(data.records, profile) if r.label is not None]
+    records = site_split(data.records, profile)
+    if profile.training.labels_per_class is not None:
+        train = [r for r in records if r.split is Split.TRAIN]
+        budget = iter(keep_labels_per_class(train, profile.training.labels_per_class, profile.seed))
+        records = [next(budget) if r.split is Split.TRAIN else r for r in records]
+    records = [r for r in records if r.label is not None]
     by_split = {split: [r for r in records if r.split is split] for split in Split}
     counts = {split.value: dict(Counter(r.label for r in rs)) for split, rs in by_split.items()}
     if not by_split[Split.TRAIN] or not by_split[Split.VALIDATION]:

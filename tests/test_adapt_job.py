@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,21 @@ def test_few_labels_keep_that_many_per_class_and_no_validation_label(tmp_path):
     split = target_split(site.records, target)
     assert split.labelled == {"benign": 2, "malignant": 2}
     assert all(r.label is None for r in split.validation)
+
+
+def test_a_label_budget_keeps_that_many_training_labels_and_every_validation_label(tmp_path):
+    profile = target_profile(target_labels="all")
+    profile["training"]["labels_per_class"] = 3
+    target = load(write(tmp_path, "t.yaml", profile))
+    site = open_site_data(target, get_plugin_host().registry())
+    split = target_split(site.records, target)
+    trained = Counter(r.label for r in split.train if r.label is not None)
+    assert trained == {"benign": 3, "malignant": 3}
+    unlimited = target.training.model_copy(update={"labels_per_class": None})
+    everything = target_split(site.records, target.model_copy(update={"training": unlimited}))
+    assert [r.label for r in split.validation] == [r.label for r in everything.validation]
+    assert len(split.train) == len(everything.train)  # the rest stay, unlabelled
+    assert trained.total() < sum(r.label is not None for r in everything.train)
 
 
 @pytest.mark.slow

@@ -161,6 +161,36 @@ def test_the_same_patients_can_be_scanned_by_another_scanner():
     assert draw(a, 1).lesions == draw(b, 1).lesions
 
 
+def test_contrast_enhancement_makes_the_same_lesions_denser_and_leaves_calcium():
+    plain = HospitalSpec(patients=4, seed=2, body_region="head", slices=12, size=128)
+    enhanced = plain.model_copy(update={"contrast_enhancement_hu": 45.0})
+    for index in range(4):
+        before, after = draw(plain, index).lesions, draw(enhanced, index).lesions
+        assert [(a.centre, a.radius, a.label) for a in after] == [
+            (b.centre, b.radius, b.label) for b in before
+        ]
+        assert [a.hu - b.hu for a, b in zip(after, before, strict=True)] == pytest.approx(
+            [45.0] * len(before)
+        )
+        assert [a.calcification for a in after] == [b.calcification for b in before]
+    lesion = draw(enhanced, 0).lesions[0]
+    z = int(np.argmin(np.abs(enhanced.slice_positions() - lesion.centre[2])))
+    pixel, origin = enhanced.pixel_mm, enhanced.grid_origin()
+    row = round((lesion.centre[1] - origin) / pixel)
+    col = round((lesion.centre[0] - origin) / pixel)
+    gained = scan_patient(enhanced, 0).hu[z, row, col] - scan_patient(plain, 0).hu[z, row, col]
+    assert 30.0 < gained < 60.0  # the centre of the lesion, through the scanner's blur
+
+
+def test_a_setting_at_its_default_leaves_the_hospitals_identity_as_it_was():
+    spec = HospitalSpec(patients=2)
+    assert "contrast_enhancement_hu" not in spec.model_dump(mode="json")
+    assert "contrast_enhancement_hu" not in spec.model_dump_json()
+    enhanced = spec.model_copy(update={"contrast_enhancement_hu": 40.0})
+    assert enhanced.model_dump(mode="json")["contrast_enhancement_hu"] == 40.0
+    assert HospitalSpec.model_validate(enhanced.model_dump(mode="json")) == enhanced
+
+
 # --- DICOM output ----------------------------------------------------------------------------
 
 

@@ -253,6 +253,15 @@ def test_training_writes_a_model_folder_whose_card_matches_its_weights(quick_pro
 
 
 @pytest.mark.slow
+def test_a_label_budget_trains_on_that_many_labels_per_class(quick_profile, tmp_path):
+    result = run_train(quick_profile(training__labels_per_class=2), tmp_path / "run")
+    everything = run_train(quick_profile(), tmp_path / "all").counts
+    assert result.counts["train"] == {"benign": 2, "malignant": 2}
+    assert result.counts["validation"] == everything["validation"]
+    assert sum(everything["train"].values()) > 4
+
+
+@pytest.mark.slow
 def test_frozen_stages_keep_their_weights(quick_profile, tmp_path):
     result = run_train(quick_profile(training={"epochs": 1, "freeze": ["stem"]}), tmp_path / "r")
     trained = load_file(str(result.model_dir / WEIGHTS))

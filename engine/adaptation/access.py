@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.profile import AUTO, AdaptationChoice, Profile
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.samples import open_site_data
-from medadapt.engine.splits import site_split
+from medadapt.engine.splits import keep_labels_per_class, site_split
 
 
 class Unadapted(AdaptationMethod):
@@ -100,24 +99,16 @@ def target_split(records: list[SampleRecord], profile: Profile) -> TargetSplit:
     elif choice.target_labels == "validation":
         train = _unlabelled(train)
     elif choice.target_labels == "few":
-        train = _few(train, choice.labels_per_class, profile.seed)
+        train = keep_labels_per_class(train, choice.labels_per_class, profile.seed)
         validation = _unlabelled(validation)
+    elif profile.training.labels_per_class is not None:  # all, within a label budget
+        train = keep_labels_per_class(train, profile.training.labels_per_class, profile.seed)
     labelled = Counter(r.label for r in train + validation if r.label is not None)
     return TargetSplit(train, validation, set_aside, dict(labelled))
 
 
 def _unlabelled(records: list[SampleRecord]) -> list[SampleRecord]:
     return [dataclasses.replace(r, label=None) for r in records]
-
-
-def _few(records: list[SampleRecord], per_class: int, seed: int) -> list[SampleRecord]:
-    """Keep ``per_class`` labels of each class (drawn with the seed); remove the others."""
-    rng = random.Random(seed)
-    keep: set[int] = set()
-    for label in sorted({r.label for r in records if r.label is not None}):
-        indices = [i for i, r in enumerate(records) if r.label == label]
-        keep.update(rng.sample(indices, min(per_class, len(indices))))
-    return [r if i in keep else dataclasses.replace(r, label=None) for i, r in enumerate(records)]
 
 
 def check_fit(card: ModelCard, target: Profile) -> None:

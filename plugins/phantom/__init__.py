@@ -170,6 +170,13 @@ class Phantom(DataSource):
     help="Higher makes benign and malignant lesions look more alike.",
 )
 @click.option(
+    "--contrast-enhancement",
+    type=click.FloatRange(0, 300),
+    default=0.0,
+    show_default=True,
+    help="HU every lesion gains from an iodinated contrast agent (brain metastases: 30-60).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1),
     default=2,
@@ -213,6 +220,7 @@ def phantom_command(
         seed=options["seed"],
         malignant_fraction=options["malignant_fraction"],
         difficulty=options["difficulty"],
+        contrast_enhancement_hu=options["contrast_enhancement"],
     )
     quiet = as_json or bool((ctx.find_root().obj or {}).get("quiet"))
     with progress_bar(quiet) as progress:

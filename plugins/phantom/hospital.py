@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -48,6 +48,21 @@ class HospitalSpec(BaseModel):
     size: int = Field(default=256, ge=32, le=1024)
     malignant_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     difficulty: float = Field(default=0.3, ge=0.0, le=1.0)
+    contrast_enhancement_hu: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=300.0,
+        description="an iodinated contrast agent: every lesion reads this much denser (HU)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_defaults_added_later(self, handler: Any) -> dict[str, Any]:
+        # Settings added after hospitals were made are left out at their default, so that
+        # every hospital made before them keeps its manifest, UIDs and cached volumes.
+        dumped = handler(self)
+        if self.contrast_enhancement_hu == 0.0:
+            dumped.pop("contrast_enhancement_hu", None)
+        return dumped
 
     @field_validator("scanner")
     @classmethod
@@ -123,6 +138,7 @@ def draw(spec: HospitalSpec, index: int) -> Patient:
         (-half_coverage, half_coverage),
         malignant_fraction=spec.malignant_fraction,
         difficulty=spec.difficulty,
+        enhancement_hu=spec.contrast_enhancement_hu,
     )
 
 
