@@ -355,15 +355,17 @@ class Finished:
     SOURCES = ("engine", "plugins")
     MODULES = ("adaptation.py", "decision.py", "peers.py", "sites.py", "suite.py")
 
-    def __init__(self, settings: Settings, quick: bool) -> None:
+    def __init__(
+        self, settings: Any, quick: bool, name: str = "adaptation", modules: tuple[str, ...] = ()
+    ) -> None:
         import hashlib
 
         kind = "development" if settings.development else "reported"
         #: Quick mode keeps nothing: its figures mean nothing, and the tests run it.
-        self.folder = None if quick else suite.ROOT / "build" / "bench-adaptation" / kind
+        self.folder = None if quick else suite.ROOT / "build" / f"bench-{name}" / kind
         digest = hashlib.sha256(json.dumps(vars(settings), sort_keys=True, default=str).encode())
         files = [p for top in self.SOURCES for p in sorted((suite.ROOT / top).rglob("*.py"))]
-        files += [suite.HERE / name for name in self.MODULES]
+        files += [suite.HERE / module for module in (*self.MODULES, *modules)]
         for path in files:
             digest.update(str(path.relative_to(suite.ROOT)).encode())
             digest.update(path.read_bytes())

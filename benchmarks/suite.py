@@ -45,6 +45,7 @@ BENCHMARKS = [
     "scaling",
     "batch_throughput",
     "adaptation",
+    "transfer",
 ]
 #: Benchmarks run only when named with --only (too long for the hour of ``make bench``);
 #: RESULTS.md keeps their last measured section, which says when it was measured.
@@ -63,6 +64,7 @@ class Section:
         tables: raw rows of each table, by CSV name (``results/<name>.csv``).
         command: how to run this benchmark alone.
         versions: library versions that matter to this benchmark (``pydicom 3.0.2``).
+        files: further files by name (a figure), written beside the CSVs in ``results/``.
     """
 
     heading: str
@@ -70,6 +72,7 @@ class Section:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     command: str = ""
     versions: list[str] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 def verdict(met: bool) -> str:
@@ -203,6 +206,8 @@ def record(
     results.mkdir(parents=True, exist_ok=True)
     for table, rows in section.tables.items():
         write_csv(results / f"{table}.csv", rows)
+    for file_name, content in section.files.items():
+        (results / file_name).write_bytes(content)
     info = machine()
     meta = {
         "name": name,
