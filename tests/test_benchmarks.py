@@ -48,6 +48,20 @@ def test_quick_results_say_they_are_not_results(suite, tmp_path):
     assert "Quick mode" in suite.render(tmp_path).read_text()
 
 
+def test_a_run_has_converged_at_the_first_epoch_within_five_percent_of_its_lowest_loss(suite):
+    import transfer
+
+    assert transfer.converged_epoch([1.0, 0.6, 0.52, 0.5, 0.55]) == 3
+    assert transfer.converged_epoch([0.4, 0.5, 0.6]) == 1
+    assert transfer.converged_epoch([0.9, 0.8, 0.7, 0.6]) == 4
+
+
+def test_a_section_writes_its_files_beside_its_tables(suite, tmp_path):
+    section = suite.Section(heading="F", lines=["x"], command="x", files={"f.png": b"\x89PNG"})
+    suite.record("dicom_scan", section, tmp_path, quick=False, seconds=1)
+    assert (tmp_path / "results" / "f.png").read_bytes() == b"\x89PNG"
+
+
 @pytest.mark.slow
 def test_quick_mode_runs_every_benchmark_and_writes_every_table(suite, tmp_path):
     done = subprocess.run(
@@ -73,3 +87,9 @@ def test_quick_mode_runs_every_benchmark_and_writes_every_table(suite, tmp_path)
     assert "SKADA DeepCoral" in results
     for target in ("DANN target", "auto target", "time target", "vs 1x"):
         assert target in results
+    # The transfer section: the head site's check, the learning curves and their figure.
+    assert "oracle beats source only by at least 0.1 on every development seed" in results
+    assert "| from scratch |" in results
+    assert "| ImageNet EfficientNet-Lite0 |" in results
+    assert "![Validation loss per epoch](results/transfer_val_loss.png)" in results
+    assert (tmp_path / "results" / "transfer_val_loss.png").read_bytes()[:4] == b"\x89PNG"
