@@ -175,9 +175,10 @@ class Site:
         from medadapt.engine.train import train
 
         out = self.runs / name.replace(" ", "-").replace(",", "")
-        result = train(profile, self.registry, self.host, out, quiet=True, cache_dir=self.cache)
-        history = json.loads((out / "run.json").read_text())["history"]
-        return self._figures(result.model_dir, profile, history, result.best_epoch, "trained")
+        if not (out / "model").is_dir():  # the head check and a development seed share one
+            train(profile, self.registry, self.host, out, quiet=True, cache_dir=self.cache)
+        run = json.loads((out / "run.json").read_text())
+        return self._figures(out / "model", profile, run["history"], run["best_epoch"], "trained")
 
     def adapted(self, name: str, profile: Any) -> dict[str, Any]:
         """``medadapt adapt`` from the chest model: what it kept and the run's curve."""
