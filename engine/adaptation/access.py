@@ -102,7 +102,9 @@ def target_split(records: list[SampleRecord], profile: Profile) -> TargetSplit:
         train = keep_labels_per_class(train, choice.labels_per_class, profile.seed)
         validation = _unlabelled(validation)
     elif profile.training.labels_per_class is not None:  # all, within a label budget
-        train = keep_labels_per_class(train, profile.training.labels_per_class, profile.seed)
+        # As in train: the patches beyond the budget are left out, not kept unlabelled.
+        budget = keep_labels_per_class(train, profile.training.labels_per_class, profile.seed)
+        train = [r for r in budget if r.label is not None]
     labelled = Counter(r.label for r in train + validation if r.label is not None)
     return TargetSplit(train, validation, set_aside, dict(labelled))
 
