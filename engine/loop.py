@@ -44,6 +44,9 @@ BEST = "best.safetensors"
 #: Each epoch's predicted probabilities on the validation split, one file per epoch
 #: (``epoch-001.npy``, ...), in the validation data's order: numbers only.
 VALIDATION_PREDICTIONS = "validation"
+#: The most memory an epoch's input batches may take to be kept for the batch-norm pass
+#: after it (beyond it, the pass reads the training data again).
+KEPT_BATCH_BYTES = 512 * 2**20
 
 
 def seed_everything(seed: int) -> None:
@@ -242,11 +245,11 @@ class Trainer:
                 self.objective.start_epoch(epoch)
                 train_seconds = 0.0
                 if self.trains:
-                    train_loss, taken = self._train_epoch(epoch, progress, steps)
+                    train_loss, taken, seen = self._train_epoch(epoch, progress, steps)
                     train_seconds = time.perf_counter() - started
                     stale = stale_fraction(self.model, taken, skip=self.frozen)
                     if self.batch_norm_pass == "always" or stale > 0.01:
-                        self._recompute_batch_norm(epoch)
+                        self._recompute_batch_norm(epoch, seen)
                 else:
                     train_loss = 0.0
                 result, probabilities = self.world.broadcast(
@@ -293,8 +296,16 @@ class Trainer:
             best_weights=self.out_dir / BEST,
         )
 
-    def _train_epoch(self, epoch: int, progress: Progress, task: Any) -> tuple[float, int]:
-        """One pass over the training data: the mean loss and the number of steps."""
+    def _train_epoch(
+        self, epoch: int, progress: Progress, task: Any
+    ) -> tuple[float, int, list[Tensor] | None]:
+        """One pass over the training data: the mean loss, the number of steps, and the
+        epoch's input batches when the batch-norm pass after it can reuse them (else None).
+
+        The pass after the epoch reads the training data in the same order with the same
+        augmentations (the same loader seed), so its batches are these ones; keeping them
+        (up to :data:`KEPT_BATCH_BYTES`) spares reading and augmenting every sample twice.
+        """
         self.wrapped.train()
         for module in self.extra_modules.values():
             module.train()
@@ -305,7 +316,16 @@ class Trainer:
         loader = self._loader(self.train_data, epoch, shuffle=True)
         progress.reset(task, total=len(loader))
         total, count = 0.0, 0
+        wanted = self.training.batch_norm_batches
+        seen: list[Tensor] | None = [] if wanted else None
+        kept_bytes = 0
         for patches, labels in loader:
+            if seen is not None and len(seen) < wanted:
+                kept_bytes += patches.element_size() * patches.nelement()
+                if kept_bytes > KEPT_BATCH_BYTES:
+                    seen = None  # too large to keep: the pass reads the data again
+                else:
+                    seen.append(patches.clone())  # a copy: an objective may change its batch
             patches = self._to_device(patches)
             labels = labels.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
@@ -323,16 +343,17 @@ class Trainer:
             total += float(loss.detach()) * len(labels)
             count += len(labels)
             progress.update(task, advance=1, description=f"step  loss {float(loss.detach()):.3f}")
-        return total / max(count, 1), len(loader)
+        return total / max(count, 1), len(loader), seen
 
-    def _recompute_batch_norm(self, epoch: int) -> None:
-        """Exact batch-norm statistics for this epoch's weights (engine/batchnorm.py)."""
+    def _recompute_batch_norm(self, epoch: int, seen: list[Tensor] | None = None) -> None:
+        """Exact batch-norm statistics for this epoch's weights (engine/batchnorm.py), over
+        the epoch's own batches: ``seen`` when kept, else read again."""
         if self.training.batch_norm_batches == 0:
             return
-        loader = self._loader(self.train_data, epoch, shuffle=True)
+        batches = seen if seen is not None else self._loader(self.train_data, epoch, shuffle=True)
         recompute_batch_norm(
             self.model,
-            loader,
+            batches,
             max_batches=self.training.batch_norm_batches,
             skip=self.frozen,
             prepare=self._to_device,

@@ -100,6 +100,30 @@ def test_the_same_seed_gives_the_same_sample_through_the_training_composition(na
         assert any(not np.array_equal(draw(11), draw(s)) for s in range(12, 16))
 
 
+def test_the_composition_seeds_each_transform_and_runs_it_as_monai_would():
+    # Each transform seeded with the next draw of RandomState(seed), and run with MONAI's
+    # metadata tracking on (its default) gives what the composition gives with it off; the
+    # composition leaves the tracking as it found it.
+    from monai.data import get_track_meta
+    from monai.utils import MAX_SEED
+
+    from medadapt.engine.augment import SeededCompose
+
+    names = [n for n in BUILT_IN if n != "thicker-slices"]
+    transforms = [augmentation(name).transform() for name in names]
+    patch = random_patch(SHAPES["2d"], 5)
+    expected = patch.copy()
+    draw = np.random.RandomState(11)
+    assert get_track_meta()
+    for transform in transforms:
+        transform.set_random_state(seed=int(draw.randint(MAX_SEED, dtype="uint32")))
+        expected = transform(expected)
+    composed = SeededCompose(transforms).set_random_state(seed=11)
+    got = composed(patch.copy())
+    assert get_track_meta()
+    np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), np.asarray(expected))
+
+
 def test_a_flip_is_an_exact_mirror_and_only_left_right_changes_laterality():
     patch = random_patch(SHAPES["2d"], 3)
     left_right = augmentation("random-flip", axis="left-right")

@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 from medadapt.engine.batchnorm import batch_norm_layers, recompute_batch_norm, stale_fraction
 from medadapt.engine.distributed import World
 from medadapt.engine.hookspecs import RunInfo
+from medadapt.engine import loop
 from medadapt.engine.loop import Trainer
 from medadapt.engine.model import Classifier
 from medadapt.engine.objective import EpochJudge, Supervised
@@ -68,8 +69,20 @@ def test_no_batches_keeps_the_statistics():
     assert torch.all(net[1].running_mean == 3.0)
 
 
-def _fit_counts(tmp_path: Path, n: int, batch_size: int, pass_: str = "when-stale") -> set[int]:
-    """Train a tiny network two epochs; the num_batches_tracked of its layers at the end."""
+class _Counted(TensorDataset):
+    """Counts the samples read."""
+
+    reads = 0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        self.reads += 1
+        return super().__getitem__(index)
+
+
+def _fit(
+    tmp_path: Path, n: int, batch_size: int, pass_: str, **training: object
+) -> tuple[nn.Module, int]:
+    """A tiny network trained two epochs, and how many samples it read."""
     torch.manual_seed(0)
     model = Classifier(
         nn.Sequential(
@@ -78,9 +91,9 @@ def _fit_counts(tmp_path: Path, n: int, batch_size: int, pass_: str = "when-stal
         4,
         2,
     )
-    data = TensorDataset(torch.randn(n, 1, 8, 8), torch.arange(n) % 2)
-    training = Training.model_validate(
-        {"epochs": 2, "batch_size": batch_size, "early_stopping_patience": None}
+    data = _Counted(torch.randn(n, 1, 8, 8), torch.arange(n) % 2)
+    settings = Training.model_validate(
+        {"epochs": 2, "batch_size": batch_size, "early_stopping_patience": None, **training}
     )
     tmp_path.mkdir()
     world = World(0, 1, torch.device("cpu"))
@@ -89,7 +102,7 @@ def _fit_counts(tmp_path: Path, n: int, batch_size: int, pass_: str = "when-stal
         model,
         data,
         data,
-        training,
+        settings,
         run,
         world,
         get_plugin_host(),
@@ -97,7 +110,27 @@ def _fit_counts(tmp_path: Path, n: int, batch_size: int, pass_: str = "when-stal
         quiet=True,
         batch_norm_pass=pass_,
     ).fit()
+    return model, data.reads
+
+
+def _fit_counts(tmp_path: Path, n: int, batch_size: int, pass_: str = "when-stale") -> set[int]:
+    """The num_batches_tracked of the trained network's layers at the end."""
+    model, _ = _fit(tmp_path, n, batch_size, pass_)
     return {int(v) for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
+
+
+@pytest.mark.slow
+def test_the_pass_after_an_epoch_reuses_its_batches_with_the_same_result(tmp_path, monkeypatch):
+    # The pass uses the first 2 of the epoch's 4 shuffled batches, so the same statistics
+    # need the same batches in the same order, whether kept or read again.
+    kept, kept_reads = _fit(tmp_path / "kept", 32, 8, "always", batch_norm_batches=2)
+    monkeypatch.setattr(loop, "KEPT_BATCH_BYTES", 0)  # too little memory to keep a batch
+    read, reads = _fit(tmp_path / "read", 32, 8, "always", batch_norm_batches=2)
+    for key, value in kept.state_dict().items():
+        torch.testing.assert_close(value, read.state_dict()[key], rtol=0, atol=0, msg=key)
+    # Kept, each epoch reads its 32 training and 32 validation samples once; read again,
+    # the pass reads its batches a second time.
+    assert kept_reads == 2 * 64 < reads
 
 
 @pytest.mark.slow
