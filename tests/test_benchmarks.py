@@ -56,6 +56,30 @@ def test_a_run_has_converged_at_the_first_epoch_within_five_percent_of_its_lowes
     assert transfer.converged_epoch([0.9, 0.8, 0.7, 0.6]) == 4
 
 
+def test_the_transfer_findings_say_better_only_beyond_seed_to_seed_variation(suite):
+    import transfer
+
+    def seed(offset: float) -> dict:
+        # Every row at 0.80, except L2-SP: 0.05 better at 5 per class on every seed, and
+        # at 10 per class better on one seed and worse on the other.
+        rows = {}
+        for size, l2sp in (("5", 0.85 + offset), ("10", 0.80 + 4 * offset)):
+            rows[size] = {
+                row: {"test_auroc": 0.80, "converged_epoch": 5, "kept": "", "val_loss": [1.0]}
+                for row in transfer.ROWS
+            }
+            rows[size][transfer.L2SP]["test_auroc"] = l2sp
+        return {"rows": rows}
+
+    lines = transfer._findings([seed(0.01), seed(-0.01)], ["5", "10"], oracle=0.95)
+    [l2sp] = [line for line in lines if line.startswith(f"- {transfer.L2SP}:")]
+    assert "**better than from scratch** at 5 (+0.050 ± 0.010) per class" in l2sp
+    assert "beyond seed-to-seed variation at 10 (+0.000 ± 0.040) per class" in l2sp
+    [whole] = [line for line in lines if line.startswith(f"- {transfer.WHOLE}:")]
+    assert "better" not in whole and "worse" not in whole
+    assert "5 per class 0.150, 10 per class 0.150" in lines[-2]
+
+
 def test_a_section_writes_its_files_beside_its_tables(suite, tmp_path):
     section = suite.Section(heading="F", lines=["x"], command="x", files={"f.png": b"\x89PNG"})
     suite.record("dicom_scan", section, tmp_path, quick=False, seconds=1)
@@ -91,5 +115,7 @@ def test_quick_mode_runs_every_benchmark_and_writes_every_table(suite, tmp_path)
     assert "oracle beats source only by at least 0.1 on every development seed" in results
     assert "| from scratch |" in results
     assert "| ImageNet EfficientNet-Lite0 |" in results
+    assert "| EfficientNet-Lite0, random weights |" in results
+    assert "The ImageNet row taken apart." in results
     assert "![Validation loss per epoch](results/transfer_val_loss.png)" in results
     assert (tmp_path / "results" / "transfer_val_loss.png").read_bytes()[:4] == b"\x89PNG"
