@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from medadapt.engine import loop
 from medadapt.engine.batchnorm import batch_norm_layers, recompute_batch_norm, stale_fraction
 from medadapt.engine.distributed import World
 from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine import loop
 from medadapt.engine.loop import Trainer
 from medadapt.engine.model import Classifier
 from medadapt.engine.objective import EpochJudge, Supervised
