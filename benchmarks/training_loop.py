@@ -96,9 +96,9 @@ def throughput(
             """Times what the engine adds per epoch: the batch-norm statistics pass,
             validation, checkpoint, best weights."""
 
-            def _recompute_batch_norm(self, epoch):  # noqa: ANN001, ANN202
+            def _recompute_batch_norm(self, epoch, seen=None):  # noqa: ANN001, ANN202
                 start = time.perf_counter()
-                super()._recompute_batch_norm(epoch)
+                super()._recompute_batch_norm(epoch, seen)
                 overhead["seconds"] += time.perf_counter() - start
                 overhead["batch-norm passes"] += 1
 
