@@ -46,7 +46,7 @@ from medadapt.engine.model import CARD, read_card, write_json_atomic
 from medadapt.engine.runfolder import FolderInUseError, Provenance, claim_folder
 
 if TYPE_CHECKING:
-    from distributed import LocalCluster
+    from distributed import SpecCluster
     from distributed.security import Security
 
 JOB_JSON = "job.json"
@@ -395,29 +395,73 @@ def run_batch(
         return _run_batch(jobs, batch_dir, workers, scheduler, retries, on_update)
 
 
-def local_cluster(workers: int) -> tuple[LocalCluster, Security]:
+def local_cluster(workers: int) -> tuple[SpecCluster, Security]:
     """A Dask cluster on this machine that only this batch can use.
 
     Its scheduler and workers listen on 127.0.0.1 and speak TLS with a certificate made
     for this batch alone (``Security.temporary()``: kept in memory, never written), and
     require it of every peer: another user of the machine can reach the port but cannot
-    submit work, read results or join as a worker.
+    submit work, read results or join as a worker. None of them serves HTTP: Dask's
+    dashboard and its worker pages (``/health``, ``/info/call-stacks``, which shows the
+    running jobs' code) would answer anyone on the machine without a login, and Dask
+    starts them even with ``dashboard_address=None``.
     """
-    from distributed import LocalCluster
+    from distributed import Nanny, SpecCluster
     from distributed.security import Security
 
     security = Security.temporary()
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        protocol="tls://",
+    common = {"host": "127.0.0.1", "protocol": "tls://", "security": security}
+    scheduler = {
+        "cls": __getattr__("SchedulerWithoutHttp"),
+        "options": {**common, "dashboard": False, "dashboard_address": None},
+    }
+    worker = {
+        "cls": Nanny,
+        "options": {
+            **common,
+            "nthreads": 1,
+            "worker_class": __getattr__("WorkerWithoutHttp"),
+            "dashboard": False,
+            "silence_logs": logging.ERROR,
+        },
+    }
+    cluster = SpecCluster(
+        workers={i: worker for i in range(workers)},
+        scheduler=scheduler,
         security=security,
-        dashboard_address=None,
         silence_logs=logging.ERROR,
+        name="medadapt-batch",
     )
     return cluster, security
+
+
+def _no_http_server(
+    self: Any, routes: Any, dashboard_address: Any, default_port: int = 0, ssl_options: Any = None
+) -> None:
+    """In place of Dask's ``ServerNode.start_http_server``: the application is built, as
+    the node's other code expects, but nothing listens."""
+    from distributed.http.routing import RoutingApplication
+    from tornado.httpserver import HTTPServer
+
+    self.http_application = RoutingApplication(routes)
+    self.http_server = HTTPServer(self.http_application)
+
+
+#: Dask's scheduler and worker, without an HTTP server. The worker class is imported by
+#: name in each worker process, so the classes are module attributes, made on first use:
+#: importing this module does not import distributed.
+_WITHOUT_HTTP = {"SchedulerWithoutHttp": "Scheduler", "WorkerWithoutHttp": "Worker"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WITHOUT_HTTP:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import distributed
+
+    base = getattr(distributed, _WITHOUT_HTTP[name])
+    cls = type(name, (base,), {"start_http_server": _no_http_server, "__module__": __name__})
+    globals()[name] = cls
+    return cls
 
 
 def _run_batch(
@@ -458,7 +502,11 @@ def _run_batch(
             if scheduler is None:
                 cluster, security = local_cluster(workers)
                 threads = max(1, (os.cpu_count() or 1) // workers)
-            client = Client(cluster if cluster is not None else scheduler, security=security)
+            client = (
+                Client(cluster, security=security)
+                if cluster is not None
+                else _connect(Client, str(scheduler))
+            )
             try:
                 futures = {
                     client.submit(
@@ -494,6 +542,23 @@ def _run_batch(
         },
     )
     return ordered
+
+
+def _connect(client_class: type, scheduler: str) -> Any:
+    """A client of the scheduler at ``scheduler``; a clear refusal where none answers."""
+    from dask import config
+
+    try:
+        return client_class(scheduler)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        waited = config.get("distributed.comm.timeouts.connect")
+        raise InvalidInputError(
+            f"--scheduler {scheduler}: no Dask scheduler could be reached there "
+            f"({type(exc).__name__}: {exc}; waited up to {waited}). Check the address "
+            "(tcp://HOST:PORT or tls://HOST:PORT), that the scheduler runs and that this "
+            "machine may reach it; without --scheduler, batch starts a cluster of its own. "
+            "Nothing was run; finished jobs are kept"
+        ) from None
 
 
 def _outcome(job: Job, future: Any, batch_dir: Path) -> JobOutcome:

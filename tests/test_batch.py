@@ -190,3 +190,70 @@ def test_the_local_cluster_speaks_tls_and_turns_away_a_client_without_its_certif
             Client(cluster.scheduler_address, security=stranger, timeout=5)
     finally:
         cluster.close()
+
+
+def _listening_ports() -> list[tuple[str, int]]:
+    """The TCP ports this process and its children (the cluster's workers) listen on."""
+    import psutil
+
+    me = psutil.Process()
+    pids = {me.pid} | {child.pid for child in me.children(recursive=True)}
+    return sorted(
+        {
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids
+        }
+    )
+
+
+def test_no_port_of_the_local_cluster_answers_a_plain_client():
+    """No HTTP dashboard, no worker pages (/health, /info/call-stacks), and no comm port
+    that speaks to a client without the batch's certificate."""
+    import socket
+
+    from distributed import Client
+
+    from medadapt.engine.batch import local_cluster
+
+    before = set(_listening_ports())
+    cluster, security = local_cluster(workers=2)
+    try:
+        with Client(cluster, security=security) as client:
+            assert client.submit(sum, [1, 2]).result(timeout=60) == 3
+            ports = [port for port in _listening_ports() if port not in before]
+            assert len(ports) >= 3  # the scheduler, and each worker and its nanny
+            for host, port in ports:
+                for request in (b"GET /health HTTP/1.0\r\n\r\n", b"GET /info/call-stacks\r\n"):
+                    with socket.create_connection((host, port), timeout=5) as plain:
+                        plain.settimeout(5)
+                        plain.sendall(request)
+                        try:
+                            answer = plain.recv(200)
+                        except (ConnectionResetError, TimeoutError):
+                            answer = b""
+                    assert answer == b"", f"port {port} answered {answer[:60]!r}"
+            assert 8787 not in {port for _, port in ports}
+    finally:
+        cluster.close()
+
+
+def test_an_unreachable_scheduler_is_refused_by_address(batch, tmp_path):
+    import socket
+
+    from dask import config
+
+    with socket.socket() as free:  # a port nobody listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with config.set({"distributed.comm.timeouts.connect": "2s"}):
+        result = CliRunner().invoke(
+            cli,
+            ["batch", str(batch()), "--scheduler", f"tcp://127.0.0.1:{port}", "--out",
+             str(tmp_path / "b")],
+        )  # fmt: skip
+    assert result.exit_code == ExitCode.INVALID_INPUT, result.output
+    assert f"--scheduler tcp://127.0.0.1:{port}: no Dask scheduler could be reached" in (
+        result.output
+    )
+    assert "Traceback" not in result.output

@@ -233,6 +233,34 @@ def test_a_label_file_without_required_columns_is_refused(ct, tmp_path, site_key
     assert str(labels) in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        # A spreadsheet that added a second label column (with a BOM before the first).
+        ("\ufeffpatient_id,label,slice,row,column,label", "'label' in columns 2, 6"),
+        ("patient_id,Label,slice,row,column,label ", "'label' in columns 2, 6"),
+        # A UTF-8 byte-order mark read as Windows-1252 and saved again.
+        ("\u00ef\u00bb\u00bfpatient_id,label,slice,row,column", "column 1 of the header"),
+    ],
+)
+def test_a_label_file_with_a_repeated_or_mangled_column_is_refused_by_jobs_and_check(
+    ct, tmp_path, site_key, write_profile, header, message
+):
+    ct.series("a", slices=6, patient_id="MRN-0042-PHI")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{header}\nMRN-0042-PHI,benign,1,2,3,malignant\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match=re.escape(message)) as caught:
+        DicomCT.from_params({"root": str(ct.root)}).scan(label_file=labels)
+    assert str(labels) in str(caught.value)
+    profile = write_profile(
+        data={"source": "dicom-ct", "params": {"root": str(ct.root)}, "label_file": str(labels)}
+    )
+    checked = CliRunner().invoke(cli, ["profile", "check", str(profile)])
+    assert checked.exit_code == ExitCode.INVALID_INPUT
+    assert message in checked.output
+    assert "data.label_file" in checked.output
+
+
 def test_a_profile_using_dicom_ct_is_checked(write_profile, tmp_path):
     from medadapt.engine.profile import ProfileError, load_profile
 

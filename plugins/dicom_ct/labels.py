@@ -77,7 +77,7 @@ def _read(label_file: Path, header_only: bool) -> tuple[set[str], list[dict[str,
     delimiter = max(",;\t", key=first.count) if first.strip() else ","
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-        reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
+        reader.fieldnames = _column_names(label_file, reader.fieldnames or [])
         columns = set(reader.fieldnames)
         rows = [] if header_only else list(reader)
     except csv.Error as exc:
@@ -88,6 +88,45 @@ def _read(label_file: Path, header_only: bool) -> tuple[set[str], list[dict[str,
                 if row.get(name):
                     row[name] = row[name].replace(",", ".")
     return columns, rows
+
+
+#: What a byte-order mark becomes when a file is read, or saved again, in the wrong
+#: encoding (UTF-8's as Windows-1252 or Latin-1; UTF-16's as Latin-1), and the mark itself
+#: where a second one follows the first.
+_MANGLED_BOMS = ("\ufeff", "\u00ef\u00bb\u00bf", "\u00fe\u00ff", "\u00ff\u00fe")
+
+
+def _column_names(label_file: Path, raw: list[str]) -> list[str]:
+    """The header's names, stripped and in lower case; refused when one carries a mangled
+    byte-order mark or when two name the same column (``label`` and ``Label `` alike):
+    which of them the rows' values belong to cannot be known, and taking either silently
+    could train on the wrong labels."""
+    names = [name.strip().lower() for name in raw]
+    for position, (name, original) in enumerate(zip(names, raw, strict=True), start=1):
+        if any(mark in name for mark in _MANGLED_BOMS):
+            raise InvalidInputError(
+                f"{label_file}: column {position} of the header, {original!r}, holds a "
+                "byte-order mark read in the wrong encoding (the file was saved again by a "
+                "program that misread it); save the label file as CSV in UTF-8 (in Excel: "
+                "'CSV UTF-8') and check the header"
+            )
+    positions: dict[str, list[int]] = defaultdict(list)
+    for position, name in enumerate(names, start=1):
+        if name:  # a spreadsheet's trailing empty columns name nothing
+            positions[name].append(position)
+    repeated = {name: where for name, where in positions.items() if len(where) > 1}
+    if repeated:
+        described = "; ".join(
+            f"{name!r} in columns {', '.join(map(str, where))} "
+            f"({', '.join(repr(raw[i - 1]) for i in where)})"
+            for name, where in repeated.items()
+        )
+        raise InvalidInputError(
+            f"{label_file}: the header names a column more than once: {described}; which "
+            "one holds the values is ambiguous, so the file is refused: keep one column of "
+            "each name"
+        )
+    return names
 
 
 def _decode(label_file: Path, raw: bytes) -> str:
