@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medadapt.engine import csv_row
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 #: The benchmarks, in the order RESULTS.md shows them.
@@ -215,9 +217,9 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         columns += [key for key in row if key not in columns]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+        writer = csv.writer(handle)
+        writer.writerow(csv_row(columns))
+        writer.writerows(csv_row(row.get(column, "") for column in columns) for row in rows)
 
 
 def record(

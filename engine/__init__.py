@@ -32,6 +32,7 @@ from medadapt.engine.components import (
 )
 from medadapt.engine.errors import ExitCode, InvalidInputError, MedadaptError, PluginError
 from medadapt.engine.hookspecs import ReportSection, RunInfo, hookimpl
+from medadapt.engine.output import csv_row
 
 __version__ = metadata.version("medadapt")
 
@@ -64,5 +65,6 @@ __all__ = [
     "SourceValidation",
     "Split",
     "__version__",
+    "csv_row",
     "hookimpl",
 ]

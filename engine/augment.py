@@ -13,6 +13,7 @@ from monai.utils import MAX_SEED
 
 from medadapt.engine.components import Augmentation, ComponentKind, SampleRecord
 from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.output import pyplot
 from medadapt.engine.profile import Profile, unsafe_augmentation
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.samples import PatchLoader
@@ -89,11 +90,7 @@ def preview_grid(
     Slices shown are the patch's middle slice (2D: the slice; 2.5D: the middle channel;
     3D: the middle z). Each row is labelled with the sample's class.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     transform = training_transform(profile, registry)
     columns = 1 + (variants if transform is not None else 0)
     figure, axes = plt.subplots(

@@ -103,7 +103,7 @@ def read_bundle(folder: Path, profile: Profile, backbone: Backbone) -> BundleNet
         if not key.startswith("_")
     }
     notes = _check_shape(folder, arguments, metadata, profile)
-    weights, state = _weights(folder)
+    weights, state = _weights(folder, notes)
     record = _record(folder, metadata, target)
     return BundleNetwork(weights, state, target, arguments, record, notes)
 
@@ -129,9 +129,10 @@ def _exported_by_medadapt(
             f"{folder / METADATA}: medadapt exported this bundle from a {named!r} model, but "
             f"the profile's backbone is {backbone.name!r}"
         )
-    weights, state = _weights(folder)
+    notes: list[str] = []
+    weights, state = _weights(folder, notes)
     target = f"medadapt {named}"
-    return BundleNetwork(weights, state, target, {}, _record(folder, metadata, target))
+    return BundleNetwork(weights, state, target, {}, _record(folder, metadata, target), notes)
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -223,10 +224,13 @@ def _first(metadata: Mapping[str, Any], *path: str) -> Any:
     return None
 
 
-def _weights(folder: Path) -> tuple[Path, dict[str, Tensor]]:
+def _weights(folder: Path, notes: list[str]) -> tuple[Path, dict[str, Tensor]]:
     for candidate in (STATE_DICT, STATE_DICT.with_suffix(".pth"), Path("models/model.safetensors")):
-        if (folder / candidate).is_file():
-            return folder / candidate, load_weights_file(folder / candidate)
+        path = folder / candidate
+        if path.is_symlink():
+            _check_link(folder, path, notes)
+        if path.is_file():
+            return path, load_weights_file(path)
     if (folder / TORCHSCRIPT).is_file():
         raise InvalidInputError(
             f"{folder / TORCHSCRIPT}: the bundle's only weights are TorchScript, compiled code "
@@ -235,10 +239,31 @@ def _weights(folder: Path) -> tuple[Path, dict[str, Tensor]]:
             "torch.save(network.state_dict(), 'models/model.pt')"
         )
     found = (
-        sorted(p.name for p in (folder / "models").glob("*"))
+        sorted(p.name for p in (folder / "models").glob("*") if p.is_file())
         if (folder / "models").is_dir()
         else []
     )
     raise InvalidInputError(
         f"{folder}: no {STATE_DICT} in the bundle (models/ holds: {', '.join(found) or 'nothing'})"
     )
+
+
+def _check_link(folder: Path, link: Path, notes: list[str]) -> None:
+    """A weights file that is a symbolic link: refused when it leads nowhere (or to a
+    folder); followed with a note when it leads out of the bundle, so that the card's
+    record of the weights is read knowing they came from elsewhere."""
+    target = link.resolve()
+    if not target.exists():
+        raise InvalidInputError(
+            f"{link}: a symbolic link to {link.readlink()}, which does not exist; copy the "
+            "weights into the bundle, or mend the link"
+        )
+    if not target.is_file():
+        raise InvalidInputError(
+            f"{link}: a symbolic link to {target}, a folder, not a weights file"
+        )
+    if not target.is_relative_to(folder.resolve()):
+        notes.append(
+            f"{link.relative_to(folder)} is a symbolic link that leaves the bundle: the "
+            f"weights were read from {target}"
+        )

@@ -52,7 +52,7 @@ class MedadaptGroup(click.Group):
             _stderr().print("interrupted; finished work is kept")
             ctx.exit(ExitCode.INTERRUPTED)
         except Exception as exc:
-            what = environment_error(exc) if isinstance(exc, OSError) else None
+            what = refusal_text(exc)
             if what is not None:
                 _stderr().print(f"[bold red]error:[/] {escape(what)}", highlight=False)
                 ctx.exit(ExitCode.INVALID_INPUT)
@@ -62,6 +62,30 @@ class MedadaptGroup(click.Group):
                 "please report it with the traceback above"
             )
             ctx.exit(ExitCode.INTERNAL_ERROR)
+
+
+def refusal_text(exc: BaseException) -> str | None:
+    """The message for an error that the input or the machine caused, not medadapt: any
+    OSError (a full disk, a link, a permission, a host that does not answer) and a value
+    that a settings model refused; None for a bug, whose traceback is shown.
+
+    Example:
+        >>> print(refusal_text(OSError(errno.ELOOP, "Too many levels of symbolic links", "m")))
+        m: Too many levels of symbolic links (a symbolic link leads back to itself: mend \
+the link); what was finished before is kept, so the command can be run again
+    """
+    from pydantic import ValidationError
+
+    if isinstance(exc, OSError):
+        return environment_error(exc)
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or exc.title}: {error['msg']} "
+            f"(given {str(error.get('input'))[:60]!r})"
+            for error in exc.errors()
+        )
+        return f"invalid {exc.title}: {problems}"
+    return None
 
 
 #: What to do when the machine, not medadapt, refuses a read or a write.
@@ -74,12 +98,24 @@ _ENVIRONMENT_ERRORS = {
     errno.ENAMETOOLONG: "the path is too long for the filesystem: choose a shorter --out",
     errno.EIO: "the disk reported an input/output error: check the disk",
     errno.EMFILE: "too many open files: raise the limit (ulimit -n) and run again",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f) or the "
+    "filesystem allows: raise the limit, or choose an --out elsewhere",
+    errno.ELOOP: "a symbolic link leads back to itself: mend the link",
+    errno.ENOENT: "it does not exist (any more): check the path, and that nothing else "
+    "moved or deleted it",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.EISDIR: "a folder, where a file was expected: check the path",
+    errno.EEXIST: "it exists already: choose another path, or remove it",
+    errno.ETIMEDOUT: "no answer in time: check the address and the network",
+    errno.ECONNREFUSED: "nothing listens there: check the address, and that the service runs",
+    errno.EHOSTUNREACH: "the host cannot be reached: check the address and the network",
+    errno.ENETUNREACH: "the network cannot be reached: check the network",
 }
 
 
-def environment_error(exc: OSError) -> str | None:
+def environment_error(exc: OSError) -> str:
     """The message for an error of the machine (a full disk, a read-only or forbidden
-    folder, a path too long), naming the file; None for any other error.
+    folder, a path too long, a host that does not answer), naming the file and what to do.
 
     Example:
         >>> import errno
@@ -87,9 +123,11 @@ def environment_error(exc: OSError) -> str | None:
         runs/a/x.json: No space left (the disk is full: free space, or choose an --out on \
 another disk); what was finished before is kept, so the command can be run again
     """
-    advice = _ENVIRONMENT_ERRORS.get(exc.errno or 0)
-    if advice is None:
-        return None
+    advice = _ENVIRONMENT_ERRORS.get(
+        exc.errno or 0,
+        "the machine refused the operation: check that the path exists and is readable, "
+        "that the disk is healthy, and that any host named can be reached",
+    )
     where = f"{exc.filename}: " if exc.filename else ""
     return (
         f"{where}{exc.strerror or exc} ({advice}); what was finished before is kept, so the "

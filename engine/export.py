@@ -22,10 +22,8 @@ card, so a deployed file still says what it is and where it came from.
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from medadapt.engine.atomic import atomic_folder
 from medadapt.engine.bundle import INFERENCE, METADATA, STATE_DICT, TORCHSCRIPT, is_bundle
 from medadapt.engine.card import ModelCard
 from medadapt.engine.errors import ExitCode, InvalidInputError, MedadaptError
@@ -47,6 +46,7 @@ from medadapt.engine.model import (
     in_channels,
     load_model,
     patch_shape,
+    torch_bytes,
 )
 from medadapt.engine.registry import ComponentRegistry
 
@@ -138,7 +138,7 @@ def export_model(
         )
     loaded = load_model(model_dir, registry)
     figures = _validation_figures(report, loaded.card) if report is not None else None
-    _check_out(out, fmt, overwrite)
+    _check_out(out, fmt, overwrite, model_dir)
     network = Probabilities(loaded.model).eval()
     patches = probe_patches(loaded.card) if probes is None else probes
     with torch.no_grad():
@@ -153,7 +153,7 @@ def export_model(
             write_onnx(network, loaded.card, temporary)
             agreement = _agree_onnx(temporary, patches, expected, out, notes)
     else:
-        with _folder(out) as temporary:
+        with atomic_folder(out) as temporary:
             write_bundle(network, loaded.card, figures, temporary)
             agreement = _agree(run_torchscript(temporary / TORCHSCRIPT, patches), expected, out)
         if figures is None:
@@ -188,7 +188,9 @@ def write_torchscript(network: Probabilities, card: ModelCard, path: Path) -> No
     example = probe_patches(card, count=2, seed=1)
     with _quiet_deprecation(), torch.no_grad():
         traced = torch.jit.trace(network, example)
-        torch.jit.save(traced, str(path), _extra_files={"medadapt/card.json": _card_text(card)})
+        buffer = io.BytesIO()  # in memory first: PyTorch's own writer aborts on a full disk
+        torch.jit.save(traced, buffer, _extra_files={"medadapt/card.json": _card_text(card)})
+    path.write_bytes(buffer.getvalue())
 
 
 def run_torchscript(path: Path, patches: Tensor) -> np.ndarray:
@@ -273,7 +275,7 @@ def write_bundle(
     for part in ("configs", "models", "docs"):
         (folder / part).mkdir()
     write_torchscript(network, card, folder / TORCHSCRIPT)
-    torch.save(network.classifier.state_dict(), folder / STATE_DICT)
+    (folder / STATE_DICT).write_bytes(torch_bytes(network.classifier.state_dict()))
     (folder / METADATA).write_text(json.dumps(bundle_metadata(card, figures), indent=2) + "\n")
     inference = {
         "imports": ["$import torch"],
@@ -453,7 +455,21 @@ def _agree(actual: np.ndarray, expected: np.ndarray, out: Path) -> Agreement:
     return Agreement(len(expected), difference)
 
 
-def _check_out(out: Path, fmt: str, overwrite: bool) -> None:
+def _check_out(out: Path, fmt: str, overwrite: bool, model_dir: Path) -> None:
+    if out.is_symlink():
+        raise InvalidInputError(
+            f"{out}: a symbolic link (to {out.readlink()}); replacing it would replace either "
+            "the link or what it points to, and which was meant cannot be known: give the "
+            "file or folder itself as --out, or remove the link"
+        )
+    model = model_dir.resolve()
+    if out.resolve() == model or (out.exists() and out.resolve().is_relative_to(model)):
+        what = "the model folder itself" if out.resolve() == model else "a file of the model"
+        raise InvalidInputError(
+            f"{out}: {what} being exported; "
+            "the export would replace the model it is made from: choose an --out outside "
+            f"{model_dir}"
+        )
     if not out.exists():
         if not out.parent.is_dir():
             raise InvalidInputError(
@@ -469,20 +485,6 @@ def _check_out(out: Path, fmt: str, overwrite: bool) -> None:
         )
     if fmt != "monai-bundle" and out.is_dir():
         raise InvalidInputError(f"{out}: a folder; the {fmt} export is one file")
-
-
-@contextmanager
-def _folder(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out``, put in its place only when the block succeeds."""
-    temporary = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    os.chmod(temporary, 0o755)  # mkdtemp's folder is its owner's alone
-    try:
-        yield temporary
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(temporary, out)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def _card_text(card: ModelCard) -> str:

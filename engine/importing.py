@@ -160,7 +160,8 @@ def _classifier(
         raise InvalidInputError(
             f"{path}: no classifier layer {prefix}weight and {prefix}bias for "
             f"{backbone.name!r} (found: {found}). Weights of a backbone alone train a new "
-            "model: use them as backbone.weights_file with `medadapt train`"
+            "model: give the file as backbone.weights (backbone: {name: ..., weights: FILE}) to "
+            "`medadapt train`"
         )
     notes: list[str] = []
     features_state = {key: value for key, value in state.items() if not key.startswith(prefix)}

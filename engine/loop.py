@@ -30,7 +30,7 @@ from medadapt.engine.batchnorm import recompute_batch_norm, stale_fraction
 from medadapt.engine.distributed import World
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine.model import atomic_file, save_weights, state_to_cpu
+from medadapt.engine.model import atomic_file, save_weights, state_to_cpu, torch_bytes
 from medadapt.engine.objective import Devices, EpochMeasures, Objective, ValidationOutputs
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Training
@@ -476,8 +476,9 @@ class Trainer:
             np.save(predictions / f"epoch-{epoch:03d}.npy", probabilities.astype(np.float32))
             if improved:
                 save_weights(model, self.out_dir / BEST)
+            data = torch_bytes(payload)
             with atomic_file(path) as temporary:
-                torch.save(payload, temporary)
+                temporary.write_bytes(data)
 
         self._writer.submit(write)
 

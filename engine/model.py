@@ -9,19 +9,19 @@ that hash and refuses weights that do not match their card.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from medadapt.engine.atomic import atomic_file
 from medadapt.engine.card import CARD_FORMAT, ModelCard
 from medadapt.engine.components import Backbone, ComponentKind
 from medadapt.engine.errors import InvalidInputError
@@ -30,10 +30,6 @@ from medadapt.engine.registry import ComponentRegistry
 
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
-
-# The process's umask, read once (os.umask can only be read by setting it).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class Classifier(nn.Module):
@@ -130,34 +126,21 @@ def save_model(folder: Path, model: nn.Module | Mapping[str, Tensor], card: Mode
     return folder
 
 
+def torch_bytes(obj: object) -> bytes:
+    """``torch.save`` of ``obj``, in memory. Files are written from these bytes by Python,
+    which says a full disk as an OSError; PyTorch's own file writer fails there with a
+    RuntimeError, or aborts the process."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def save_weights(state_dict: Mapping[str, Tensor], path: Path) -> None:
     """Write weights as safetensors, atomically (a reader never sees half a file)."""
     state = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
+    data = save(state)  # in memory first: a full disk is then Python's OSError, said plainly
     with atomic_file(path) as temporary:
-        save_file(state, str(temporary))
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """A temporary file beside ``path`` to write, put in its place only when the block ends
-    without error; removed on any error or interruption (Ctrl-C, SIGTERM)."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        # mkstemp makes the file readable by its owner alone; the file in place gets the
-        # permissions any new file would (a deployment account may need to read a model).
-        os.chmod(temporary, 0o666 & ~_UMASK)
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        if exc.filename in (None, str(temporary)):  # name the file the user asked for
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+        temporary.write_bytes(data)
 
 
 @dataclass(frozen=True)

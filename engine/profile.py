@@ -449,7 +449,13 @@ class Profile(_Section):
     body_region: Literal[
         "head", "neck", "chest", "abdomen", "pelvis", "spine", "extremities", "whole-body"
     ]
-    seed: int = Field(default=0, ge=0, description="drives every random number generator")
+    seed: int = Field(
+        default=0,
+        ge=0,
+        lt=2**31,
+        description="drives every random number generator (0 to 2147483647: every generator "
+        "takes it, and seed, seed+1, ... of adapt --seeds)",
+    )
     task: Task
     data: Data | None = None
     preprocessing: Preprocessing

@@ -22,6 +22,7 @@ import numpy as np
 from medadapt.engine.components import Split
 from medadapt.engine.evaluate import Predictions
 from medadapt.engine.model import atomic_file, write_json_atomic
+from medadapt.engine.output import pyplot
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Profile
 from medadapt.engine.registry import ComponentRegistry
@@ -109,12 +110,7 @@ def interval_text(estimate: Mapping[str, Any] | None, percent: bool = False) -> 
 
 
 def _figure(width: float = 5.0, height: float = 4.0, columns: int = 1) -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(1, columns, figsize=(width, height), dpi=110)
+    return pyplot().subplots(1, columns, figsize=(width, height), dpi=110)
 
 
 def _png(fig: Any) -> str:

@@ -42,6 +42,7 @@ from medadapt.engine.metrics import (
     roc_points,
 )
 from medadapt.engine.model import LoadedModel, atomic_file, load_model
+from medadapt.engine.output import csv_row
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Profile
 from medadapt.engine.registry import ComponentRegistry
@@ -215,15 +216,17 @@ def _write_predictions(
     attributes = list(profile.report.subgroups)
     with atomic_file(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["model", "split", "patient", "label", "score", *attributes])
+        writer.writerow(csv_row(["model", "split", "patient", "label", "score", *attributes]))
         for name, by_split in predictions.items():
             for split, made in by_split.items():
                 for record, label, score in zip(
                     made.records, made.labels, made.scores, strict=True
                 ):
                     writer.writerow(
-                        [name, split.value, record.patient_key, int(label), repr(float(score))]
-                        + [attribute_text(record.attributes.get(a)) for a in attributes]
+                        csv_row(
+                            [name, split.value, record.patient_key, int(label), repr(float(score))]
+                            + [attribute_text(record.attributes.get(a)) for a in attributes]
+                        )
                     )
 
 

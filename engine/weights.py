@@ -49,12 +49,22 @@ def load_weights_file(path: Path) -> dict[str, Tensor]:
         )
     try:
         loaded = torch_load_weights_only(path)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError):
+    except OSError:
+        raise  # the machine's refusal (permissions, a failing disk), said as such
+    except pickle.UnpicklingError:
         raise InvalidInputError(
             f"{path}: refused: {unsafe_contents(path)}, and loading it would run code from "
             "the file. Where the file is trusted, save only the weights: "
             "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors'), or "
             "torch.save(model.state_dict(), 'weights.pt')"
+        ) from None
+    except Exception as exc:
+        # PyTorch's readers fail on foreign bytes in many ways (KeyError, IndexError,
+        # EOFError, RuntimeError, ...): each means the same to the user.
+        raise InvalidInputError(
+            f"{path}: not a PyTorch weights file ({unsafe_contents(path)}; reading it "
+            f"failed with {type(exc).__name__}: {str(exc)[:120]}); expected a state dict "
+            "saved with torch.save(model.state_dict(), ...), or a .safetensors file"
         ) from None
     # A training checkpoint holds the state dict under a name: "state_dict" (Lightning and
     # most scripts) or "model" (MONAI's CheckpointSaver, as bundles' models/model.pt).

@@ -178,14 +178,46 @@ def test_a_full_disk_or_a_forbidden_folder_is_said_plainly_not_called_a_bug(regi
     assert "Traceback" not in result.output
 
 
-def test_another_os_error_is_still_reported_as_a_bug(register):
-    class Resetting:
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (OSError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)), "Connection reset by peer"),
+        (OSError("Timed out trying to connect to tcp://10.0.0.9:8786"), "Timed out trying"),
+        (OSError(errno.ELOOP, os.strerror(errno.ELOOP), "m/model.pt"), "m/model.pt: Too many"),
+    ],
+)
+def test_any_os_error_is_the_machines_refusal_said_plainly_not_called_a_bug(register, error, said):
+    class Failing:
         @hookimpl
         def medadapt_selection_scores(self):
-            raise OSError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+            raise error
 
-    register(Resetting(), "resetting")
-    assert invoke("profile", "check", str(TEMPLATE)).exit_code == ExitCode.INTERNAL_ERROR
+    register(Failing(), "failing")
+    result = invoke("profile", "check", str(TEMPLATE))
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert result.output.startswith("error: ")
+    assert said in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_refused_setting_is_said_by_its_key_not_called_a_bug(register):
+    from pydantic import BaseModel, Field
+
+    class Settings(BaseModel):
+        patients: int = Field(le=100)
+
+    class Refusing:
+        @hookimpl
+        def medadapt_selection_scores(self):
+            Settings(patients=10**9)
+
+    register(Refusing(), "refusing")
+    result = invoke("profile", "check", str(TEMPLATE))
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "invalid Settings: patients: Input should be less than or equal to 100" in (
+        result.output
+    )
+    assert "Traceback" not in result.output
 
 
 def test_a_failed_atomic_write_names_the_file_and_leaves_no_temporary(tmp_path):
@@ -201,7 +233,7 @@ def test_a_failed_atomic_write_names_the_file_and_leaves_no_temporary(tmp_path):
 
 def test_an_atomic_write_gets_the_permissions_of_any_new_file(tmp_path):
     # mkstemp's temporary is its owner's alone; a model a deployment account reads must not be.
-    from medadapt.engine.model import _UMASK, atomic_file
+    from medadapt.engine.atomic import _UMASK, atomic_file
 
     with atomic_file(tmp_path / "weights.safetensors") as temporary:
         temporary.write_bytes(b"weights")

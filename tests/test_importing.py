@@ -159,6 +159,22 @@ def test_refuses_weights_that_do_not_fit_naming_the_keys(tmp_path, profile, chan
         imported(tmp_path / "w.pt", profile(), tmp_path / "model")
 
 
+def test_backbone_weights_alone_are_refused_with_advice_that_profile_check_accepts(
+    tmp_path, profile
+):
+    state = resnet(2).state_dict()
+    del state["fc.weight"], state["fc.bias"]
+    torch.save(state, tmp_path / "features.pt")
+    with pytest.raises(InvalidInputError) as refused:
+        imported(tmp_path / "features.pt", profile(), tmp_path / "model")
+    assert "give the file as backbone.weights (" in str(refused.value)
+    data = json.loads(json.dumps(PROFILE))
+    data["backbone"]["weights"] = str(tmp_path / "features.pt")  # as the refusal advises
+    (tmp_path / "advised.yaml").write_text(yaml.safe_dump(data))
+    checked = CliRunner().invoke(cli, ["profile", "check", str(tmp_path / "advised.yaml")])
+    assert checked.exit_code == 0, checked.output
+
+
 def test_refuses_a_classifier_with_another_number_of_classes(tmp_path, profile):
     torch.save(resnet(2).state_dict(), tmp_path / "w.pt")
     three = profile(classes=("benign", "malignant", "other"))

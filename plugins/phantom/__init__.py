@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
 from medadapt.engine import (
     DataSource,
@@ -206,7 +207,7 @@ def phantom_command(
     patients scanned differently. The same options always write the same files; an
     interrupted run picks up where it stopped.
     """
-    spec = HospitalSpec(
+    spec = _spec(
         scanner=options["scanner"],
         kernel=options["kernel"],
         dose_mgy=options["dose"],
@@ -250,6 +251,28 @@ def phantom_command(
     )
     if spec.body_region != "water" and sum(lesions.values()) == 0:
         ctx.exit(ExitCode.NOT_PASSED)
+
+
+#: The option that sets each of HospitalSpec's fields, where its name differs.
+_OPTION_OF = {
+    "dose_mgy": "--dose",
+    "pixel_spacing_mm": "--pixel-spacing",
+    "slice_thickness_mm": "--slice-thickness",
+    "contrast_enhancement_hu": "--contrast-enhancement",
+}
+
+
+def _spec(**fields: object) -> HospitalSpec:
+    """The hospital the options describe; a value out of range is refused by its option."""
+    try:
+        return HospitalSpec(**fields)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            option = _OPTION_OF.get(field, "--" + field.replace("_", "-"))
+            problems.append(f"{option} {error.get('input')!r}: {error['msg']}")
+        raise click.UsageError("; ".join(problems)) from None
 
 
 @hookimpl

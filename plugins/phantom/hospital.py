@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from medadapt.engine import InvalidInputError
+from medadapt.engine import InvalidInputError, csv_row
 from medadapt.plugins.dicom_ct.writer import ct_slice
 from medadapt.plugins.phantom.anatomy import BODY_REGIONS, Patient, draw_patient, render_volume
 from medadapt.plugins.phantom.scanner import ScannerPreset, acquire, check_kernel, preset
@@ -433,7 +433,7 @@ def _write_labels(spec: HospitalSpec, folder: Path) -> dict[str, int]:
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
     temporary = path.with_suffix(".csv.partial")
     with temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+        writer = csv.writer(handle)
+        writer.writerow(csv_row(columns))
+        writer.writerows(csv_row(row.get(column, "") for column in columns) for row in rows)
     os.replace(temporary, path)

