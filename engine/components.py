@@ -138,6 +138,10 @@ class SampleRecord:
         centre: the lesion centre as a (z, y, x) voxel index into the image ``load``
             returns, or ``None`` when the sample is the whole image.
         split: the patient-level split, or ``None`` until the engine assigns one.
+        shape: the (z, y, x) shape of the image ``load`` returns, when the headers tell it;
+            with ``spacing_mm``, the engine refuses an image too small for the profile's
+            patch before any pixel is read.
+        spacing_mm: the (z, y, x) voxel size of that image, in mm.
     """
 
     patient_key: str
@@ -147,6 +151,8 @@ class SampleRecord:
     label: str | None = None
     centre: tuple[float, float, float] | None = None
     split: Split | None = None
+    shape: tuple[int, int, int] | None = None
+    spacing_mm: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)

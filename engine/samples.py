@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,8 +170,70 @@ def open_site_data(
             len(found.warnings) - SHOWN_REJECTIONS,
         )
     loader = PatchLoader(source, profile.preprocessing, cache_dir)
-    records, rejections = list(found.records), list(found.rejections)
+    records, too_small = holding_the_patch(found.records, profile.preprocessing)
+    if too_small:
+        log.warning("%s", rejections_text(profile.site.name, too_small))
+    rejections = list(found.rejections) + too_small
     return SiteData(source, records, rejections, loader, list(found.warnings))
+
+
+def holding_the_patch(
+    records: Sequence[SampleRecord], preprocessing: Preprocessing
+) -> tuple[list[SampleRecord], list[Rejection]]:
+    """The records whose image can hold the profile's patch, and a rejection (named by
+    the series' pseudonym) for each series that cannot: along an axis the patch spans, the
+    image is shorter than the patch, so much of every patch would be the air put outside
+    the image. Records whose source does not give their geometry are kept.
+
+    Example:
+        >>> p = Preprocessing(window={"level": 40, "width": 400}, spacing_mm=[2.0, 1.0, 1.0],
+        ...                   patch_mode="2d", patch_size=[48, 48])
+        >>> tiny = SampleRecord("p", "series-1", "", shape=(12, 1, 1), spacing_mm=(2, 1, 1))
+        >>> kept, refused = holding_the_patch([tiny], p)
+        >>> print(refused[0].path, refused[0].reason)
+        series-1 the image is 1 x 1 pixels (1 x 1 mm) in 12 slices (24 mm); the profile's \
+patch needs 48 x 48 mm: too small to use
+    """
+    kept: list[SampleRecord] = []
+    refused: dict[str, Rejection] = {}
+    for record in records:
+        if record.shape is None or record.spacing_mm is None:
+            kept.append(record)
+            continue
+        own = [count * size for count, size in zip(record.shape, record.spacing_mm, strict=True)]
+        needed = _patch_extent_mm(preprocessing, record.spacing_mm)
+        if all(n is None or o >= n * (1 - 1e-6) for o, n in zip(own, needed, strict=True)):
+            kept.append(record)
+            continue
+        depth = "" if needed[0] is None else f" and {needed[0]:g} mm of slices"
+        z, y, x = record.shape
+        reason = (
+            f"the image is {y} x {x} pixels ({own[1]:g} x {own[2]:g} mm) in {z} slice"
+            f"{'s' if z != 1 else ''} ({own[0]:g} mm); the profile's patch needs "
+            f"{needed[1]:g} x {needed[2]:g} mm{depth}: too small to use"
+        )
+        refused.setdefault(record.series_key, Rejection(Path(record.series_key), reason))
+    return kept, list(refused.values())
+
+
+def _patch_extent_mm(
+    preprocessing: Preprocessing, native_mm: tuple[float, float, float]
+) -> tuple[float | None, float, float]:
+    """How far the patch reaches along (z, y, x), in mm; None along z for a 2D patch."""
+    spacing = preprocessing.spacing_mm or native_mm
+    rows, columns = preprocessing.patch_size[-2:]
+    depth: int | None = None
+    if preprocessing.patch_mode == "3d":
+        depth = preprocessing.patch_size[0]
+    elif preprocessing.slices is not None:
+        depth = preprocessing.slices
+    elif preprocessing.patch_mode == "2.5d":
+        depth = 3
+    return (
+        None if depth is None else depth * spacing[0],
+        rows * spacing[1],
+        columns * spacing[2],
+    )
 
 
 def rejections_text(site: str, rejections: list[Rejection]) -> str:

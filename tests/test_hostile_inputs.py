@@ -8,6 +8,7 @@ table of such inputs is test_no_hostile_input_ends_as_an_internal_error.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import resource
 import signal
@@ -333,3 +334,62 @@ def test_a_seed_no_random_generator_takes_is_refused_by_profile_check(write_prof
     result = invoke("profile", "check", str(path))
     assert result.exit_code == ExitCode.INVALID_INPUT
     assert "seed: Input should be less than 2147483648" in result.output
+
+
+# --- series too small to use -----------------------------------------------------------------
+
+
+def test_a_series_of_1_by_1_pixels_is_listed_as_unusable_with_the_reason(ct):
+    ct.series("tiny", slices=12, size=1)
+    ct.series("fine", slices=6, patient_id="MRN-0077-PHI", seed=3)
+    result = invoke("inspect", str(ct.root), "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert len(found["series"]) == 1
+    reasons = {r["reason"] for r in found["rejections"]}
+    assert any("its images are 1 x 1 pixels: too small to be a CT image" in r for r in reasons)
+    assert sum("1 x 1 pixels" in r["reason"] for r in found["rejections"]) == 12
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "slices", "refused"),
+    [
+        ("2d", [48, 48], 6, True),  # 16 x 16 pixels of 0.7 x 0.8 mm: 11 x 13 mm
+        ("2d", [8, 8], 6, False),
+        ("2.5d", [8, 8], 1, True),  # one slice of 2.5 mm; the patch reaches 3 x 2 mm
+        ("3d", [8, 8, 8], 6, True),  # 6 slices of 2.5 mm = 15 mm; the patch 16 mm deep
+        ("3d", [4, 8, 8], 6, False),
+    ],
+)
+def test_a_series_too_small_for_the_profiles_patch_is_not_used_and_says_why(
+    ct, site_key, write_profile, mode, size, slices, refused
+):
+    from medadapt.engine.profile import load_profile
+    from medadapt.engine.samples import open_site_data
+
+    ct.series("small", slices=slices)
+    path = write_profile(
+        data={"source": "dicom-ct", "params": {"root": str(ct.root)}},
+        preprocessing={
+            "window": {"level": 40, "width": 400},
+            "spacing_mm": [2.0, 1.0, 1.0],
+            "patch_mode": mode,
+            "patch_size": size,
+        },
+    )
+    registry = get_plugin_host().registry()
+    data = open_site_data(load_profile(path, registry), registry)
+    assert (data.records == []) == refused
+    reasons = [r.reason for r in data.rejections]
+    if refused:
+        [reason] = reasons
+        assert reason.startswith("the image is 16 x 16 pixels (11.2 x 12.8 mm)")
+        assert reason.endswith("too small to use")
+        assert "MRN" not in reason
+    else:
+        assert reasons == []
+
+
+@pytest.fixture
+def site_key(monkeypatch):
+    monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", "a-site-secret-for-this-test-only")

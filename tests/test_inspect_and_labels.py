@@ -309,6 +309,7 @@ def test_a_job_names_the_label_rows_it_cannot_use(two_patients, tmp_path, site_k
         "params": {"root": str(root)},
         "label_file": str(labels),
     }
+    document["preprocessing"]["patch_size"] = [8, 8]  # the test's series are 16 x 16 pixels
     profile.write_text(yaml.safe_dump(document))
     registry = get_plugin_host().registry()
     with caplog.at_level(logging.WARNING, logger="medadapt"):

@@ -209,6 +209,8 @@ def _record(
         attributes=attributes,
         label=label,
         centre=centre,
+        shape=volume.shape,
+        spacing_mm=volume.spacing_mm,
     )
 
 

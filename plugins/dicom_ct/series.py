@@ -31,6 +31,10 @@ _SHEAR_PIXELS = 0.1
 #: Slices within this fraction of the spacing of a regular grid lie on it; otherwise (a gap,
 #: uneven spacing) the volume is resampled onto one along the slice normal.
 _ON_GRID_FRACTION = 0.1
+#: Fewer pixels than this along a row or a column make no CT image (real ones have
+#: hundreds): such a series is listed as unusable, whatever the profile's patch.
+MIN_PIXELS = 8
+
 #: A gap up to this many times the spacing (three missing slices) is filled in by
 #: interpolation; a wider one is not: interpolating across it would invent anatomy.
 _FILLED_GAP_FACTOR = 4.0
@@ -222,6 +226,13 @@ def _build_volume(
     key: str, members: list[tuple[FileHeader, FrameHeader]]
 ) -> tuple[Volume | None, list[Rejection]]:
     first_header, first_frame = members[0]
+    if min(first_header.rows, first_header.columns) < MIN_PIXELS:
+        reason = (
+            f"its images are {first_header.rows} x {first_header.columns} pixels: too small to "
+            f"be a CT image (at least {MIN_PIXELS} x {MIN_PIXELS} expected; a scout, a "
+            "thumbnail or a broken export?)"
+        )
+        return None, [Rejection(f.path, reason, h.image_key) for h, f in members]
     warnings: list[str] = []
     rejections: list[Rejection] = []
     for note in sorted({note for header, _ in members for note in header.notes}):
