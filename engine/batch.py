@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.model import CARD, read_card, write_json_atomic
+from medadapt.engine.pseudonym import data_paths
 from medadapt.engine.runfolder import FolderInUseError, Provenance, claim_folder
 
 if TYPE_CHECKING:
@@ -247,6 +248,7 @@ def run_job(job: Job, batch_dir: Path, torch_threads: int | None = None) -> dict
         return {"status": SKIPPED, "reason": None, "result": _read(final / JOB_JSON)["result"]}
     work = final.with_name(job.id + ".partial")
     work.mkdir(parents=True, exist_ok=True)
+    _treat_jobs_data_as_data([job])
     if torch_threads:
         import torch
 
@@ -261,7 +263,7 @@ def run_job(job: Job, batch_dir: Path, torch_threads: int | None = None) -> dict
         except InvalidInputError as exc:
             log.error("failed: %s", exc)
             _status(work, "failed", str(exc))
-            return {"status": FAILED, "reason": str(exc), "result": {}}
+            return {"status": FAILED, "reason": data_paths(str(exc)), "result": {}}
         except BaseException:
             log.error("error, to be retried:\n%s", traceback.format_exc())
             raise
@@ -337,7 +339,7 @@ def _steps(job: Job, work: Path, log: logging.Logger) -> dict[str, Any]:
 def _job_log(path: Path) -> Iterator[logging.Logger]:
     """medadapt's log records of this job, appended to its job.log (attempts accumulate)."""
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.DEBUG)
     logger = logging.getLogger("medadapt")
     previous = logger.level
@@ -349,6 +351,14 @@ def _job_log(path: Path) -> Iterator[logging.Logger]:
         logger.removeHandler(handler)
         logger.setLevel(previous)
         handler.close()
+
+
+class _ScrubbingFormatter(logging.Formatter):
+    """Log lines (tracebacks included) with every data path pseudonymised: job.log
+    persists, and an export's folders are often named by patient."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return data_paths(super().format(record))
 
 
 def _status(work: Path, phase: str, reason: str | None = None) -> None:
@@ -477,6 +487,7 @@ def _run_batch(
 
     (batch_dir / "jobs").mkdir(parents=True, exist_ok=True)
     unique = list({job.id: job for job in jobs}.values())
+    _treat_jobs_data_as_data(unique)
     outcomes: dict[str, JobOutcome] = {}
     todo = []
     for job in unique:
@@ -544,6 +555,26 @@ def _run_batch(
     return ordered
 
 
+def _treat_jobs_data_as_data(jobs: Sequence[Job]) -> None:
+    """The data folders that every job's profiles name, read from their YAML (a profile
+    that does not validate is read too: its error may name its folder), so that what this
+    process writes (job.log, status, batch.json) names their files by pseudonym."""
+    from medadapt.engine.samples import treat_as_data_folders
+
+    for job in jobs:
+        for path in (job.spec.profile, job.spec.source_profile, job.spec.train):
+            try:
+                document = yaml.safe_load(path.read_text()) if path else None
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue  # the job fails with its reason when it runs
+            data = document.get("data") if isinstance(document, dict) else None
+            params = data.get("params") if isinstance(data, dict) else None
+            if isinstance(params, dict) and path is not None:
+                label_file = data.get("label_file")
+                label_file = label_file if isinstance(label_file, str) else None
+                treat_as_data_folders(params, path.parent, label_file)
+
+
 def _connect(client_class: type, scheduler: str) -> Any:
     """A client of the scheduler at ``scheduler``; a clear refusal where none answers."""
     from dask import config
@@ -566,7 +597,7 @@ def _outcome(job: Job, future: Any, batch_dir: Path) -> JobOutcome:
     partial = final.with_name(job.id + ".partial")
     if future.status == "error":
         exc = future.exception()
-        reason = f"{type(exc).__name__}: {exc}".strip()
+        reason = data_paths(f"{type(exc).__name__}: {exc}".strip())
         return JobOutcome(
             job, FAILED, partial, reason=f"{reason} (after retries; see {partial / JOB_LOG})"
         )

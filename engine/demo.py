@@ -261,8 +261,9 @@ def _claim(out: Path, fast: bool) -> bool:
         Whether an older demo was removed.
     """
     marker = out / "medadapt-demo.json"
-    # "demo" counts the layouts of the folder: 2 since each job records its provenance.
-    wanted = {"demo": 2, "fast": fast}
+    # "demo" counts the layouts of the folder: 2 since each job records its provenance, 3
+    # since the simulated hospitals name their folders by case, not by PatientID.
+    wanted = {"demo": 3, "fast": fast}
     older = False
     if marker.is_file():
         found = json.loads(marker.read_text())

@@ -26,6 +26,7 @@ from medadapt.engine.card import CARD_FORMAT, ModelCard
 from medadapt.engine.components import Backbone, ComponentKind
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.profile import Preprocessing
+from medadapt.engine.pseudonym import data_paths
 from medadapt.engine.registry import ComponentRegistry
 
 WEIGHTS = "weights.safetensors"
@@ -222,8 +223,9 @@ def build_from_card(card: ModelCard, registry: ComponentRegistry) -> tuple[Class
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     """Write JSON so that a reader never sees half a file."""
+    text = json.dumps(data_paths.json(data), indent=2, sort_keys=True, default=str)
     with atomic_file(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+        temporary.write_text(text)
 
 
 def state_to_cpu(state: Mapping[str, Any], copy: bool = False) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from medadapt.engine.model import atomic_file, write_json_atomic
 from medadapt.engine.output import pyplot
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Profile
+from medadapt.engine.pseudonym import data_paths
 from medadapt.engine.registry import ComponentRegistry
 from medadapt.engine.samples import SiteData
 
@@ -58,7 +59,7 @@ def write_report(
         "shift": _shift_figure(report["shift"]),
     }
     sections = host.report_sections(report)
-    html = render(report, figures, sections)
+    html = data_paths(render(data_paths.json(report), figures, sections))
     with atomic_file(out_dir / REPORT_HTML) as temporary:
         temporary.write_text(html, encoding="utf-8")
 

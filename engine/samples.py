@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from medadapt.engine.components import ComponentKind, DataSource, Image, Rejecti
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.patches import preprocessing_key, sample_patch_hu, window
 from medadapt.engine.profile import Preprocessing, Profile
+from medadapt.engine.pseudonym import data_paths
 from medadapt.engine.registry import ComponentRegistry
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,7 @@ def open_site_data(
             f"the profile of {profile.site.name!r} has no 'data' section: say where the images "
             "are (data.source and data.params)"
         )
+    treat_as_data(profile)
     source = registry.create(
         ComponentKind.DATA_SOURCES,
         profile.data.source,
@@ -175,6 +178,29 @@ def open_site_data(
         log.warning("%s", rejections_text(profile.site.name, too_small))
     rejections = list(found.rejections) + too_small
     return SiteData(source, records, rejections, loader, list(found.warnings))
+
+
+def treat_as_data(profile: Profile) -> None:
+    """Every folder the profile's data section names is data from now on: paths inside it
+    are pseudonymised in what this process writes to files (see ``PathScrubber``)."""
+    if profile.data is not None:
+        treat_as_data_folders(profile.data.params, profile.base_dir, profile.data.label_file)
+
+
+def treat_as_data_folders(
+    params: Mapping[str, object], base: Path | None, label_file: str | Path | None = None
+) -> None:
+    """The folders among a data section's ``params`` are data (see :func:`treat_as_data`).
+    A folder that does not exist counts too, when it is written as a path: the message
+    that says it is missing names it."""
+    base = base or Path.cwd()
+    keep = [base / label_file] if label_file else []
+    for value in params.values():
+        if not isinstance(value, str | Path) or not str(value):
+            continue
+        path = base / value
+        if path.is_dir() or (os.sep in str(value) and not path.is_file()):
+            data_paths.add(path, keep=keep)
 
 
 def holding_the_patch(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -393,3 +394,64 @@ def test_a_series_too_small_for_the_profiles_patch_is_not_used_and_says_why(
 @pytest.fixture
 def site_key(monkeypatch):
     monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", "a-site-secret-for-this-test-only")
+
+
+# --- identity in paths -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def export(tmp_path) -> Path:
+    """An export laid out by patient, as many are: folders named by PatientName and ID."""
+    root = tmp_path / "export"
+    series = root / "DOE^JANE 0042-PHI" / "CT CHEST"
+    series.mkdir(parents=True)
+    (series / "IM0001.dcm").write_bytes(b"")
+    (root / "labels.csv").write_text("patient_id,label\n")
+    return root
+
+
+def test_paths_inside_a_data_folder_reach_persistent_text_by_pseudonym_only(export):
+    from medadapt.engine.pseudonym import PathScrubber, Pseudonymizer
+
+    scrub = PathScrubber(Pseudonymizer("a-site-secret-for-this-test-only"))
+    scrub.add(export, keep=[export / "labels.csv"])
+    file = export / "DOE^JANE 0042-PHI" / "CT CHEST" / "IM0001.dcm"
+    text = (
+        f"{file}: not DICOM (see {file})\n"
+        f'  File "{file}", line 3\n'
+        f"{export / 'DOE^JANE 0042-PHI' / 'GONE.dcm'}: the file cannot be read any more\n"
+        f"{export / 'labels.csv'}: row 2: the label is empty\n"
+        f"no usable CT series in {export}"
+    )
+    shown = scrub(text)
+    for identity in ("DOE", "0042", "CHEST"):
+        assert identity not in shown
+    same = scrub(str(file))
+    assert shown.splitlines()[0] == f"{same}: not DICOM (see {same})"
+    assert re.fullmatch(r"<data>/path-[0-9a-f]{16}\.dcm", same)
+    assert f"{export / 'labels.csv'}: row 2" in shown  # the profile's label file, kept
+    assert shown.endswith("no usable CT series in <data>")
+    assert scrub(str(export) + "-other/x.dcm") == str(export) + "-other/x.dcm"
+
+
+def test_json_and_job_logs_written_after_a_site_is_opened_hold_no_data_path(export, tmp_path):
+    import logging
+
+    from medadapt.engine.batch import _job_log
+    from medadapt.engine.model import write_json_atomic
+    from medadapt.engine.pseudonym import data_paths
+
+    data_paths.add(export)
+    file = export / "DOE^JANE 0042-PHI" / "CT CHEST" / "IM0001.dcm"
+    write_json_atomic(tmp_path / "out.json", {"reason": f"{file}: bad", f"{file}": [str(file)]})
+    with _job_log(tmp_path / "job.log"):
+        logging.getLogger("medadapt.test").warning("%s: not DICOM", file)
+        try:
+            raise OSError(2, "No such file", str(file))
+        except OSError:
+            logging.getLogger("medadapt.test").exception("failed")
+    for name in ("out.json", "job.log"):
+        content = (tmp_path / name).read_text()
+        assert "DOE" not in content, content
+        assert "CHEST" not in content, content
+        assert "<data>/path-" in content

@@ -63,7 +63,10 @@ def test_inspect_lists_every_series_and_every_rejection(pydicom_test_files):
     small = next(s for s in report["series"] if s["shape"] == [1, 128, 128])
     assert small["manufacturer"] == "GE MEDICAL SYSTEMS"
     assert small["kvp"] == 120.0
-    assert all(set(r) == {"path", "image", "reason"} for r in report["rejections"])
+    assert all(set(r) == {"path", "in_outputs", "image", "reason"} for r in report["rejections"])
+    # How logs and reports name the file: by pseudonym inside the data folder.
+    assert all(re.fullmatch(r"<data>/path-[0-9a-f]{16}\.\w+", r["in_outputs"])
+               for r in report["rejections"] if "." in r["path"])  # fmt: skip
     assert {"path": "MR_small.dcm", "reason": "modality MR, not CT"}.items() <= next(
         r for r in report["rejections"] if r["path"] == "MR_small.dcm"
     ).items()

@@ -14,7 +14,7 @@ from rich.table import Table
 from medadapt.engine import ExitCode, InvalidInputError, Rejection
 from medadapt.engine.output import plain_row, strict_json
 from medadapt.engine.progress import progress_bar
-from medadapt.engine.pseudonym import Pseudonymizer
+from medadapt.engine.pseudonym import PathScrubber, Pseudonymizer
 from medadapt.plugins.dicom_ct.labels import Lesion
 from medadapt.plugins.dicom_ct.pixels import UndecodableFile, UndecodableSeries, load_hu
 from medadapt.plugins.dicom_ct.scan import iter_files, scan_folder
@@ -112,8 +112,17 @@ def inspect_command(ctx: click.Context, path: Path, as_json: bool, no_recursive:
     lesions, unusable = join_segmentations(found.segmentations, found.volumes)
     rejections.extend(unusable)
     segmentations = _segmentations(lesions, path)
+    # How job logs, reports and batch files name each file: by pseudonym, for the person
+    # who reads them without the data (see PathScrubber).
+    in_outputs = PathScrubber(pseudonymizer)
+    in_outputs.add(path)
     rejected = [
-        {"path": _relative(r.path, path), "image": r.image_key, "reason": r.reason}
+        {
+            "path": _relative(r.path, path),
+            "in_outputs": in_outputs(str(r.path)),
+            "image": r.image_key,
+            "reason": r.reason,
+        }
         for r in rejections
     ]
     if as_json:

@@ -25,6 +25,8 @@ from medadapt.plugins.phantom.scanner import ScannerPreset, acquire, check_kerne
 
 #: Bump when the same settings would give different images, to retire cached volumes.
 GENERATOR_VERSION = 2
+#: Bump when the files are laid out differently (2: case folders, not PatientIDs).
+FOLDER_LAYOUT = 2
 _INTERCEPT = -1024.0
 _MANIFEST = "phantom.json"
 _SEG_FILE = Path("SEG") / "SEG0001.dcm"
@@ -218,11 +220,16 @@ def write_hospital(
     manifest = folder / _MANIFEST
     # SEG files are not part of the hospital's identity: asking for them later writes them
     # (a patient without its SEG is not complete).
-    wanted = {"generator": GENERATOR_VERSION, "spec": spec.model_dump(mode="json")}
+    wanted = {
+        "generator": GENERATOR_VERSION,
+        "layout": FOLDER_LAYOUT,
+        "spec": spec.model_dump(mode="json"),
+    }
     if manifest.exists() and json.loads(manifest.read_text()) != wanted:
         raise InvalidInputError(
-            f"{folder} already holds a simulated hospital made with other settings; "
-            "choose another folder or delete it"
+            f"{folder} already holds a simulated hospital made with other settings (or by an "
+            "older medadapt, which named folders differently); choose another folder or "
+            "delete it"
         )
     manifest.write_text(json.dumps(wanted, indent=2))
     todo = [i for i in range(spec.patients) if not _complete(spec, folder, i, segmentations)]
@@ -246,7 +253,9 @@ def write_hospital(
 
 
 def _series_folder(spec: HospitalSpec, folder: Path, index: int) -> Path:
-    return folder / "dicom" / patient_id(spec, index)
+    # Named by the case's number, never by the PatientID, as a careful exporter does: a
+    # folder name reaches logs and messages that the PatientID inside the files does not.
+    return folder / "dicom" / f"case-{index + 1:04d}"
 
 
 def _complete(spec: HospitalSpec, folder: Path, index: int, segmentations: bool) -> bool:
