@@ -51,7 +51,9 @@ def load_weights_file(path: Path) -> dict[str, Tensor]:
         loaded = torch_load_weights_only(path)
     except OSError:
         raise  # the machine's refusal (permissions, a failing disk), said as such
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if not _is_checkpoint(path):  # the bytes of something else, no Python objects
+            raise _not_weights(path, exc) from None
         raise InvalidInputError(
             f"{path}: refused: {unsafe_contents(path)}, and loading it would run code from "
             "the file. Where the file is trusted, save only the weights: "
@@ -61,11 +63,7 @@ def load_weights_file(path: Path) -> dict[str, Tensor]:
     except Exception as exc:
         # PyTorch's readers fail on foreign bytes in many ways (KeyError, IndexError,
         # EOFError, RuntimeError, ...): each means the same to the user.
-        raise InvalidInputError(
-            f"{path}: not a PyTorch weights file ({unsafe_contents(path)}; reading it "
-            f"failed with {type(exc).__name__}: {str(exc)[:120]}); expected a state dict "
-            "saved with torch.save(model.state_dict(), ...), or a .safetensors file"
-        ) from None
+        raise _not_weights(path, exc) from None
     # A training checkpoint holds the state dict under a name: "state_dict" (Lightning and
     # most scripts) or "model" (MONAI's CheckpointSaver, as bundles' models/model.pt).
     for entry in ("state_dict", "model"):
@@ -75,6 +73,23 @@ def load_weights_file(path: Path) -> dict[str, Tensor]:
     if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
         raise InvalidInputError(f"{path}: expected a mapping of names to tensors (a state dict)")
     return {_strip(str(key)): value for key, value in loaded.items()}
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether the file is a PyTorch checkpoint at all (its pickled objects can be listed)."""
+    try:
+        torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:
+        return False
+    return True
+
+
+def _not_weights(path: Path, exc: Exception) -> InvalidInputError:
+    return InvalidInputError(
+        f"{path}: not a PyTorch weights file (reading it failed with {type(exc).__name__}: "
+        f"{str(exc)[:120]}); expected a state dict saved with "
+        "torch.save(model.state_dict(), ...), or a .safetensors file"
+    )
 
 
 def unsafe_contents(path: Path) -> str:

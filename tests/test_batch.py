@@ -241,6 +241,7 @@ def test_no_port_of_the_local_cluster_answers_a_plain_client():
 def test_an_unreachable_scheduler_is_refused_by_address(batch, tmp_path):
     import socket
 
+    import distributed  # noqa: F401 - its defaults, before one of them is set
     from dask import config
 
     with socket.socket() as free:  # a port nobody listens on
