@@ -247,8 +247,7 @@ class Trainer:
                 if self.trains:
                     train_loss, taken, seen = self._train_epoch(epoch, progress, steps)
                     train_seconds = time.perf_counter() - started
-                    stale = stale_fraction(self.model, taken, skip=self.frozen)
-                    if self.batch_norm_pass == "always" or stale > 0.01:
+                    if self._batch_norm_pass_follows(taken):
                         self._recompute_batch_norm(epoch, seen)
                 else:
                     train_loss = 0.0
@@ -317,7 +316,9 @@ class Trainer:
         progress.reset(task, total=len(loader))
         total, count = 0.0, 0
         wanted = self.training.batch_norm_batches
-        seen: list[Tensor] | None = [] if wanted else None
+        # Kept only when the pass will run: on a long epoch under "when-stale" it does not.
+        keep = wanted and self._batch_norm_pass_follows(len(loader))
+        seen: list[Tensor] | None = [] if keep else None
         kept_bytes = 0
         for patches, labels in loader:
             if seen is not None and len(seen) < wanted:
@@ -344,6 +345,14 @@ class Trainer:
             count += len(labels)
             progress.update(task, advance=1, description=f"step  loss {float(loss.detach()):.3f}")
         return total / max(count, 1), len(loader), seen
+
+    def _batch_norm_pass_follows(self, steps: int) -> bool:
+        """Whether the batch-norm statistics are measured again after an epoch of ``steps``:
+        always in adaptation; in training, when the running averages still hold more than 1%
+        of what came before the epoch."""
+        if self.batch_norm_pass == "always":
+            return True
+        return stale_fraction(self.model, steps, skip=self.frozen) > 0.01
 
     def _recompute_batch_norm(self, epoch: int, seen: list[Tensor] | None = None) -> None:
         """Exact batch-norm statistics for this epoch's weights (engine/batchnorm.py), over

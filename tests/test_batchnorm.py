@@ -143,6 +143,24 @@ def test_training_recomputes_statistics_only_when_an_epoch_is_too_short(tmp_path
     assert _fit_counts(tmp_path / "always", n=256, batch_size=4, pass_="always") == {50}
 
 
+@pytest.mark.slow
+def test_an_epoch_after_which_no_pass_runs_keeps_no_batch(tmp_path, monkeypatch):
+    kept: list[object] = []
+    original = loop.Trainer._train_epoch
+
+    def recording(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        kept.append(result[2])
+        return result
+
+    monkeypatch.setattr(loop.Trainer, "_train_epoch", recording)
+    _fit(tmp_path / "long", n=256, batch_size=4, pass_="when-stale")  # 64 steps: no pass
+    assert kept == [None, None]
+    kept.clear()
+    _fit(tmp_path / "short", n=32, batch_size=8, pass_="when-stale")  # 4 steps: a pass
+    assert [len(batches) for batches in kept] == [4, 4]
+
+
 def test_stale_fraction_ignores_frozen_layers_and_counts_cumulative_averages_as_stale():
     net = nn.Sequential(nn.BatchNorm2d(2), nn.BatchNorm2d(2))
     assert stale_fraction(net, 44) < 0.01
