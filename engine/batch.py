@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from medadapt.engine.errors import InvalidInputError
 from medadapt.engine.model import CARD, read_card, write_json_atomic
+from medadapt.engine.output import read_json_file
 from medadapt.engine.pseudonym import data_paths
 from medadapt.engine.runfolder import FolderInUseError, Provenance, claim_folder
 
@@ -124,8 +125,8 @@ def read_jobs_file(path: Path) -> list[Job]:
         InvalidInputError: the file is not YAML of that shape, or a job is malformed.
     """
     try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InvalidInputError(f"{path}: cannot read the jobs file ({exc})") from None
     if not isinstance(document, dict) or not isinstance(document.get("jobs"), list):
         raise InvalidInputError(f"{path}: expected a mapping with a 'jobs' list")
@@ -369,7 +370,7 @@ def _status(work: Path, phase: str, reason: str | None = None) -> None:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    return dict(json.loads(path.read_text()))
+    return dict(read_json_file(path, "a batch job's record"))
 
 
 # --- the batch, on the client ----------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.output import read_json_file
 
 if TYPE_CHECKING:
     from medadapt.engine.adaptation import AdaptResult
@@ -266,7 +267,8 @@ def _claim(out: Path, fast: bool) -> bool:
     wanted = {"demo": 3, "fast": fast}
     older = False
     if marker.is_file():
-        found = json.loads(marker.read_text())
+        found = read_json_file(marker, "a demo's marker")
+        found = found if isinstance(found, dict) else {}
         if found == wanted:
             return False
         if found.get("demo") == wanted["demo"]:

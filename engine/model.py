@@ -25,6 +25,7 @@ from medadapt.engine.atomic import atomic_file
 from medadapt.engine.card import CARD_FORMAT, ModelCard
 from medadapt.engine.components import Backbone, ComponentKind
 from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.output import read_json_file
 from medadapt.engine.profile import Preprocessing
 from medadapt.engine.pseudonym import data_paths
 from medadapt.engine.registry import ComponentRegistry
@@ -193,10 +194,7 @@ def read_card(path: Path) -> ModelCard:
         InvalidInputError: the file is not JSON, is of a newer format, or a field is missing
             or of the wrong type (the message names the field).
     """
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json_file(path, "a model card")
     found = data.get("format") if isinstance(data, dict) else None
     if isinstance(found, int) and found > CARD_FORMAT:
         raise InvalidInputError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
@@ -87,3 +88,22 @@ def csv_cell(value: object) -> str:
 def csv_row(values: Iterable[object]) -> list[str]:
     """Every cell of a row through :func:`csv_cell`."""
     return [csv_cell(value) for value in values]
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """The JSON document in ``path``, or a refusal that names the file and ``what`` it
+    should have been (a file cut short by a full disk, or overwritten by something else,
+    is bad input, not a bug).
+
+    Raises:
+        InvalidInputError: the file cannot be read, is not UTF-8 or is not JSON.
+    """
+    from medadapt.engine.errors import InvalidInputError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(
+            f"{path}: not {what} (not valid JSON: {exc}); restore it, or remove it and run "
+            "the command that writes it again"
+        ) from None

@@ -455,3 +455,36 @@ def test_json_and_job_logs_written_after_a_site_is_opened_hold_no_data_path(expo
         assert "DOE" not in content, content
         assert "CHEST" not in content, content
         assert "<data>/path-" in content
+
+
+# --- files cut short or overwritten by something else ----------------------------------------
+
+
+def test_a_jobs_file_that_is_not_text_is_refused_by_name(tmp_path):
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    refused_plainly(invoke("batch", str(jobs), "--out", str(tmp_path / "b")), str(jobs))
+
+
+def test_a_model_whose_card_is_not_json_is_refused_by_name(tmp_path, model):
+    (model / "card.json").write_bytes(b"\xff\xfe\x00garbage")
+    result = invoke("model", "export", str(model), "--format", "torchscript", "--out",
+                    str(tmp_path / "m.ts"))  # fmt: skip
+    refused_plainly(result, str(model / "card.json"), "not a model card")
+
+
+def test_a_phantom_folder_whose_settings_file_is_damaged_is_refused_by_name(tmp_path):
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "phantom.json").write_text('{"generator": 2, "spec": {"pat')  # cut short
+    result = invoke("phantom", str(out), "--patients", "1")
+    refused_plainly(result, str(out / "phantom.json"))
+
+
+def test_a_demo_folder_whose_marker_is_damaged_is_refused_by_name(tmp_path):
+    from medadapt.engine.demo import _claim
+    from medadapt.engine.errors import InvalidInputError
+
+    (tmp_path / "medadapt-demo.json").write_bytes(b"\x00\xff")
+    with pytest.raises(InvalidInputError, match="medadapt-demo.json: not a demo's marker"):
+        _claim(tmp_path, fast=True)

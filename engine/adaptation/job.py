@@ -9,7 +9,6 @@ saying what the choice rested on) and ``OUT/adapt.json``.
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 from collections.abc import Callable, Sequence
@@ -64,6 +63,7 @@ from medadapt.engine.model import (
     save_model,
     write_json_atomic,
 )
+from medadapt.engine.output import read_json_file
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import AUTO, AdaptationChoice, Profile
 from medadapt.engine.registry import ComponentRegistry
@@ -398,7 +398,7 @@ def _conclude(
 
 
 def _history(folder: Path) -> list[dict[str, Any]]:
-    return list(json.loads((folder / "history.json").read_text())["history"])
+    return list(read_json_file(folder / "history.json", "a run's history")["history"])
 
 
 def _summary(

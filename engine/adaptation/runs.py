@@ -4,7 +4,6 @@ run folder it leaves (best weights, per-epoch validation predictions, history)."
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from medadapt.engine.hookspecs import RunInfo
 from medadapt.engine.loop import FitResult, Trainer
 from medadapt.engine.model import Classifier, build_from_card
 from medadapt.engine.objective import EpochJudge, Objective, Predict, ScoreJudge
+from medadapt.engine.output import read_json_file
 from medadapt.engine.plugins import PluginHost
 from medadapt.engine.profile import Training
 from medadapt.engine.registry import ComponentRegistry
@@ -54,7 +54,7 @@ class CandidateRun:
         finished = folder / FINISHED
         if not finished.is_file():
             return None
-        saved = json.loads(finished.read_text())
+        saved = read_json_file(finished, "a finished adaptation run's record")
         return cls(**{**saved, "folder": Path(saved["folder"])})
 
     def probabilities(self) -> np.ndarray:

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from medadapt.engine import InvalidInputError, csv_row
+from medadapt.engine.output import read_json_file
 from medadapt.plugins.dicom_ct.writer import ct_slice
 from medadapt.plugins.phantom.anatomy import BODY_REGIONS, Patient, draw_patient, render_volume
 from medadapt.plugins.phantom.scanner import ScannerPreset, acquire, check_kernel, preset
@@ -225,7 +226,7 @@ def write_hospital(
         "layout": FOLDER_LAYOUT,
         "spec": spec.model_dump(mode="json"),
     }
-    if manifest.exists() and json.loads(manifest.read_text()) != wanted:
+    if manifest.exists() and read_json_file(manifest, "a simulated hospital's settings") != wanted:
         raise InvalidInputError(
             f"{folder} already holds a simulated hospital made with other settings (or by an "
             "older medadapt, which named folders differently); choose another folder or "
