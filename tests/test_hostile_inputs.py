@@ -486,5 +486,5 @@ def test_a_demo_folder_whose_marker_is_damaged_is_refused_by_name(tmp_path):
     from medadapt.engine.errors import InvalidInputError
 
     (tmp_path / "medadapt-demo.json").write_bytes(b"\x00\xff")
-    with pytest.raises(InvalidInputError, match="medadapt-demo.json: not a demo's marker"):
+    with pytest.raises(InvalidInputError, match=r"medadapt-demo\.json: not a demo's marker"):
         _claim(tmp_path, fast=True)
