@@ -32,9 +32,13 @@ os.umask(_UMASK)
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
+def atomic_file(path: Path, mode: int | None = None) -> Iterator[Path]:
     """A temporary file beside ``path`` to write, put in its place only when the block ends
-    without error; removed on any error or interruption (Ctrl-C, SIGTERM)."""
+    without error; removed on any error or interruption (Ctrl-C, SIGTERM).
+
+    Args:
+        mode: the file's permissions; by default those of any new file (the umask's).
+    """
     remove_abandoned(path)
     try:
         handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -46,7 +50,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
         yield temporary
         # mkstemp makes the file readable by its owner alone; the file in place gets the
         # permissions any new file would (a deployment account may need to read a model).
-        os.chmod(temporary, 0o666 & ~_UMASK)
+        os.chmod(temporary, 0o666 & ~_UMASK if mode is None else mode)
         os.replace(temporary, path)
     except OSError as exc:
         temporary.unlink(missing_ok=True)

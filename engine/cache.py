@@ -12,12 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medadapt.engine.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,9 @@ class ArrayCache:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            try:
-                with os.fdopen(handle, "wb") as stream:
-                    np.save(stream, np.ascontiguousarray(array), allow_pickle=False)
-                os.replace(temporary, path)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            # The owner's alone, as the images it holds should be.
+            with atomic_file(path, mode=0o600) as temporary, temporary.open("wb") as stream:
+                np.save(stream, np.ascontiguousarray(array), allow_pickle=False)
         except OSError as exc:
             log.warning(
                 "could not write to the cache in %s (%s); going on without", path.parent, exc
