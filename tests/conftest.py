@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shlex
@@ -213,6 +214,65 @@ def install_distribution(tmp_path, monkeypatch) -> Callable[..., Path]:
 # --- profiles ------------------------------------------------------------------------------
 
 
+#: The card of a small CNN on 2D 24 x 24 patches: a model folder without training.
+SMALL_CARD = {
+    "site": "Export Hospital",
+    "intended_use": "tests.",
+    "classes": ["benign", "malignant"],
+    "positive_class": "malignant",
+    "preprocessing": {
+        "window": {"level": 40, "width": 400},
+        "spacing_mm": [2.0, 1.0, 1.0],
+        "patch_mode": "2d",
+        "patch_size": [24, 24],
+    },
+    "backbone": {"name": "small-cnn"},
+}
+
+
+@pytest.fixture
+def small_model(tmp_path) -> Path:
+    """A small CNN model folder (``SMALL_CARD``), its batch-norm statistics away from the
+    identity."""
+    import torch
+
+    from medadapt.engine.card import ModelCard
+    from medadapt.engine.model import build_classifier, save_model
+
+    torch.manual_seed(0)
+    registry = get_plugin_host().registry()
+    model = build_classifier(registry.create("backbones", "small-cnn", {}), "2d", 2)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return save_model(tmp_path / "model", model, ModelCard.model_validate(SMALL_CARD))
+
+
+@pytest.fixture
+def small_model_profile(tmp_path) -> Path:
+    """A profile that says what ``small_model``'s weights cannot: task and preprocessing."""
+    path = tmp_path / "small-model.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "site": {"name": SMALL_CARD["site"]},
+                "intended_use": "tests",
+                "body_region": "chest",
+                "acceptance": {"min_auroc": 0.8},
+                "task": {
+                    "classes": SMALL_CARD["classes"],
+                    "positive_class": SMALL_CARD["positive_class"],
+                    "label_depends_on": ["shape"],
+                },
+                "preprocessing": SMALL_CARD["preprocessing"],
+                "backbone": SMALL_CARD["backbone"],
+            }
+        )
+    )
+    return path
+
+
 @pytest.fixture
 def write_profile(tmp_path) -> Callable[..., Path]:
     """Write the template profile with some sections replaced; None removes a section."""
@@ -255,12 +315,7 @@ def _phantom_site(
             "params": {"patients": patients, "seed": seed, "slices": 12, "size": 96, **params},
             "split": dict(zip(("train", "validation", "test"), split, strict=True)),
         },
-        "preprocessing": {
-            "window": {"level": 40, "width": 400},
-            "spacing_mm": [2.0, 1.0, 1.0],
-            "patch_mode": "2d",
-            "patch_size": [24, 24],
-        },
+        "preprocessing": copy.deepcopy(SMALL_CARD["preprocessing"]),
         "backbone": {"name": "small-cnn"},
         "training": {"epochs": epochs, "batch_size": 8, "early_stopping_patience": None},
         "adaptation": {"method": "adabn"},

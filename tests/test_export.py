@@ -14,7 +14,6 @@ import yaml
 from click.testing import CliRunner
 
 from medadapt.engine import InvalidInputError, Split
-from medadapt.engine.card import ModelCard
 from medadapt.engine.cli import cli
 from medadapt.engine.data import PatchDataset
 from medadapt.engine.evaluate import predict_records
@@ -26,42 +25,16 @@ from medadapt.engine.export import (
     run_torchscript,
 )
 from medadapt.engine.importing import import_model
-from medadapt.engine.model import build_classifier, load_model, save_model
+from medadapt.engine.model import load_model
 from medadapt.engine.plugins import get_plugin_host
 from medadapt.engine.profile import load_profile
 from medadapt.engine.samples import PatchLoader, open_site_data
 from medadapt.engine.splits import site_split
 
-CARD = {
-    "site": "Export Hospital",
-    "intended_use": "tests.",
-    "classes": ["benign", "malignant"],
-    "positive_class": "malignant",
-    "preprocessing": {
-        "window": {"level": 40, "width": 400},
-        "spacing_mm": [2.0, 1.0, 1.0],
-        "patch_mode": "2d",
-        "patch_size": [24, 24],
-    },
-    "backbone": {"name": "small-cnn"},
-}
-
 
 @pytest.fixture
 def registry():
     return get_plugin_host().registry()
-
-
-@pytest.fixture
-def small_model(tmp_path, registry):
-    """A small CNN model folder, its batch-norm statistics away from the identity."""
-    torch.manual_seed(0)
-    model = build_classifier(registry.create("backbones", "small-cnn", {}), "2d", 2)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return save_model(tmp_path / "model", model, ModelCard.model_validate(CARD))
 
 
 def probabilities(model_dir, registry, patches):
@@ -111,7 +84,9 @@ def test_onnx_export_runs_in_onnxruntime_with_any_batch_size_and_carries_its_car
     assert json.loads(props["medadapt_card"])["site"] == "Export Hospital"
 
 
-def test_a_monai_bundle_runs_through_monais_own_parser(tmp_path, registry, small_model):
+def test_a_monai_bundle_runs_through_monais_own_parser(
+    tmp_path, registry, small_model, small_model_profile
+):
     from monai.bundle import ConfigParser
 
     result = export_model(small_model, registry, "monai-bundle", tmp_path / "bundle")
@@ -137,27 +112,9 @@ def test_a_monai_bundle_runs_through_monais_own_parser(tmp_path, registry, small
     assert metadata["medadapt"]["validation"] is None
     assert "No validation figures" in (bundle / "docs" / "README.md").read_text()
     # The bundle goes back into medadapt: its state dict, in medadapt's own key names.
-    profile_file = tmp_path / "profile.yaml"
-    profile_file.write_text(
-        yaml.safe_dump(
-            {
-                "site": {"name": "Export Hospital"},
-                "intended_use": "tests",
-                "body_region": "chest",
-                "acceptance": {"min_auroc": 0.8},
-                "task": {
-                    "classes": ["benign", "malignant"],
-                    "positive_class": "malignant",
-                    "label_depends_on": ["shape"],
-                },
-                "preprocessing": CARD["preprocessing"],
-                "backbone": {"name": "small-cnn"},
-            }
-        )
-    )
     back = import_model(
         bundle,
-        load_profile(profile_file, registry),
+        load_profile(small_model_profile, registry),
         registry,
         tmp_path / "again",
     )

