@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -137,6 +137,13 @@ class Window(_Section):
     width: PositiveFloat = Field(description="window width in HU (lung 1500, soft tissue 400)")
 
 
+#: The largest side of a patch, in voxels: a whole CT slice is 512.
+MAX_PATCH_SIDE = 1024
+#: The most voxels one patch may hold (64 MiB as float32): beyond, a batch would not fit
+#: the memory of the machines medadapt runs on, and the job would end out of memory.
+MAX_PATCH_VOXELS = 2**24
+
+
 class Preprocessing(_Section):
     """Deterministic steps before augmentation; they are part of the cache key."""
 
@@ -147,10 +154,10 @@ class Preprocessing(_Section):
     patch_mode: Literal["2d", "2.5d", "3d"] = Field(
         description="2d: one slice; 2.5d: three adjacent slices as channels; 3d: a volume"
     )
-    patch_size: list[PositiveInt] = Field(
+    patch_size: list[Annotated[int, Field(gt=0, le=MAX_PATCH_SIDE)]] = Field(
         description="(y, x) voxels for 2d and 2.5d, (z, y, x) for 3d"
     )
-    slices: PositiveInt | None = Field(
+    slices: Annotated[int, Field(gt=0, le=MAX_PATCH_SIDE)] | None = Field(
         default=None,
         description="task.level series with 2d patches: how many slices of the series (at "
         "spacing_mm's z, around its middle) make one sample",
@@ -179,6 +186,15 @@ class Preprocessing(_Section):
             raise ValueError(
                 f"patch_size needs {expected} numbers for {self.patch_mode} patches "
                 f"({'z, y, x' if expected == 3 else 'y, x'}), got {self.patch_size}"
+            )
+        depth = {"2.5d": 3}.get(self.patch_mode, self.slices or 1)
+        voxels = depth * math.prod(self.patch_size)
+        if voxels > MAX_PATCH_VOXELS:
+            raise ValueError(
+                f"patch_size {self.patch_size} makes patches of {voxels:,} voxels "
+                f"({voxels * 4 / 2**20:,.0f} MiB each, before a batch is made): at most "
+                f"{MAX_PATCH_VOXELS:,} (a 256 x 256 x 256 volume); choose a smaller patch or "
+                "a coarser spacing_mm"
             )
         return self
 

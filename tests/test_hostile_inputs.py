@@ -456,3 +456,19 @@ def test_a_demo_folder_whose_marker_is_damaged_is_refused_by_name(tmp_path):
     (tmp_path / "medadapt-demo.json").write_bytes(b"\x00\xff")
     with pytest.raises(InvalidInputError, match=r"medadapt-demo\.json: not a demo's marker"):
         _claim(tmp_path, fast=True)
+
+
+@pytest.mark.parametrize(
+    ("preprocessing", "said"),
+    [
+        ({"patch_size": [100000, 100000]}, "patch_size[0]: Input should be less than or equal"),
+        ({"patch_mode": "3d", "patch_size": [512, 512, 512]}, "makes patches of 134,217,728"),
+    ],
+)
+def test_a_patch_no_memory_holds_is_refused_by_profile_check(write_profile, preprocessing, said):
+    base = {"window": {"level": 40, "width": 400}, "spacing_mm": [1.0, 0.7, 0.7],
+            "patch_mode": "2d"}  # fmt: skip
+    path = write_profile(preprocessing={**base, **preprocessing})
+    result = invoke("profile", "check", str(path))
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert said in result.output
