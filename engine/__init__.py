@@ -32,7 +32,7 @@ from medadapt.engine.components import (
 )
 from medadapt.engine.errors import ExitCode, InvalidInputError, MedadaptError, PluginError
 from medadapt.engine.hookspecs import ReportSection, RunInfo, hookimpl
-from medadapt.engine.output import csv_row
+from medadapt.engine.output import csv_row, printable
 
 __version__ = metadata.version("medadapt")
 
@@ -67,4 +67,5 @@ __all__ = [
     "__version__",
     "csv_row",
     "hookimpl",
+    "printable",
 ]

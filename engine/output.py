@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,27 @@ def pyplot() -> Any:
     return plt
 
 
+#: Control characters (C0, DEL, C1): in a header value they would reach a terminal as
+#: commands (ESC [2J clears it; OSC sequences retitle it) or fake a line of a log.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    r"""``text`` with every control character shown as its escape (``\x1b``), so that a
+    value read from a file can be printed or logged without acting on the terminal.
+
+    Example:
+        >>> print(printable("GE\x1b[2J MEDICAL\r\nFAKE"))
+        GE\x1b[2J MEDICAL\x0d\x0aFAKE
+    """
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
 def plain_row(table: Table, *cells: object) -> None:
     """Add a row of plain text: brackets in a header value or a folder name are shown as
-    they are, never read as rich markup (which would restyle, hide or crash on them)."""
-    table.add_row(*(escape(str(cell)) for cell in cells))
+    they are, never read as rich markup (which would restyle, hide or crash on them), and
+    control characters as their escapes."""
+    table.add_row(*(escape(printable(str(cell))) for cell in cells))
 
 
 def _finite(data: object) -> object:

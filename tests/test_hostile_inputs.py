@@ -472,3 +472,15 @@ def test_a_patch_no_memory_holds_is_refused_by_profile_check(write_profile, prep
     result = invoke("profile", "check", str(path))
     assert result.exit_code == ExitCode.INVALID_INPUT
     assert said in result.output
+
+
+def test_control_characters_in_a_header_never_reach_the_terminal_or_the_records(ct, site_key):
+    from medadapt.plugins.dicom_ct import DicomCT
+
+    ct.series("a", slices=3, Manufacturer="\x1b[2J\x1b]0;owned\x07EVIL\r\nFAKE LOG LINE")
+    for args in (["inspect", str(ct.root)], ["inspect", str(ct.root), "--json"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", result.output)  # newlines are ours
+    [record] = DicomCT.from_params({"root": str(ct.root)}).scan().records
+    assert record.attributes["manufacturer"] == r"\x1b[2J\x1b]0;owned\x07EVIL\x0d\x0aFAKE LOG LINE"

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 
-from medadapt.engine import Rejection
+from medadapt.engine import Rejection, printable
 from medadapt.engine.pseudonym import Pseudonymizer
 
 PIXEL_DATA = 0x7FE00010
@@ -553,8 +553,8 @@ def _plain(value: Any) -> str | float | None:
     if isinstance(value, pydicom.valuerep.DSfloat | pydicom.valuerep.IS):
         return float(value)
     if isinstance(value, pydicom.multival.MultiValue | list):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+        return printable("\\".join(str(v) for v in value))
+    return printable(str(value).strip())
 
 
 def _brief(exc: Exception) -> str:
