@@ -172,12 +172,33 @@ def open_site_data(
             profile.site.name,
             len(found.warnings) - SHOWN_REJECTIONS,
         )
+    _check_labels(found.records, profile)
     loader = PatchLoader(source, profile.preprocessing, cache_dir)
     records, too_small = holding_the_patch(found.records, profile.preprocessing)
     if too_small:
         log.warning("%s", rejections_text(profile.site.name, too_small))
     rejections = list(found.rejections) + too_small
     return SiteData(source, records, rejections, loader, list(found.warnings))
+
+
+def _check_labels(records: Sequence[SampleRecord], profile: Profile) -> None:
+    """Refuse labels that are not among ``task.classes``: a job that left their samples
+    out would measure, or train on, another set than the site labelled, without a word
+    (``Malignant`` for ``malignant`` in some rows of a label file, say)."""
+    classes = profile.task.classes
+    unknown = sorted({r.label for r in records if r.label is not None} - set(classes))
+    if not unknown:
+        return
+    by_case = {c.casefold(): c for c in classes}
+    hints = [f"{u!r} is {by_case[u.casefold()]!r} in another case" for u in unknown
+             if u.casefold() in by_case]  # fmt: skip
+    where = f" ({profile.data.label_file})" if profile.data and profile.data.label_file else ""
+    raise InvalidInputError(
+        f"{profile.site.name}: the data{where} have labels {', '.join(map(repr, unknown))} "
+        f"that are not in task.classes {classes}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+        + "; fix the label file or the profile"
+    )
 
 
 def treat_as_data(profile: Profile) -> None:

@@ -141,13 +141,6 @@ def _train(
     assert profile.data is not None
     classes = profile.task.classes
     data = open_site_data(profile, registry, cache_dir)
-    labelled = [r for r in data.records if r.label is not None]
-    unknown = sorted({r.label for r in labelled} - set(classes))
-    if unknown:
-        raise InvalidInputError(
-            f"the data have labels {', '.join(map(repr, unknown))} that are not in "
-            f"task.classes {classes}; fix the label file or the profile"
-        )
     records = site_split(data.records, profile)
     if profile.training.labels_per_class is not None:
         train = [r for r in records if r.split is Split.TRAIN]

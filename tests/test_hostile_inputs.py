@@ -484,3 +484,29 @@ def test_control_characters_in_a_header_never_reach_the_terminal_or_the_records(
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", result.output)  # newlines are ours
     [record] = DicomCT.from_params({"root": str(ct.root)}).scan().records
     assert record.attributes["manufacturer"] == r"\x1b[2J\x1b]0;owned\x07EVIL\x0d\x0aFAKE LOG LINE"
+
+
+def test_labels_outside_the_tasks_classes_are_refused_by_every_job_not_left_out(
+    ct, site_key, write_profile, tmp_path
+):
+    from medadapt.engine.errors import InvalidInputError
+    from medadapt.engine.profile import load_profile
+    from medadapt.engine.samples import open_site_data
+
+    ct.series("a", slices=6, patient_id="MRN-0042-PHI")
+    ct.series("b", slices=6, patient_id="MRN-0077-PHI", seed=5)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "patient_id,label,slice,row,column\nMRN-0042-PHI,benign,1,2,3\nMRN-0077-PHI,Malignant,1,2,3\n"
+    )
+    path = write_profile(
+        data={"source": "dicom-ct", "params": {"root": str(ct.root)}, "label_file": str(labels)},
+        preprocessing={"window": {"level": 40, "width": 400}, "spacing_mm": [1.0, 0.7, 0.7],
+                       "patch_mode": "2d", "patch_size": [8, 8]},
+    )  # fmt: skip
+    registry = get_plugin_host().registry()
+    with pytest.raises(InvalidInputError) as refused:
+        open_site_data(load_profile(path, registry), registry)
+    message = str(refused.value)
+    assert f"({labels}) have labels 'Malignant' that are not in task.classes" in message
+    assert "'Malignant' is 'malignant' in another case" in message
