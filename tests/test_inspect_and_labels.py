@@ -149,6 +149,26 @@ def test_labels_join_to_lesions_by_patient_with_mm_or_voxel_centres(
             assert value not in repr(record.patient_key) + repr(record.attributes)
 
 
+def test_a_row_placing_its_lesion_both_in_mm_and_by_index_must_place_it_once(
+    two_patients, tmp_path, site_key
+):
+    root, _ = two_patients
+    labels = tmp_path / "labels.csv"
+    write_labels(
+        labels,
+        [
+            "patient_id,label,x_mm,y_mm,z_mm,slice,row,column,lesion_id",
+            "MRN-0042-PHI,malignant,-16.0,-13.0,105.0,2,10,5,same",  # one voxel both ways
+            "MRN-0077-PHI,benign,-16.0,-13.0,105.0,4,10,5,apart",  # two slices apart
+        ],
+    )
+    result = DicomCT.from_params({"root": str(root)}).scan(label_file=labels)
+    assert [r.attributes["lesion_id"] for r in result.records] == ["same"]
+    [rejected] = result.rejections
+    assert rejected.reason.startswith("row 3: the lesion centre in mm (x_mm, y_mm, z_mm) is")
+    assert "2.0 voxels apart" in rejected.reason
+
+
 def test_label_rows_that_match_nothing_are_reported_not_dropped(two_patients, tmp_path, site_key):
     root, _ = two_patients
     labels = tmp_path / "labels.csv"

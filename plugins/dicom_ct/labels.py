@@ -391,7 +391,25 @@ def without_contradictions(
 
 
 def _centre(row: dict[str, str], volume: Volume) -> tuple[float, float, float]:
-    names = _MM if all((row.get(c) or "").strip() for c in _MM) else _VOXEL
+    """The lesion centre a row gives, in mm or as a voxel index; a row that gives both
+    must place the lesion in the same voxel both ways (either could be the mistake)."""
+    given = [names for names in (_MM, _VOXEL) if all((row.get(c) or "").strip() for c in names)]
+    if len(given) < 2:
+        return _centre_from(row, volume, given[0] if given else _VOXEL)
+    by_mm, by_index = (_centre_from(row, volume, names) for names in given)
+    apart = max(abs(a - b) for a, b in zip(by_mm, by_index, strict=True))
+    if apart > 1.0:
+        raise ValueError(
+            f"the lesion centre in mm ({', '.join(_MM)}) is voxel {_fmt(by_mm)}, and as a "
+            f"voxel index ({', '.join(_VOXEL)}) it is {_fmt(by_index)}: {apart:.1f} voxels "
+            "apart, so which one is meant cannot be known; give one of them"
+        )
+    return by_mm
+
+
+def _centre_from(
+    row: dict[str, str], volume: Volume, names: tuple[str, str, str]
+) -> tuple[float, float, float]:
     try:
         values = [float(row[c]) for c in names]
     except (KeyError, TypeError, ValueError):
