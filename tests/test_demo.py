@@ -179,3 +179,22 @@ def test_the_demo_keeps_a_model_that_beats_the_unadapted_one_on_bs_validation_pa
         without = rule.decide(evidence)
         assert not without.kept.unadapted, left_out
         assert without.margin["low"] > rule.params.margin, left_out
+
+
+@pytest.mark.slow
+def test_nothing_the_demo_writes_holds_a_patient_id(demo):
+    """The simulated hospitals' DICOM files and label files hold their PatientIDs, as a
+    hospital's export does; nothing medadapt wrote from them may, and no folder is named by
+    one (the phantom names its folders by case number)."""
+    out = demo["out"]
+    inputs = [site / "dicom" for site in (out / "sites").iterdir()]
+    inputs += [label for site in (out / "sites").iterdir() for label in site.glob("*labels.csv")]
+    written = [
+        path
+        for path in out.rglob("*")
+        if path.is_file() and not any(path == i or i in path.parents for i in inputs)
+    ]
+    assert len(written) > 50  # models, reports, caches, logs ...
+    leaks = [str(path.relative_to(out)) for path in written if b"PHANTOM-" in path.read_bytes()]
+    assert leaks == []
+    assert not [p for p in out.rglob("*PHANTOM-*")]
