@@ -224,13 +224,21 @@ def treat_as_data_folders(
             data_paths.add(path, keep=keep)
 
 
+#: The least share of the patch's reach, along each axis it spans, that an image must
+#: cover. A lesion near a border is padded with air and is still a sample; an image shorter
+#: than half the patch makes more air than image of every patch. (A series-level volume
+#: somewhat shorter than its patch, 15 mm of slices for 24, is an ordinary case.)
+MIN_PATCH_COVERAGE = 0.5
+
+
 def holding_the_patch(
     records: Sequence[SampleRecord], preprocessing: Preprocessing
 ) -> tuple[list[SampleRecord], list[Rejection]]:
     """The records whose image can hold the profile's patch, and a rejection (named by
     the series' pseudonym) for each series that cannot: along an axis the patch spans, the
-    image is shorter than the patch, so much of every patch would be the air put outside
-    the image. Records whose source does not give their geometry are kept.
+    image covers less than :data:`MIN_PATCH_COVERAGE` of the patch, so most of every patch
+    would be the air put outside the image. Records whose source does not give their
+    geometry are kept.
 
     Example:
         >>> p = Preprocessing(window={"level": 40, "width": 400}, spacing_mm=[2.0, 1.0, 1.0],
@@ -239,7 +247,7 @@ def holding_the_patch(
         >>> kept, refused = holding_the_patch([tiny], p)
         >>> print(refused[0].path, refused[0].reason)
         series-1 the image is 1 x 1 pixels (1 x 1 mm) in 12 slices (24 mm); the profile's \
-patch needs 48 x 48 mm: too small to use
+patch needs 48 x 48 mm (at least half of it): too small to use
     """
     kept: list[SampleRecord] = []
     refused: dict[str, Rejection] = {}
@@ -249,7 +257,7 @@ patch needs 48 x 48 mm: too small to use
             continue
         own = [count * size for count, size in zip(record.shape, record.spacing_mm, strict=True)]
         needed = _patch_extent_mm(preprocessing, record.spacing_mm)
-        if all(n is None or o >= n * (1 - 1e-6) for o, n in zip(own, needed, strict=True)):
+        if all(n is None or o >= n * MIN_PATCH_COVERAGE for o, n in zip(own, needed, strict=True)):
             kept.append(record)
             continue
         depth = "" if needed[0] is None else f" and {needed[0]:g} mm of slices"
@@ -257,7 +265,7 @@ patch needs 48 x 48 mm: too small to use
         reason = (
             f"the image is {y} x {x} pixels ({own[1]:g} x {own[2]:g} mm) in {z} slice"
             f"{'s' if z != 1 else ''} ({own[0]:g} mm); the profile's patch needs "
-            f"{needed[1]:g} x {needed[2]:g} mm{depth}: too small to use"
+            f"{needed[1]:g} x {needed[2]:g} mm{depth} (at least half of it): too small to use"
         )
         refused.setdefault(record.series_key, Rejection(Path(record.series_key), reason))
     return kept, list(refused.values())

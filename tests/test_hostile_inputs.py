@@ -326,8 +326,9 @@ def test_a_series_of_1_by_1_pixels_is_listed_as_unusable_with_the_reason(ct):
         ("2d", [48, 48], 6, True),  # 16 x 16 pixels of 0.7 x 0.8 mm: 11 x 13 mm
         ("2d", [8, 8], 6, False),
         ("2.5d", [8, 8], 1, True),  # one slice of 2.5 mm; the patch reaches 3 x 2 mm
-        ("3d", [8, 8, 8], 6, True),  # 6 slices of 2.5 mm = 15 mm; the patch 16 mm deep
-        ("3d", [4, 8, 8], 6, False),
+        ("3d", [16, 8, 8], 6, True),  # 6 slices of 2.5 mm = 15 mm; the patch 32 mm deep
+        ("3d", [8, 8, 8], 6, False),  # 15 of 16 mm: a little air at the ends
+        ("2d", [16, 16], 6, False),  # 11.2 x 12.8 mm of 16 x 16: more than half
     ],
 )
 def test_a_series_too_small_for_the_profiles_patch_is_not_used_and_says_why(
@@ -353,7 +354,7 @@ def test_a_series_too_small_for_the_profiles_patch_is_not_used_and_says_why(
     if refused:
         [reason] = reasons
         assert reason.startswith("the image is 16 x 16 pixels (11.2 x 12.8 mm)")
-        assert reason.endswith("too small to use")
+        assert reason.endswith("(at least half of it): too small to use")
         assert "MRN" not in reason
     else:
         assert reasons == []
