@@ -517,7 +517,7 @@ def _run_batch(
             client = (
                 Client(cluster, security=security)
                 if cluster is not None
-                else _connect(Client, str(scheduler))
+                else _connect(str(scheduler))
             )
             try:
                 futures = {
@@ -576,12 +576,13 @@ def _treat_jobs_data_as_data(jobs: Sequence[Job]) -> None:
                 treat_as_data_folders(params, path.parent, label_file)
 
 
-def _connect(client_class: type, scheduler: str) -> Any:
+def _connect(scheduler: str) -> Any:
     """A client of the scheduler at ``scheduler``; a clear refusal where none answers."""
     from dask import config
+    from distributed import Client
 
     try:
-        return client_class(scheduler)
+        return Client(scheduler)
     except (OSError, TimeoutError, ValueError, TypeError) as exc:
         waited = config.get("distributed.comm.timeouts.connect")
         raise InvalidInputError(
