@@ -135,13 +135,13 @@ def run_pair(
     import peers
     from medadapt.engine import ComponentKind
     from medadapt.engine.adaptation import UNADAPTED, adapt, target_split
-    from medadapt.engine.evaluate import predict
-    from medadapt.engine.loop import validation_predictions
-    from medadapt.engine.model import load_model
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine.data.samples import open_site_data
+    from medadapt.engine.models.model import load_model
     from medadapt.engine.profile import load_profile
-    from medadapt.engine.samples import open_site_data
-    from medadapt.engine.train import train
+    from medadapt.engine.training.job import train
+    from medadapt.engine.training.loop import validation_predictions
+    from medadapt.engine.validation.evaluate import predict
 
     host = get_plugin_host()
     registry = host.registry()
@@ -328,10 +328,10 @@ def run_pair(
 
 def _split(profile: Any, which: str, registry: Any, cache: Path) -> Any:
     """A site's labelled samples of one split, as medadapt serves them (no augmentation)."""
-    from medadapt.engine.components import Split
-    from medadapt.engine.data import PatchDataset
-    from medadapt.engine.samples import open_site_data
-    from medadapt.engine.splits import site_split
+    from medadapt.engine.contracts.components import Split
+    from medadapt.engine.data.datasets import PatchDataset
+    from medadapt.engine.data.samples import open_site_data
+    from medadapt.engine.data.splits import site_split
 
     site = open_site_data(profile, registry, cache)
     records = [

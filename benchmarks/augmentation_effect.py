@@ -95,11 +95,11 @@ def held_out_auroc(model_dir: Path, site: dict[str, Any], work: Path) -> float:
     from sklearn.metrics import roc_auc_score
     from torch.utils.data import DataLoader
 
-    from medadapt.engine.data import PatchDataset
-    from medadapt.engine.model import load_model
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine.data.datasets import PatchDataset
+    from medadapt.engine.data.samples import PatchLoader
+    from medadapt.engine.models.model import load_model
     from medadapt.engine.profile import Preprocessing
-    from medadapt.engine.samples import PatchLoader
     from medadapt.plugins.phantom import Phantom
 
     loaded = load_model(model_dir, get_plugin_host().registry())
@@ -118,9 +118,9 @@ def held_out_auroc(model_dir: Path, site: dict[str, Any], work: Path) -> float:
 
 
 def trained(work: Path, path: Path) -> Path:
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
     from medadapt.engine.profile import load_profile
-    from medadapt.engine.train import train
+    from medadapt.engine.training.job import train
 
     host = get_plugin_host()
     registry = host.registry()
@@ -131,7 +131,7 @@ def trained(work: Path, path: Path) -> Path:
 
 def run(quick: bool, work: Path) -> Section:
     """Both experiments, every seed; then the tables and what they show."""
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
     from medadapt.engine.profile import ProfileError, load_profile
 
     small_seeds, seeds, epochs = (2, [1, 2], 2) if quick else (10, [1, 2, 3], 15)

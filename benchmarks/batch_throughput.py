@@ -64,11 +64,11 @@ def run(quick: bool, work: Path) -> Section:
     import torch
 
     from medadapt.engine.batch import jobs_for_profiles, run_batch, run_job
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine.data.samples import open_site_data
+    from medadapt.engine.data.splits import site_split
     from medadapt.engine.profile import load_profile
-    from medadapt.engine.samples import open_site_data
-    from medadapt.engine.splits import site_split
-    from medadapt.engine.train import train
+    from medadapt.engine.training.job import train
 
     patients, epochs = (24, 1) if quick else (SITE_PATIENTS, SITE_EPOCHS)
     os.environ["MEDADAPT_CACHE_DIR"] = str(work / "cache")

@@ -12,7 +12,7 @@ benchmark passes to ``adapt``). From these the same runs answer every question:
   by those labels, and the rule decides on those epochs' predictions and labels.
 
 The rules are the engine's own components (plugins/decision_rules.py) and the epoch judge
-is the engine's (engine/objective.py); only the test AUROC of what they keep is the
+is the engine's (engine/training/objective.py); only the test AUROC of what they keep is the
 benchmark's.
 """
 
@@ -64,7 +64,7 @@ class Outcome:
 
 
 def test_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    from medadapt.engine.metrics import auroc
+    from medadapt.engine.validation.metrics import auroc
 
     return auroc(labels, scores)
 
@@ -91,7 +91,7 @@ def _no_other_data(data: Any, features: bool) -> Any:
 
 def labelled_epoch(run: RecordedRun, labels: np.ndarray, positive_index: int) -> int:
     """The epoch the engine's epoch judge picks with these validation labels."""
-    from medadapt.engine.objective import EpochJudge, ValidationOutputs
+    from medadapt.engine.training.objective import EpochJudge, ValidationOutputs
 
     judge = EpochJudge(positive_index, "auroc")
     class_index = np.where(
@@ -234,7 +234,7 @@ def judge_development(folder: Any, only: str = "") -> list[str]:
 
     from medadapt.engine import ComponentKind
     from medadapt.engine.adaptation import UNADAPTED
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
 
     registry = get_plugin_host().registry()
     files = sorted(Path(folder).glob("*-seed*.npz"))

@@ -32,9 +32,9 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 
 import suite
+from medadapt.engine.data.pseudonym import Pseudonymizer
+from medadapt.engine.data.samples import PatchLoader
 from medadapt.engine.profile import Preprocessing
-from medadapt.engine.pseudonym import Pseudonymizer
-from medadapt.engine.samples import PatchLoader
 from medadapt.plugins.dicom_ct import DicomCT
 from medadapt.plugins.dicom_ct.pixels import load_hu
 from medadapt.plugins.dicom_ct.scan import scan_folder

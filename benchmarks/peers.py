@@ -148,10 +148,10 @@ def epoch_times(
 
     from medadapt.engine import ComponentKind
     from medadapt.engine.adaptation import run_method
-    from medadapt.engine.distributed import World
-    from medadapt.engine.hookspecs import RunInfo
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.hookspecs import RunInfo
+    from medadapt.engine.contracts.host import get_plugin_host
     from medadapt.engine.profile import Training
+    from medadapt.engine.training.distributed import World
 
     host = get_plugin_host()
     training = Training.model_validate(

@@ -32,11 +32,11 @@ def _setup(work: Path, patients: int, repeat: int = 1) -> tuple[Any, Callable[[]
     import torch
 
     from medadapt.engine import ComponentKind
-    from medadapt.engine.data import PatchDataset
-    from medadapt.engine.model import build_classifier
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine.data.datasets import PatchDataset
+    from medadapt.engine.data.samples import PatchLoader
+    from medadapt.engine.models.model import build_classifier
     from medadapt.engine.profile import Preprocessing
-    from medadapt.engine.samples import PatchLoader
     from medadapt.plugins.phantom import Phantom
 
     source = Phantom.from_params({"patients": patients, "seed": 5, "slices": 12, "size": 192})
@@ -62,12 +62,12 @@ def throughput(
     from torch import nn
     from torch.utils.data import DataLoader, Subset
 
-    from medadapt.engine.distributed import World
-    from medadapt.engine.hookspecs import RunInfo
-    from medadapt.engine.loop import Trainer
-    from medadapt.engine.objective import EpochJudge, Supervised
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.hookspecs import RunInfo
+    from medadapt.engine.contracts.host import get_plugin_host
     from medadapt.engine.profile import Training
+    from medadapt.engine.training.distributed import World
+    from medadapt.engine.training.loop import Trainer
+    from medadapt.engine.training.objective import EpochJudge, Supervised
 
     with tempfile.TemporaryDirectory() as work:
         # Each of the 175 patches is served 8 times an epoch: epochs of 1,400 images, the size of

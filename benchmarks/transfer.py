@@ -113,9 +113,9 @@ class Site:
     """One pair at one seed: the profiles, the chest model and a way to run each row."""
 
     def __init__(self, work: Path, pair: str, seed: int, settings: Settings) -> None:
-        from medadapt.engine.plugins import get_plugin_host
+        from medadapt.engine.contracts.host import get_plugin_host
         from medadapt.engine.profile import load_profile
-        from medadapt.engine.train import train
+        from medadapt.engine.training.job import train
 
         self.host = get_plugin_host()
         self.registry = self.host.registry()
@@ -168,7 +168,7 @@ class Site:
         return load_profile(path, self.registry)
 
     def test_auroc(self, model_dir: Path, profile: Any) -> float:
-        from medadapt.engine.evaluate import predict
+        from medadapt.engine.validation.evaluate import predict
 
         auroc = predict(model_dir, profile, self.registry, cache_dir=self.cache).auroc
         assert auroc is not None
@@ -176,7 +176,7 @@ class Site:
 
     def trained(self, name: str, profile: Any) -> dict[str, Any]:
         """``medadapt train`` on the target: its test AUROC and validation-loss curve."""
-        from medadapt.engine.train import train
+        from medadapt.engine.training.job import train
 
         out = self.runs / name.replace(" ", "-").replace(",", "")
         if not (out / "model").is_dir():  # the head check and a development seed share one

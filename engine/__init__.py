@@ -7,8 +7,8 @@ A plugin needs only what is exported here::
 
 from importlib import metadata
 
-from medadapt.engine.components import UNADAPTED as UNADAPTED
-from medadapt.engine.components import (
+from medadapt.engine.contracts.components import UNADAPTED as UNADAPTED
+from medadapt.engine.contracts.components import (
     AdaptationMethod,
     Augmentation,
     Backbone,
@@ -30,9 +30,9 @@ from medadapt.engine.components import (
     SourceValidation,
     Split,
 )
-from medadapt.engine.errors import ExitCode, InvalidInputError, MedadaptError, PluginError
-from medadapt.engine.hookspecs import ReportSection, RunInfo, hookimpl
-from medadapt.engine.output import csv_row, printable
+from medadapt.engine.contracts.errors import ExitCode, InvalidInputError, MedadaptError, PluginError
+from medadapt.engine.contracts.hookspecs import ReportSection, RunInfo, hookimpl
+from medadapt.engine.output.text import csv_row, printable
 
 __version__ = metadata.version("medadapt")
 

@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.model import CARD, read_card, write_json_atomic
-from medadapt.engine.output import read_json_file
-from medadapt.engine.pseudonym import data_paths
-from medadapt.engine.runfolder import FolderInUseError, Provenance, claim_folder
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.data.pseudonym import data_paths
+from medadapt.engine.models.model import CARD, read_card, write_json_atomic
+from medadapt.engine.models.runfolder import FolderInUseError, Provenance, claim_folder
+from medadapt.engine.output.text import read_json_file
 
 if TYPE_CHECKING:
     from distributed import SpecCluster
@@ -282,10 +282,10 @@ def run_job(job: Job, batch_dir: Path, torch_threads: int | None = None) -> dict
 
 def _steps(job: Job, work: Path, log: logging.Logger) -> dict[str, Any]:
     from medadapt.engine.adaptation import adapt
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
     from medadapt.engine.profile import load_profile
-    from medadapt.engine.train import train
-    from medadapt.engine.validate import validate
+    from medadapt.engine.training.job import train
+    from medadapt.engine.validation.job import validate
 
     spec = job.spec
     host = get_plugin_host()
@@ -394,7 +394,7 @@ def run_batch(
         retries: how many more times a job that raised is tried.
         on_update: called about twice a second with each job's current phase, by job id.
 
-    The batch folder is claimed first (see :mod:`medadapt.engine.runfolder`): one batch at
+    The batch folder is claimed first (see :mod:`medadapt.engine.models.runfolder`): one batch at
     a time, and only a folder made by ``batch`` (a new batch may add jobs to it).
 
     Raises:
@@ -560,7 +560,7 @@ def _treat_jobs_data_as_data(jobs: Sequence[Job]) -> None:
     """The data folders that every job's profiles name, read from their YAML (a profile
     that does not validate is read too: its error may name its folder), so that what this
     process writes (job.log, status, batch.json) names their files by pseudonym."""
-    from medadapt.engine.samples import treat_as_data_folders
+    from medadapt.engine.data.samples import treat_as_data_folders
 
     for job in jobs:
         for path in (job.spec.profile, job.spec.source_profile, job.spec.train):

@@ -20,10 +20,10 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from medadapt.engine.components import ComponentKind
-from medadapt.engine.errors import ExitCode, MedadaptError, PluginError, Terminated
-from medadapt.engine.output import plain_row, strict_json
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.components import ComponentKind
+from medadapt.engine.contracts.errors import ExitCode, MedadaptError, PluginError, Terminated
+from medadapt.engine.contracts.host import get_plugin_host
+from medadapt.engine.output.text import plain_row, strict_json
 from medadapt.engine.profile import ProfileError, load_profile, summarize
 
 
@@ -355,7 +355,7 @@ def model_import_command(
     outputs that do not fit are refused by name; pickled and TorchScript files are refused
     with the reason.
     """
-    from medadapt.engine.importing import import_model
+    from medadapt.engine.models.importing import import_model
 
     registry = get_plugin_host().registry()
     profile = load_profile(profile_path, registry)
@@ -465,7 +465,7 @@ def train_command(
     checkpoint after every epoch, so --resume continues after an interruption.
     Under torchrun, trains on every process with DistributedDataParallel.
     """
-    from medadapt.engine.train import train
+    from medadapt.engine.training.job import train
 
     host = get_plugin_host()
     registry = host.registry()
@@ -721,7 +721,7 @@ def validate_command(
     Exit code 0 when every criterion passes, 1 when one fails, 5 when no verdict is
     possible (too few test patients, a criterion that could not be measured).
     """
-    from medadapt.engine.validate import NO_VERDICT, PASS, validate
+    from medadapt.engine.validation.job import NO_VERDICT, PASS, validate
 
     host = get_plugin_host()
     registry = host.registry()
@@ -743,7 +743,7 @@ def validate_command(
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    from medadapt.engine.errors import InvalidInputError
+    from medadapt.engine.contracts.errors import InvalidInputError
 
     try:
         return dict(json.loads(path.read_text()))
@@ -752,8 +752,8 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def _validation_text(report: dict[str, Any], out: Path) -> str:
-    from medadapt.engine.report import interval_text
-    from medadapt.engine.validate import criterion_text
+    from medadapt.engine.validation.job import criterion_text
+    from medadapt.engine.validation.report import interval_text
 
     model = report["results"]["model"]
     lines = [
@@ -944,7 +944,7 @@ def demo_command(ctx: click.Context, out: Path, fast: bool, as_json: bool) -> No
 
     result = run_demo(out, fast=fast, step=step)
     # Only now: validate imports matplotlib, which the demo first points inside OUT.
-    from medadapt.engine.validate import NO_VERDICT, PASS
+    from medadapt.engine.validation.job import NO_VERDICT, PASS
 
     if as_json:
         _emit_json(result.summary)
@@ -987,8 +987,8 @@ def augment_preview_command(profile_path: Path, out: Path, count: int, variants:
     Look at it before training: an augmentation that makes a lesion unrecognisable, or
     that a clinician would not accept, shows here.
     """
-    from medadapt.engine.augment import preview_grid
-    from medadapt.engine.samples import open_site_data
+    from medadapt.engine.data.augment import preview_grid
+    from medadapt.engine.data.samples import open_site_data
 
     registry = get_plugin_host().registry()
     profile = load_profile(profile_path, registry)

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.output import read_json_file
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.output.text import read_json_file
 
 if TYPE_CHECKING:
     from medadapt.engine.adaptation import AdaptResult
@@ -106,12 +106,12 @@ def run_demo(
     # Before anything imports matplotlib, which picks its cache folder when imported.
     _keep_inside(out)
     from medadapt.engine.adaptation import adapt
-    from medadapt.engine.loop import CHECKPOINT
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
     from medadapt.engine.profile import load_profile
     from medadapt.engine.shift import analyse_shift
-    from medadapt.engine.train import train
-    from medadapt.engine.validate import validate
+    from medadapt.engine.training.job import train
+    from medadapt.engine.training.loop import CHECKPOINT
+    from medadapt.engine.validation.job import validate
     from medadapt.plugins.phantom.hospital import HospitalSpec, write_hospital
 
     size = FAST if fast else FULL
@@ -192,7 +192,7 @@ def summarise(
     adapted: AdaptResult,
 ) -> dict[str, Any]:
     """The figures the demo prints, taken from the reports and shift analyses as written."""
-    from medadapt.engine.validate import criterion_text
+    from medadapt.engine.validation.job import criterion_text
 
     return {
         "hospital_a_auroc": home["results"]["model"]["auroc"],
@@ -219,7 +219,7 @@ def summarise(
 
 def summary_text(summary: dict[str, Any]) -> str:
     """The summary as the demo prints it."""
-    from medadapt.engine.report import interval_text
+    from medadapt.engine.validation.report import interval_text
 
     criteria = [f"    {c['status'].upper():<12} {c['text']}" for c in summary["criteria"]]
     return "\n".join(

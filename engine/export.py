@@ -1,7 +1,7 @@
 """``medadapt model export``: a model folder as TorchScript, ONNX or a MONAI bundle.
 
 What is exported is the deployed network: a batch of patches in, prepared as the model card
-says (lesion-centred, resampled to its spacing, windowed to [0, 1]: engine/patches.py), and
+says (lesion-centred, resampled to its spacing, windowed to [0, 1]: engine/data/patches.py), and
 one probability per class out, the same softmax medadapt's own validation reads. Every
 export is run on probe patches before it is kept, and kept only when its probabilities agree
 with medadapt's within :data:`TOLERANCE`; the TorchScript and ONNX files carry the model
@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from medadapt.engine.atomic import atomic_folder
-from medadapt.engine.bundle import INFERENCE, METADATA, STATE_DICT, TORCHSCRIPT, is_bundle
-from medadapt.engine.card import ModelCard
-from medadapt.engine.errors import ExitCode, InvalidInputError, MedadaptError
-from medadapt.engine.model import (
+from medadapt.engine.contracts.errors import ExitCode, InvalidInputError, MedadaptError
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.models.bundle import INFERENCE, METADATA, STATE_DICT, TORCHSCRIPT, is_bundle
+from medadapt.engine.models.card import ModelCard
+from medadapt.engine.models.model import (
     Classifier,
     atomic_file,
     in_channels,
@@ -48,7 +48,7 @@ from medadapt.engine.model import (
     patch_shape,
     torch_bytes,
 )
-from medadapt.engine.registry import ComponentRegistry
+from medadapt.engine.output.atomic import atomic_folder
 
 FORMATS = ("torchscript", "onnx", "monai-bundle")
 #: The most an export's probability may differ from medadapt's on any probe patch.

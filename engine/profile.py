@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from medadapt.engine.components import (
+from medadapt.engine.contracts.components import (
     AdaptationMethod,
     Augmentation,
     Backbone,
@@ -43,9 +43,9 @@ from medadapt.engine.components import (
     LabelProperty,
     ProfilePath,
 )
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.registry import ComponentRegistry, UnknownComponentError
-from medadapt.engine.wording import did_you_mean
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.registry import ComponentRegistry, UnknownComponentError
+from medadapt.engine.contracts.wording import did_you_mean
 
 
 class _Section(BaseModel):

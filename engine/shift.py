@@ -29,16 +29,16 @@ import scipy.stats
 import torch
 from torch.utils.data import DataLoader
 
-from medadapt.engine.components import SampleRecord, Split
-from medadapt.engine.data import PatchDataset
-from medadapt.engine.model import LoadedModel, load_model, write_json_atomic
+from medadapt.engine.contracts.components import SampleRecord, Split
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.data.datasets import PatchDataset
+from medadapt.engine.data.samples import PatchLoader, SiteData, open_site_data
+from medadapt.engine.data.splits import site_split
+from medadapt.engine.models.model import LoadedModel, load_model, write_json_atomic
+from medadapt.engine.models.runfolder import Provenance, claim_folder, profile_reads
 from medadapt.engine.profile import Profile, SubgroupAttribute
-from medadapt.engine.registry import ComponentRegistry
-from medadapt.engine.runfolder import Provenance, claim_folder, profile_reads
-from medadapt.engine.samples import PatchLoader, SiteData, open_site_data
-from medadapt.engine.splits import site_split
-from medadapt.engine.train import profile_hash
-from medadapt.engine.validate import attribute_text
+from medadapt.engine.training.job import profile_hash
+from medadapt.engine.validation.job import attribute_text
 
 SHIFT_JSON = "shift.json"
 #: Every acquisition attribute a report can break results down by.

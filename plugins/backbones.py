@@ -4,7 +4,7 @@ small CNN.
 Every backbone returns a feature extractor ending in global average pooling, so the engine
 can put the same kind of head on any of them. CT patches have one channel (2D, 3D) or
 three (2.5D: adjacent slices); ImageNet weights have three, and the first convolution is
-adapted (see :func:`medadapt.engine.weights.adapt_input_channels`).
+adapted (see :func:`medadapt.engine.models.weights.adapt_input_channels`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medadapt.engine import Backbone, hookimpl
-from medadapt.engine.wording import did_you_mean
+from medadapt.engine.contracts.wording import did_you_mean
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -38,7 +38,7 @@ def _load_published(
     (``first``) adapted to ``in_channels``, the published classifier (``skip``) left out."""
     if state_dict is None:
         return
-    from medadapt.engine.weights import adapt_input_channels, load_matching
+    from medadapt.engine.models.weights import adapt_input_channels, load_matching
 
     weights = dict(state_dict)
     if first in weights:
@@ -310,7 +310,7 @@ class SmallCNN(_Stages, Backbone):
         blocks["flatten"] = nn.Flatten()
         features = nn.Sequential(blocks)
         if state_dict is not None:
-            from medadapt.engine.weights import load_matching
+            from medadapt.engine.models.weights import load_matching
 
             load_matching(features, state_dict, f"the backbone {self.name!r}")
         return features, widths[-1]

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from medadapt.engine import Candidate, Decision, DecisionRule, Evidence, hookimpl
-from medadapt.engine.metrics import PatientBootstrap, rank_auroc, resampled_auroc
+from medadapt.engine.validation.metrics import PatientBootstrap, rank_auroc, resampled_auroc
 
 
 def ensemble_agreement(probabilities: dict[str, np.ndarray]) -> dict[str, float]:

@@ -31,8 +31,8 @@ from medadapt.engine import (
     SelectionScore,
     hookimpl,
 )
-from medadapt.engine.plugins import PluginHost, get_plugin_host
-from medadapt.engine.pseudonym import Pseudonymizer
+from medadapt.engine.contracts.host import PluginHost, get_plugin_host
+from medadapt.engine.data.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.writer import ct_slice
 
 REPO = Path(__file__).resolve().parent.parent
@@ -236,8 +236,8 @@ def small_model(tmp_path) -> Path:
     identity."""
     import torch
 
-    from medadapt.engine.card import ModelCard
-    from medadapt.engine.model import build_classifier, save_model
+    from medadapt.engine.models.card import ModelCard
+    from medadapt.engine.models.model import build_classifier, save_model
 
     torch.manual_seed(0)
     registry = get_plugin_host().registry()
@@ -522,7 +522,7 @@ class _FastTierGuard:
         )
 
     def __enter__(self) -> _FastTierGuard:
-        from medadapt.engine.loop import Trainer
+        from medadapt.engine.training.loop import Trainer
 
         guard = self
 

@@ -14,14 +14,14 @@ from click.testing import CliRunner
 from medadapt.engine import InvalidInputError, Split
 from medadapt.engine.adaptation import SUMMARY, UNADAPTED, adapt, target_split
 from medadapt.engine.cli import cli
-from medadapt.engine.errors import ExitCode
-from medadapt.engine.evaluate import predict
-from medadapt.engine.model import load_model
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.errors import ExitCode
+from medadapt.engine.contracts.host import get_plugin_host
+from medadapt.engine.data.samples import PatchLoader, open_site_data
+from medadapt.engine.data.splits import split_by_patient
+from medadapt.engine.models.model import load_model
 from medadapt.engine.profile import load_profile
-from medadapt.engine.samples import PatchLoader, open_site_data
-from medadapt.engine.splits import split_by_patient
-from medadapt.engine.train import train
+from medadapt.engine.training.job import train
+from medadapt.engine.validation.evaluate import predict
 from medadapt.plugins.decision_rules import ensemble_agreement
 
 SOURCE = {
@@ -390,14 +390,14 @@ def test_a_decision_rule_that_needs_labels_is_refused_without_them(tmp_path):
 
 @pytest.mark.slow
 def test_every_epoch_is_kept_and_shown_to_an_observer(sites, tmp_path):
-    from medadapt.engine.loop import validation_predictions
+    from medadapt.engine.training.loop import validation_predictions
 
     seen: list[tuple[str, int, int, int]] = []
 
     def observe(method, seed, epoch, predict):
         seen.append((method, seed, epoch, len(predict(validation, False).probabilities)))
 
-    from medadapt.engine.data import PatchDataset
+    from medadapt.engine.data.datasets import PatchDataset
 
     profile = target_profile(method="tent")
     target = load(write(tmp_path, "observed.yaml", profile))

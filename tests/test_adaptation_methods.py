@@ -21,13 +21,13 @@ from torch.utils.data import TensorDataset
 
 from medadapt.engine import AdaptationMethod, ComponentKind
 from medadapt.engine.adaptation import run_method
-from medadapt.engine.distributed import World
-from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine.loop import Trainer
-from medadapt.engine.model import Classifier
-from medadapt.engine.objective import EpochJudge, Supervised
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.hookspecs import RunInfo
+from medadapt.engine.contracts.host import get_plugin_host
+from medadapt.engine.models.model import Classifier
 from medadapt.engine.profile import Training
+from medadapt.engine.training.distributed import World
+from medadapt.engine.training.loop import Trainer
+from medadapt.engine.training.objective import EpochJudge, Supervised
 from medadapt.plugins.adaptation.coral import coral_distance
 from medadapt.plugins.adaptation.losses import mean_entropy
 from medadapt.plugins.adaptation.mmd import multi_kernel_mmd

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from medadapt.engine import ComponentKind, LabelProperty
 from medadapt.engine.cli import cli
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.engine.profile import ProfileError, load_profile
 
 REGISTRY = get_plugin_host().registry()
@@ -86,7 +86,7 @@ def test_the_same_seed_gives_the_same_augmented_sample(name):
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_the_same_seed_gives_the_same_sample_through_the_training_composition(name):
     # As the engine runs them: composed, then seeded per sample through the composition.
-    from medadapt.engine.augment import SeededCompose
+    from medadapt.engine.data.augment import SeededCompose
 
     composed = SeededCompose([augmentation(name).transform()])
     patch = random_patch(SHAPES["3d"] if name == "thicker-slices" else SHAPES["2d"], 5)
@@ -107,7 +107,7 @@ def test_the_composition_seeds_each_transform_and_runs_it_as_monai_would():
     from monai.data import get_track_meta
     from monai.utils import MAX_SEED
 
-    from medadapt.engine.augment import SeededCompose
+    from medadapt.engine.data.augment import SeededCompose
 
     names = [n for n in BUILT_IN if n != "thicker-slices"]
     transforms = [augmentation(name).transform() for name in names]

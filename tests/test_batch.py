@@ -24,7 +24,7 @@ from medadapt.engine.batch import (
     run_batch,
 )
 from medadapt.engine.cli import cli
-from medadapt.engine.errors import ExitCode
+from medadapt.engine.contracts.errors import ExitCode
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
 """Batch-norm statistics are recomputed exactly after an epoch too short for the running
-averages (engine/batchnorm.py)."""
+averages (engine/training/batchnorm.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,19 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from medadapt.engine import loop
-from medadapt.engine.batchnorm import batch_norm_layers, recompute_batch_norm, stale_fraction
-from medadapt.engine.distributed import World
-from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine.loop import Trainer
-from medadapt.engine.model import Classifier
-from medadapt.engine.objective import EpochJudge, Supervised
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.hookspecs import RunInfo
+from medadapt.engine.contracts.host import get_plugin_host
+from medadapt.engine.models.model import Classifier
 from medadapt.engine.profile import Training
+from medadapt.engine.training import loop
+from medadapt.engine.training.batchnorm import (
+    batch_norm_layers,
+    recompute_batch_norm,
+    stale_fraction,
+)
+from medadapt.engine.training.distributed import World
+from medadapt.engine.training.loop import Trainer
+from medadapt.engine.training.objective import EpochJudge, Supervised
 
 
 def _net() -> nn.Sequential:

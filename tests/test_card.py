@@ -7,9 +7,9 @@ import json
 import pytest
 
 from medadapt.engine import InvalidInputError
-from medadapt.engine.card import AdaptationRecord, DecisionRecord, ModelCard
-from medadapt.engine.components import UNADAPTED
-from medadapt.engine.model import read_card
+from medadapt.engine.contracts.components import UNADAPTED
+from medadapt.engine.models.card import AdaptationRecord, DecisionRecord, ModelCard
+from medadapt.engine.models.model import read_card
 
 CARD = {
     "site": "Hospital A",

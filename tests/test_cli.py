@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from medadapt.engine import ComponentKind, ExitCode, SelectionScore, __version__, hookimpl
 from medadapt.engine.cli import cli
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.host import get_plugin_host
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "hospital_profiles" / "template.yaml"
 
@@ -221,7 +221,7 @@ def test_a_refused_setting_is_said_by_its_key_not_called_a_bug(register):
 
 
 def test_a_failed_atomic_write_names_the_file_and_leaves_no_temporary(tmp_path):
-    from medadapt.engine.model import atomic_file
+    from medadapt.engine.models.model import atomic_file
 
     target = tmp_path / "report.html"
     with pytest.raises(OSError, match="No space left") as raised, atomic_file(target):
@@ -233,7 +233,7 @@ def test_a_failed_atomic_write_names_the_file_and_leaves_no_temporary(tmp_path):
 
 def test_an_atomic_write_gets_the_permissions_of_any_new_file(tmp_path):
     # mkstemp's temporary is its owner's alone; a model a deployment account reads must not be.
-    from medadapt.engine.atomic import _UMASK, atomic_file
+    from medadapt.engine.output.atomic import _UMASK, atomic_file
 
     with atomic_file(tmp_path / "weights.safetensors") as temporary:
         temporary.write_bytes(b"weights")

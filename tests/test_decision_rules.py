@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from medadapt.engine import Candidate, ComponentKind, Evidence, hookimpl
-from medadapt.engine.components import UNADAPTED, Decision, DecisionRule
-from medadapt.engine.plugins import PluginHost, get_plugin_host
+from medadapt.engine.contracts.components import UNADAPTED, Decision, DecisionRule
+from medadapt.engine.contracts.host import PluginHost, get_plugin_host
 from medadapt.plugins.decision_rules import (
     AgreementGuard,
     BestValidationAuroc,

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from medadapt.engine.cli import cli
+from medadapt.engine.contracts.errors import InvalidInputError
 from medadapt.engine.demo import SITES, shipped_profiles
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.report import interval_text
+from medadapt.engine.validation.report import interval_text
 
 PROFILES = sorted(shipped_profiles().glob("*.yaml"))
 
@@ -139,10 +139,10 @@ def test_the_demo_keeps_a_model_that_beats_the_unadapted_one_on_bs_validation_pa
 
     from medadapt.engine import Candidate, Evidence
     from medadapt.engine.adaptation import UNADAPTED, target_split
+    from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine.data.samples import open_site_data
     from medadapt.engine.demo import DEMO_KEY
-    from medadapt.engine.plugins import get_plugin_host
     from medadapt.engine.profile import load_profile
-    from medadapt.engine.samples import open_site_data
     from medadapt.plugins.decision_rules import ValidationBootstrap
 
     out = demo["out"]

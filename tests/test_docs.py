@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from medadapt.engine import hookspecs
+from medadapt.engine.contracts import hookspecs
 from medadapt.engine.profile import Profile, _as_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,7 +86,7 @@ def _contracts() -> dict[str, dict[str, inspect.Signature]]:
     contracts = {}
     for name in dir(engine):
         cls = getattr(engine, name)
-        if not inspect.isclass(cls) or cls.__module__ != "medadapt.engine.components":
+        if not inspect.isclass(cls) or cls.__module__ != "medadapt.engine.contracts.components":
             continue
         methods = {
             method: inspect.signature(function)
@@ -299,7 +299,7 @@ def test_every_command_and_option_the_docs_show_exists():
     import click
 
     from medadapt.engine.cli import cli
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
 
     get_plugin_host().add_commands(cli)
     wrong = []
@@ -341,7 +341,7 @@ def test_every_option_of_every_command_says_what_it_does():
     import click
 
     from medadapt.engine.cli import cli
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
 
     get_plugin_host().add_commands(cli)  # the commands plugins add too
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from medadapt.engine import ComponentKind
-from medadapt.engine.plugins import PluginHost
+from medadapt.engine.contracts.host import PluginHost
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "medadapt-example-scores"

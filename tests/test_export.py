@@ -15,8 +15,10 @@ from click.testing import CliRunner
 
 from medadapt.engine import InvalidInputError, Split
 from medadapt.engine.cli import cli
-from medadapt.engine.data import PatchDataset
-from medadapt.engine.evaluate import predict_records
+from medadapt.engine.contracts.host import get_plugin_host
+from medadapt.engine.data.datasets import PatchDataset
+from medadapt.engine.data.samples import PatchLoader, open_site_data
+from medadapt.engine.data.splits import site_split
 from medadapt.engine.export import (
     ExportDisagrees,
     Probabilities,
@@ -24,12 +26,10 @@ from medadapt.engine.export import (
     run_onnx,
     run_torchscript,
 )
-from medadapt.engine.importing import import_model
-from medadapt.engine.model import load_model
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.models.importing import import_model
+from medadapt.engine.models.model import load_model
 from medadapt.engine.profile import load_profile
-from medadapt.engine.samples import PatchLoader, open_site_data
-from medadapt.engine.splits import site_split
+from medadapt.engine.validation.evaluate import predict_records
 
 
 @pytest.fixture

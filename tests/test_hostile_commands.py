@@ -23,8 +23,8 @@ import yaml
 from click.testing import CliRunner
 
 from medadapt.engine.cli import cli
-from medadapt.engine.errors import ExitCode
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.errors import ExitCode
+from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.plugins.phantom.hospital import HospitalSpec, write_hospital
 
 pytestmark = pytest.mark.slow

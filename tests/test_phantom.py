@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from medadapt.engine.cli import cli
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.plugins.dicom_ct import DicomCT
 from medadapt.plugins.phantom import Phantom
 from medadapt.plugins.phantom.anatomy import draw_patient
@@ -329,8 +329,8 @@ def test_the_phantom_source_validates_its_parameters():
 
 
 def test_a_phantom_profile_gives_patches_without_any_file(tmp_path):
+    from medadapt.engine.data.samples import open_site_data
     from medadapt.engine.profile import load_profile
-    from medadapt.engine.samples import open_site_data
 
     registry = get_plugin_host().registry()
     shipped = Path(__file__).resolve().parent.parent / "hospital_profiles"

@@ -22,7 +22,7 @@ import yaml
 from click.testing import CliRunner
 
 from medadapt.engine.cli import _configure_logging, cli
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.plugins.phantom.hospital import HospitalSpec, write_hospital
 
 pytestmark = pytest.mark.slow

@@ -17,11 +17,11 @@ from torch.utils.data import TensorDataset
 
 from medadapt.engine import ComponentKind
 from medadapt.engine.adaptation import run_method
-from medadapt.engine.distributed import World
-from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine.model import Classifier
-from medadapt.engine.plugins import PluginHost
+from medadapt.engine.contracts.hookspecs import RunInfo
+from medadapt.engine.contracts.host import PluginHost
+from medadapt.engine.models.model import Classifier
 from medadapt.engine.profile import Training
+from medadapt.engine.training.distributed import World
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "examples" / "medadapt-pseudo-label"

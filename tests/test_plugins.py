@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from medadapt.engine import ComponentKind, ReportSection, RunInfo, SelectionScore, hookimpl
-from medadapt.engine.errors import PluginError
-from medadapt.engine.plugins import PluginHost, plugins_to_load
-from medadapt.engine.registry import UnknownComponentError
+from medadapt.engine.contracts.errors import PluginError
+from medadapt.engine.contracts.host import PluginHost, plugins_to_load
+from medadapt.engine.contracts.registry import UnknownComponentError
 
 SCORES = ComponentKind.SELECTION_SCORES
 
@@ -169,7 +169,7 @@ class UndeclaredPlugin:
 @pytest.mark.parametrize(
     ("plugin", "expected"),
     [
-        (NotAComponent(), "not a subclass of medadapt.engine.components.Backbone"),
+        (NotAComponent(), "not a subclass of medadapt.engine.contracts.components.Backbone"),
         (HalfDone(), "does not implement: score"),
         (BadNamePlugin(), "'Bad Name' is not lower-case words"),
         (UndeclaredPlugin(), "does not declare 'higher_is_better'"),

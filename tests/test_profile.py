@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from medadapt.engine import ComponentKind
 from medadapt.engine.cli import cli
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.engine.profile import ProfileError, load_profile, summarize
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "hospital_profiles" / "template.yaml"
@@ -270,8 +270,8 @@ def test_every_shipped_hospital_profile_passes_the_check(profile):
 
 @pytest.mark.parametrize("name", ["hospital_a_chest", "hospital_b_chest", "hospital_b_head"])
 def test_the_demos_profiles_carry_the_demos_key_and_say_a_real_site_must_not(name, monkeypatch):
+    from medadapt.engine.data.pseudonym import KEY_ENV, Pseudonymizer
     from medadapt.engine.demo import DEMO_KEY
-    from medadapt.engine.pseudonym import KEY_ENV, Pseudonymizer
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     path = TEMPLATE.parent / f"{name}.yaml"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.runfolder import (
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.models.runfolder import (
     LOCK,
     PROVENANCE,
     FolderInUseError,
@@ -121,7 +121,7 @@ def test_refuses_a_read_only_folder_before_any_work(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from medadapt.engine.runfolder import Provenance, claim_folder
+from medadapt.engine.models.runfolder import Provenance, claim_folder
 with claim_folder(Path(sys.argv[1]), Provenance("train", {"profile": "a" * 64}, {"seed": 7})):
     print("holding", flush=True)
     time.sleep(float(sys.argv[2]))

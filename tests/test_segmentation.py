@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from medadapt.engine.cli import cli
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.plugins.dicom_ct import DicomCT
 from medadapt.plugins.phantom.hospital import HospitalSpec, draw, write_hospital
 

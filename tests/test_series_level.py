@@ -12,12 +12,12 @@ from click.testing import CliRunner
 
 from medadapt.engine import InvalidInputError
 from medadapt.engine.adaptation.access import check_fit
-from medadapt.engine.card import ModelCard
 from medadapt.engine.cli import cli
-from medadapt.engine.model import SlicePooling, build_classifier, load_model, patch_shape
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.host import get_plugin_host
+from medadapt.engine.data.pseudonym import Pseudonymizer
+from medadapt.engine.models.card import ModelCard
+from medadapt.engine.models.model import SlicePooling, build_classifier, load_model, patch_shape
 from medadapt.engine.profile import load_profile
-from medadapt.engine.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct import DicomCT
 from medadapt.plugins.dicom_ct.labels import join_series_labels
 from medadapt.plugins.phantom import Phantom
@@ -210,7 +210,7 @@ def test_a_2d_state_dict_imports_as_a_series_model_over_pooled_slices(tmp_path, 
     import torchvision
 
     from medadapt.engine.export import export_model, run_onnx
-    from medadapt.engine.importing import import_model
+    from medadapt.engine.models.importing import import_model
 
     registry = get_plugin_host().registry()
     document = profile_document("B", written["b"][1], "2d")

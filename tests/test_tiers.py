@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medadapt.engine.loop import Trainer
+from medadapt.engine.training.loop import Trainer
 
 HEAVY_TESTS = """
 import subprocess
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from medadapt.engine.loop import Trainer
+from medadapt.engine.training.loop import Trainer
 
 
 def test_trains():

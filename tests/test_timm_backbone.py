@@ -13,10 +13,10 @@ from safetensors.torch import save_file
 
 from medadapt.engine import ComponentKind, InvalidInputError
 from medadapt.engine.cli import cli
-from medadapt.engine.model import build_classifier
-from medadapt.engine.plugins import get_plugin_host
-from medadapt.engine.registry import UnknownComponentError
-from medadapt.engine.weights import load_weights_file
+from medadapt.engine.contracts.host import get_plugin_host
+from medadapt.engine.contracts.registry import UnknownComponentError
+from medadapt.engine.models.model import build_classifier
+from medadapt.engine.models.weights import load_weights_file
 
 BACKBONES = ComponentKind.BACKBONES
 SMALL = "test_efficientnet"  # timm's own tiny EfficientNet (0.1 M parameters)

@@ -23,14 +23,14 @@ from safetensors.torch import load_file
 
 from medadapt.engine import ComponentKind, InvalidInputError, Split
 from medadapt.engine.cli import cli
-from medadapt.engine.loop import CHECKPOINT
-from medadapt.engine.model import WEIGHTS, build_classifier, load_model
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.host import get_plugin_host
+from medadapt.engine.data.splits import check_patient_splits, split_by_patient
+from medadapt.engine.models.model import WEIGHTS, build_classifier, load_model
+from medadapt.engine.models.runfolder import LOCK
+from medadapt.engine.models.weights import hub_cache_file, load_imagenet_weights, load_weights_file
 from medadapt.engine.profile import ProfileError, load_profile
-from medadapt.engine.runfolder import LOCK
-from medadapt.engine.splits import check_patient_splits, split_by_patient
-from medadapt.engine.train import train
-from medadapt.engine.weights import hub_cache_file, load_imagenet_weights, load_weights_file
+from medadapt.engine.training.job import train
+from medadapt.engine.training.loop import CHECKPOINT
 
 QUICK = {
     "site": {"name": "Quick Hospital"},
@@ -278,7 +278,7 @@ def test_frozen_stages_keep_their_weights(quick_profile, tmp_path):
 @pytest.mark.slow
 def test_training_saves_recomputed_batch_norm_statistics(quick_profile, tmp_path):
     # The saved statistics come from one pass over an epoch's training batches with the
-    # weights fixed (engine/batchnorm.py), not from running averages over every step.
+    # weights fixed (engine/training/batchnorm.py), not from running averages over every step.
     result = run_train(quick_profile(), tmp_path / "on")
     run = json.loads((tmp_path / "on" / "run.json").read_text())
     steps = -(-sum(run["samples"]["train"].values()) // 8)
@@ -343,7 +343,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_scan(
     quick_profile, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(
-        "medadapt.engine.train.open_site_data",
+        "medadapt.engine.training.job.open_site_data",
         lambda *a, **k: pytest.fail("the data were scanned before the folder was checked"),
     )
     (tmp_path / "a-file").write_text("")
@@ -502,7 +502,7 @@ def test_leaving_the_world_destroys_the_group_even_when_ddp_sits_in_a_reference_
 
     import torch.distributed as dist
 
-    from medadapt.engine.distributed import leave_world
+    from medadapt.engine.training.distributed import leave_world
 
     def native_threads() -> int:
         return len(os.listdir("/proc/self/task")) - threading.active_count()

@@ -18,13 +18,17 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from medadapt.engine.adaptation import adapt
 from medadapt.engine.cli import cli
-from medadapt.engine.errors import ExitCode
-from medadapt.engine.metrics import PatientBootstrap, expected_calibration_error, rank_auroc
-from medadapt.engine.plugins import get_plugin_host
+from medadapt.engine.contracts.errors import ExitCode
+from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.engine.profile import load_profile
 from medadapt.engine.shift import SHIFT_JSON, analyse_shift
-from medadapt.engine.train import train
-from medadapt.engine.validate import PREDICTIONS, REPORT_HTML, REPORT_JSON, validate
+from medadapt.engine.training.job import train
+from medadapt.engine.validation.job import PREDICTIONS, REPORT_HTML, REPORT_JSON, validate
+from medadapt.engine.validation.metrics import (
+    PatientBootstrap,
+    expected_calibration_error,
+    rank_auroc,
+)
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "hospital_profiles" / "template.yaml"
 
@@ -269,7 +273,7 @@ def test_a_report_folder_of_another_model_is_refused_before_any_data_are_read(
     report = validated["folder"] / "report"
     before = (report / REPORT_JSON).read_bytes()
     monkeypatch.setattr(
-        "medadapt.engine.validate.open_site_data",
+        "medadapt.engine.validation.job.open_site_data",
         lambda *a, **k: pytest.fail("the data were read before the folder was refused"),
     )
     other = ["--model", str(validated["baseline"]), "--out", str(report)]
@@ -318,8 +322,8 @@ def test_shift_finds_the_scanner_change_and_not_a_second_draw_of_the_same_site(v
 
 @pytest.mark.slow
 def test_shift_reads_no_test_patient(validated, monkeypatch):
-    from medadapt.engine.samples import PatchLoader
-    from medadapt.engine.splits import site_split
+    from medadapt.engine.data.samples import PatchLoader
+    from medadapt.engine.data.splits import site_split
 
     registry = get_plugin_host().registry()
     target = load_profile(validated["target"], registry)
@@ -333,7 +337,7 @@ def test_shift_reads_no_test_patient(validated, monkeypatch):
 
     monkeypatch.setattr(PatchLoader, "patch_hu", watched)
     analyse_shift(target, source, registry, validated["baseline"])
-    from medadapt.engine.samples import open_site_data
+    from medadapt.engine.data.samples import open_site_data
 
     test_patients = set()
     for profile in (target, source):
@@ -366,7 +370,7 @@ def test_shift_command_prints_the_verdict_and_the_rule(validated, tmp_path):
 @pytest.mark.slow
 def test_a_plugin_adds_a_section_to_the_report(validated, register, tmp_path):
     from medadapt.engine import hookimpl
-    from medadapt.engine.hookspecs import ReportSection
+    from medadapt.engine.contracts.hookspecs import ReportSection
 
     seen = {}
 
@@ -457,8 +461,8 @@ def test_the_report_renders_and_prints_in_headless_chromium(validated, tmp_path)
 
 
 def test_failure_examples_show_the_missed_positives_first_then_the_false_alarms():
-    from medadapt.engine.evaluate import Predictions
-    from medadapt.engine.validate import _failures
+    from medadapt.engine.validation.evaluate import Predictions
+    from medadapt.engine.validation.job import _failures
 
     profile = load_profile(TEMPLATE, None)  # positive class malignant, 6 examples
     # Positives the model scores low (missed) and negatives it scores high (false alarms).
@@ -496,7 +500,7 @@ def test_the_report_shows_the_missed_positives_it_counts(validated):
 
 def _judged(judge_on: str, auroc: dict) -> dict:
     from medadapt.engine.profile import Acceptance
-    from medadapt.engine.validate import judge
+    from medadapt.engine.validation.job import judge
 
     profile = load_profile(TEMPLATE, None)
     gate = Acceptance(min_auroc=0.85, max_calibration_error=0.2, judge_on=judge_on)
@@ -543,8 +547,8 @@ def test_without_an_interval_the_lower_bound_cannot_judge():
 
 @pytest.mark.slow
 def test_the_verdict_box_says_where_the_interval_crosses(validated):
-    from medadapt.engine.report import render
-    from medadapt.engine.validate import criterion_text
+    from medadapt.engine.validation.job import criterion_text
+    from medadapt.engine.validation.report import render
 
     report = json.loads(json.dumps(validated["result"].report))
     auroc = report["results"]["model"]["auroc"]
@@ -574,13 +578,13 @@ def _report_for_warnings(**changes) -> dict:
 
 
 def test_a_sound_report_has_no_warnings():
-    from medadapt.engine.validate import warnings
+    from medadapt.engine.validation.job import warnings
 
     assert warnings(_report_for_warnings(), load_profile(TEMPLATE, None)) == []
 
 
 def test_fragile_numbers_give_warnings_that_say_what_to_do():
-    from medadapt.engine.validate import warnings
+    from medadapt.engine.validation.job import warnings
 
     profile = load_profile(TEMPLATE, None)
     fragile = {"threshold": 0.010, "calibration_error": {"value": 0.20}}

@@ -11,9 +11,9 @@ import timm
 import torch
 
 from medadapt.engine import ComponentKind
-from medadapt.engine.model import build_classifier
-from medadapt.engine.plugins import get_plugin_host
-from medadapt.engine.weights import load_weights_file
+from medadapt.engine.contracts.host import get_plugin_host
+from medadapt.engine.models.model import build_classifier
+from medadapt.engine.models.weights import load_weights_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import zoo

@@ -11,7 +11,7 @@
 from medadapt.engine.adaptation.access import TargetSplit, target_split
 from medadapt.engine.adaptation.job import SUMMARY, AdaptResult, adapt
 from medadapt.engine.adaptation.runs import PROBABILITIES, CandidateRun, run_method
-from medadapt.engine.components import UNADAPTED
+from medadapt.engine.contracts.components import UNADAPTED
 
 __all__ = [
     "PROBABILITIES",

@@ -24,21 +24,21 @@ from typing import ClassVar
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from medadapt.engine.augment import training_transform
-from medadapt.engine.card import ModelCard
-from medadapt.engine.components import (
+from medadapt.engine.contracts.components import (
     UNADAPTED,
     AdaptationMethod,
     ComponentKind,
     SampleRecord,
     Split,
 )
-from medadapt.engine.data import PatchDataset
-from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.data.augment import training_transform
+from medadapt.engine.data.datasets import PatchDataset
+from medadapt.engine.data.samples import open_site_data
+from medadapt.engine.data.splits import keep_labels_per_class, site_split
+from medadapt.engine.models.card import ModelCard
 from medadapt.engine.profile import AUTO, AdaptationChoice, Profile
-from medadapt.engine.registry import ComponentRegistry
-from medadapt.engine.samples import open_site_data
-from medadapt.engine.splits import keep_labels_per_class, site_split
 
 
 class Unadapted(AdaptationMethod):

@@ -2,10 +2,11 @@
 
 The candidates are every method's run at every seed and, whenever the classes allow, the
 unadapted source model. What they are compared on is their predictions on the target
-validation patients (:class:`~medadapt.engine.components.Evidence`); the test split is never
-part of it. A decision rule (a plugin component, plugins/decision_rules.py) decides; which
-rule is the profile's ``adaptation.decision.rule``, by default ``validation-bootstrap`` when
-the validation patients are labelled and ``agreement-guard`` when they are not.
+validation patients (:class:`~medadapt.engine.contracts.components.Evidence`); the test
+split is never part of it. A decision rule (a plugin component, plugins/decision_rules.py)
+decides; which rule is the profile's ``adaptation.decision.rule``, by default
+``validation-bootstrap`` when the validation patients are labelled and ``agreement-guard``
+when they are not.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medadapt.engine.components import (
+from medadapt.engine.contracts.components import (
     Candidate,
     ComponentKind,
     Decision,
@@ -22,9 +23,9 @@ from medadapt.engine.components import (
     Evidence,
     SampleRecord,
 )
-from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.registry import ComponentRegistry
 from medadapt.engine.profile import AdaptationChoice, Profile
-from medadapt.engine.registry import ComponentRegistry
 
 #: The rules used when the profile names none.
 WITH_LABELS = "validation-bootstrap"

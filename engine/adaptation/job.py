@@ -38,9 +38,7 @@ from medadapt.engine.adaptation.runs import (
     probabilities,
     run_method,
 )
-from medadapt.engine.augment import training_transform
-from medadapt.engine.card import AdaptationRecord, DecisionRecord, ModelCard
-from medadapt.engine.components import (
+from medadapt.engine.contracts.components import (
     UNADAPTED,
     Candidate,
     ComponentKind,
@@ -48,12 +46,15 @@ from medadapt.engine.components import (
     Evidence,
     SelectionScore,
 )
-from medadapt.engine.data import PatchDataset
-from medadapt.engine.distributed import World, join_world, leave_world
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine.loop import seed_everything
-from medadapt.engine.model import (
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.hookspecs import RunInfo
+from medadapt.engine.contracts.host import PluginHost
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.data.augment import training_transform
+from medadapt.engine.data.datasets import PatchDataset
+from medadapt.engine.data.samples import SiteData, open_site_data
+from medadapt.engine.models.card import AdaptationRecord, DecisionRecord, ModelCard
+from medadapt.engine.models.model import (
     CARD,
     WEIGHTS,
     LoadedModel,
@@ -63,13 +64,12 @@ from medadapt.engine.model import (
     save_model,
     write_json_atomic,
 )
-from medadapt.engine.output import read_json_file
-from medadapt.engine.plugins import PluginHost
+from medadapt.engine.models.runfolder import Provenance, claim_folder, profile_reads, remove_outputs
+from medadapt.engine.output.text import read_json_file
 from medadapt.engine.profile import AUTO, AdaptationChoice, Profile
-from medadapt.engine.registry import ComponentRegistry
-from medadapt.engine.runfolder import Provenance, claim_folder, profile_reads, remove_outputs
-from medadapt.engine.samples import SiteData, open_site_data
-from medadapt.engine.train import data_manifest_hash, profile_hash
+from medadapt.engine.training.distributed import World, join_world, leave_world
+from medadapt.engine.training.job import data_manifest_hash, profile_hash
+from medadapt.engine.training.loop import seed_everything
 
 SUMMARY = "adapt.json"
 #: What ``adapt`` writes in its folder, removed when it starts afresh over one.
@@ -154,7 +154,7 @@ def adapt(
     validation patients are labelled; the decision rule keeps it unless the evidence says
     otherwise. A run already finished in ``out_dir`` (same inputs, method and seed) is
     reused, so an interrupted job continues where it stopped when run again. The folder is
-    claimed first (see :mod:`medadapt.engine.runfolder`).
+    claimed first (see :mod:`medadapt.engine.models.runfolder`).
 
     Raises:
         InvalidInputError: the model and profile do not fit together, the chosen method or

@@ -15,18 +15,18 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from medadapt.engine.card import ModelCard
-from medadapt.engine.components import AdaptationMethod, Backbone, SelectionScore
-from medadapt.engine.distributed import World
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine.loop import FitResult, Trainer
-from medadapt.engine.model import Classifier, build_from_card
-from medadapt.engine.objective import EpochJudge, Objective, Predict, ScoreJudge
-from medadapt.engine.output import read_json_file
-from medadapt.engine.plugins import PluginHost
+from medadapt.engine.contracts.components import AdaptationMethod, Backbone, SelectionScore
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.hookspecs import RunInfo
+from medadapt.engine.contracts.host import PluginHost
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.models.card import ModelCard
+from medadapt.engine.models.model import Classifier, build_from_card
+from medadapt.engine.output.text import read_json_file
 from medadapt.engine.profile import Training
-from medadapt.engine.registry import ComponentRegistry
+from medadapt.engine.training.distributed import World
+from medadapt.engine.training.loop import FitResult, Trainer
+from medadapt.engine.training.objective import EpochJudge, Objective, Predict, ScoreJudge
 
 #: A run's predictions on the target validation split at its best epoch (numbers only).
 PROBABILITIES = "validation-probabilities.npy"

@@ -12,7 +12,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from medadapt.engine import AdaptationMethod
-from medadapt.engine.components import NoParams
+from medadapt.engine.contracts.components import NoParams
 from medadapt.plugins.adaptation.losses import source_task_and_features
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medadapt.engine.data import UNLABELLED
+from medadapt.engine.data.datasets import UNLABELLED
 
 
 def features_and_logits(model: nn.Module, patches: Tensor) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 from medadapt.engine import AdaptationMethod
-from medadapt.engine.components import NoParams
+from medadapt.engine.contracts.components import NoParams
 from medadapt.plugins.adaptation.losses import source_task_and_features
 
 #: Bandwidths as multiples of the batch's mean squared distance, as in DAN.

@@ -11,7 +11,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from medadapt.engine import AdaptationMethod
-from medadapt.engine.components import NoParams
+from medadapt.engine.contracts.components import NoParams
 from medadapt.plugins.adaptation.losses import diversity, features_and_logits, mean_entropy
 
 

@@ -24,7 +24,7 @@ from medadapt.engine import (
     ScanResult,
     hookimpl,
 )
-from medadapt.engine.pseudonym import Pseudonymizer
+from medadapt.engine.data.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.inspect import inspect_command
 from medadapt.plugins.dicom_ct.labels import (
     Lesion,

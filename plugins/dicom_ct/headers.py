@@ -22,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 
 from medadapt.engine import Rejection, printable
-from medadapt.engine.pseudonym import Pseudonymizer
+from medadapt.engine.data.pseudonym import Pseudonymizer
 
 PIXEL_DATA = 0x7FE00010
 _DEFER_BYTES = 2048

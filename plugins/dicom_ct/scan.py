@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medadapt.engine import InvalidInputError, Rejection
-from medadapt.engine.pseudonym import Pseudonymizer
+from medadapt.engine.data.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.headers import FileHeader, SegmentationFile, read_header
 from medadapt.plugins.dicom_ct.series import Volume, assemble
 

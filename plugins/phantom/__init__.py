@@ -24,8 +24,8 @@ from medadapt.engine import (
     ScanResult,
     hookimpl,
 )
-from medadapt.engine.output import strict_json
-from medadapt.engine.progress import progress_bar
+from medadapt.engine.output.progress import progress_bar
+from medadapt.engine.output.text import strict_json
 from medadapt.plugins.phantom.hospital import (
     GENERATOR_VERSION,
     HospitalSpec,

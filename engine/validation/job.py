@@ -2,11 +2,11 @@
 
 ``validate`` predicts on the validation split (to choose the operating point and, when asked,
 a calibration temperature, both before the test is looked at) and on the test split, and
-measures, each with a patient-level bootstrap interval (engine/metrics.py): AUROC, the
+measures, each with a patient-level bootstrap interval (engine/validation/metrics.py): AUROC, the
 operating point's sensitivity, specificity, PPV and NPV, calibration, subgroups, and the
 paired difference against a baseline model. The profile's acceptance criteria are judged
 on these numbers. Everything goes into one dictionary, written as report.json, from which
-report.html is rendered (engine/report.py): the two cannot disagree.
+report.html is rendered (engine/validation/report.py): the two cannot disagree.
 
 Nothing identifying leaves this module: samples are named by their keyed patient pseudonym,
 and a record's locator (which may hold a file path with a name in it) is never written.
@@ -25,10 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from medadapt.engine.components import UNADAPTED, Rejection, SampleRecord, Split
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.evaluate import Predictions, check_positive_class, predict_records
-from medadapt.engine.metrics import (
+from medadapt.engine.contracts.components import UNADAPTED, Rejection, SampleRecord, Split
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.host import PluginHost
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.data.samples import SiteData, open_site_data
+from medadapt.engine.data.splits import site_split
+from medadapt.engine.models.model import LoadedModel, atomic_file, load_model
+from medadapt.engine.models.runfolder import Provenance, claim_folder, json_hash, profile_reads
+from medadapt.engine.output.text import csv_row
+from medadapt.engine.profile import Profile
+from medadapt.engine.training.job import data_manifest_hash, profile_hash
+from medadapt.engine.validation.evaluate import Predictions, check_positive_class, predict_records
+from medadapt.engine.validation.metrics import (
     PatientBootstrap,
     apply_temperature,
     auroc,
@@ -41,15 +50,6 @@ from medadapt.engine.metrics import (
     resampled_auroc,
     roc_points,
 )
-from medadapt.engine.model import LoadedModel, atomic_file, load_model
-from medadapt.engine.output import csv_row
-from medadapt.engine.plugins import PluginHost
-from medadapt.engine.profile import Profile
-from medadapt.engine.registry import ComponentRegistry
-from medadapt.engine.runfolder import Provenance, claim_folder, json_hash, profile_reads
-from medadapt.engine.samples import SiteData, open_site_data
-from medadapt.engine.splits import site_split
-from medadapt.engine.train import data_manifest_hash, profile_hash
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -100,7 +100,7 @@ def validate(
         overwrite: write into a folder made by something else (another model, another
             job).
 
-    The models are read and the folder claimed (see :mod:`medadapt.engine.runfolder`)
+    The models are read and the folder claimed (see :mod:`medadapt.engine.models.runfolder`)
     before any data are.
 
     Raises:
@@ -204,7 +204,7 @@ def _validate(
     report["limitations"] = _limitations(report, profile)
     report["provenance"] = _provenance(profile, loaded, records, host)
     _write_predictions(out_dir / PREDICTIONS, predictions, profile)
-    from medadapt.engine.report import write_report
+    from medadapt.engine.validation.report import write_report
 
     write_report(report, out_dir, profile, registry, site, predictions, host)
     return ValidationResult(out_dir, report)

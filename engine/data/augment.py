@@ -11,12 +11,12 @@ from monai.data import get_track_meta, set_track_meta
 from monai.transforms import Compose
 from monai.utils import MAX_SEED
 
-from medadapt.engine.components import Augmentation, ComponentKind, SampleRecord
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.output import pyplot
+from medadapt.engine.contracts.components import Augmentation, ComponentKind, SampleRecord
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.data.samples import PatchLoader
+from medadapt.engine.output.text import pyplot
 from medadapt.engine.profile import Profile, unsafe_augmentation
-from medadapt.engine.registry import ComponentRegistry
-from medadapt.engine.samples import PatchLoader
 
 
 def training_transform(

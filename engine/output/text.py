@@ -116,7 +116,7 @@ def read_json_file(path: Path, what: str) -> Any:
     Raises:
         InvalidInputError: the file cannot be read, is not UTF-8 or is not JSON.
     """
-    from medadapt.engine.errors import InvalidInputError
+    from medadapt.engine.contracts.errors import InvalidInputError
 
     try:
         return json.loads(path.read_text(encoding="utf-8"))

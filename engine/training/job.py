@@ -15,15 +15,29 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from medadapt.engine.augment import training_transform
-from medadapt.engine.card import BackboneInfo, ModelCard
-from medadapt.engine.components import Backbone, ComponentKind, SampleRecord, Split
-from medadapt.engine.data import PatchDataset
-from medadapt.engine.diagnostics import diagnose
-from medadapt.engine.distributed import World, join_world, leave_world
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine.loop import (
+from medadapt.engine.contracts.components import Backbone, ComponentKind, SampleRecord, Split
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.hookspecs import RunInfo
+from medadapt.engine.contracts.host import PluginHost
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.data.augment import training_transform
+from medadapt.engine.data.datasets import PatchDataset
+from medadapt.engine.data.samples import open_site_data
+from medadapt.engine.data.splits import keep_labels_per_class, site_split
+from medadapt.engine.models.card import BackboneInfo, ModelCard
+from medadapt.engine.models.model import (
+    CARD,
+    backbone_features,
+    build_classifier,
+    save_model,
+    write_json_atomic,
+)
+from medadapt.engine.models.runfolder import Provenance, claim_folder, profile_reads, remove_outputs
+from medadapt.engine.models.weights import load_imagenet_weights, load_weights_file
+from medadapt.engine.profile import Profile
+from medadapt.engine.training.diagnostics import diagnose
+from medadapt.engine.training.distributed import World, join_world, leave_world
+from medadapt.engine.training.loop import (
     BEST,
     CHECKPOINT,
     VALIDATION_PREDICTIONS,
@@ -31,21 +45,7 @@ from medadapt.engine.loop import (
     Trainer,
     seed_everything,
 )
-from medadapt.engine.model import (
-    CARD,
-    backbone_features,
-    build_classifier,
-    save_model,
-    write_json_atomic,
-)
-from medadapt.engine.objective import EpochJudge, Supervised
-from medadapt.engine.plugins import PluginHost
-from medadapt.engine.profile import Profile
-from medadapt.engine.registry import ComponentRegistry
-from medadapt.engine.runfolder import Provenance, claim_folder, profile_reads, remove_outputs
-from medadapt.engine.samples import open_site_data
-from medadapt.engine.splits import keep_labels_per_class, site_split
-from medadapt.engine.weights import load_imagenet_weights, load_weights_file
+from medadapt.engine.training.objective import EpochJudge, Supervised
 
 RUN = "run.json"
 #: What a run of ``train`` writes in its folder, removed when it starts afresh over one.
@@ -81,7 +81,7 @@ def train(
     The data are split by patient with the profile's seed; the model is validated every
     epoch on the validation split, the best epoch is kept, and ``out_dir/model`` gets its
     weights and card. Under torchrun every process calls this; rank 0 writes. The folder
-    is claimed first (see :mod:`medadapt.engine.runfolder`): writable, locked, and made by
+    is claimed first (see :mod:`medadapt.engine.models.runfolder`): writable, locked, and made by
     this profile.
 
     Args:

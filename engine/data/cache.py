@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from medadapt.engine.atomic import atomic_file
+from medadapt.engine.output.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 

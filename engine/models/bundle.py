@@ -9,7 +9,7 @@ Reading never runs the bundle's code. MONAI's own parser evaluates the ``$`` exp
 a config, which can do anything; medadapt reads the JSON as data, takes ``network_def``'s
 ``_target_`` and its literal arguments (``@name`` references to literal values are
 followed), and refuses anything else by name. The weights are read with
-``weights_only=True`` (engine/weights.py).
+``weights_only=True`` (engine/models/weights.py).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Any
 
 from torch import Tensor
 
-from medadapt.engine.components import Backbone
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.model import file_sha256
+from medadapt.engine.contracts.components import Backbone
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.models.model import file_sha256
+from medadapt.engine.models.weights import load_weights_file
 from medadapt.engine.profile import Profile
-from medadapt.engine.weights import load_weights_file
 
 METADATA = Path("configs") / "metadata.json"
 INFERENCE = Path("configs") / "inference.json"

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.contracts.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 

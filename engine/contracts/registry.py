@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medadapt.engine.components import Component, ComponentKind
-from medadapt.engine.errors import InvalidInputError, PluginError
-from medadapt.engine.wording import close_matches, quoted
+from medadapt.engine.contracts.components import Component, ComponentKind
+from medadapt.engine.contracts.errors import InvalidInputError, PluginError
+from medadapt.engine.contracts.wording import close_matches, quoted
 
 #: Component names are lower case words joined by "-" (digits and "." allowed: "resnet18").
 NAME_PATTERN = re.compile(r"^[a-z0-9]+(?:[-.][a-z0-9]+)*$")

@@ -21,14 +21,14 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from medadapt.engine.atomic import atomic_file
-from medadapt.engine.card import CARD_FORMAT, ModelCard
-from medadapt.engine.components import Backbone, ComponentKind
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.output import read_json_file
+from medadapt.engine.contracts.components import Backbone, ComponentKind
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.data.pseudonym import data_paths
+from medadapt.engine.models.card import CARD_FORMAT, ModelCard
+from medadapt.engine.output.atomic import atomic_file
+from medadapt.engine.output.text import read_json_file
 from medadapt.engine.profile import Preprocessing
-from medadapt.engine.pseudonym import data_paths
-from medadapt.engine.registry import ComponentRegistry
 
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"

@@ -19,15 +19,15 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from medadapt.engine.components import Split
-from medadapt.engine.evaluate import Predictions
-from medadapt.engine.model import atomic_file, write_json_atomic
-from medadapt.engine.output import pyplot
-from medadapt.engine.plugins import PluginHost
+from medadapt.engine.contracts.components import Split
+from medadapt.engine.contracts.host import PluginHost
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.data.pseudonym import data_paths
+from medadapt.engine.data.samples import SiteData
+from medadapt.engine.models.model import atomic_file, write_json_atomic
+from medadapt.engine.output.text import pyplot
 from medadapt.engine.profile import Profile
-from medadapt.engine.pseudonym import data_paths
-from medadapt.engine.registry import ComponentRegistry
-from medadapt.engine.samples import SiteData
+from medadapt.engine.validation.evaluate import Predictions
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 COLOURS = {"model": "#1b6ca8", "baseline": "#a0a0a0", "fail": "#b3261e"}
@@ -43,7 +43,7 @@ def write_report(
     host: PluginHost,
 ) -> None:
     """Write report.json and, when the profile asks for it, report.html into ``out_dir``."""
-    from medadapt.engine.validate import REPORT_HTML, REPORT_JSON
+    from medadapt.engine.validation.job import REPORT_HTML, REPORT_JSON
 
     formats = profile.report.formats
     if "json" in formats:
@@ -255,10 +255,10 @@ def _augmentation_figure(
     site: SiteData,
     predictions: Mapping[str, Mapping[Split, Predictions]],
 ) -> str | None:
-    """The profile's augmentations on a few validation samples (engine/augment.py)."""
+    """The profile's augmentations on a few validation samples (engine/data/augment.py)."""
     if not profile.augmentations:
         return None
-    from medadapt.engine.augment import preview_grid
+    from medadapt.engine.data.augment import preview_grid
 
     records = predictions["model"][Split.VALIDATION].records
     by_class: dict[str | None, list[Any]] = {}

@@ -3,7 +3,7 @@
 A component is a small class with a ``name`` (what a profile calls it), a pydantic ``Params``
 model (what a profile may set, checked before any work starts) and the few methods its kind
 needs. Plugins hand the classes to the engine through the collecting hooks in
-:mod:`medadapt.engine.hookspecs`; the engine builds them from a profile with
+:mod:`medadapt.engine.contracts.hookspecs`; the engine builds them from a profile with
 :meth:`Component.from_params`.
 """
 
@@ -367,7 +367,7 @@ class AdaptationMethod(Component):
     sample has no label, as on a target site without labels).
 
     After every epoch the engine recomputes the batch-norm statistics on target training
-    patches (engine/batchnorm.py), so every adapted model is evaluated with target
+    patches (engine/training/batchnorm.py), so every adapted model is evaluated with target
     statistics; ``adabn`` is exactly that and nothing else.
     """
 

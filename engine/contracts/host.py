@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from medadapt.engine import hookspecs
-from medadapt.engine.components import ComponentKind
-from medadapt.engine.errors import PluginError
-from medadapt.engine.registry import ComponentRegistry
-from medadapt.engine.wording import did_you_mean
+from medadapt.engine.contracts import hookspecs
+from medadapt.engine.contracts.components import ComponentKind
+from medadapt.engine.contracts.errors import PluginError
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.contracts.wording import did_you_mean
 
 if TYPE_CHECKING:
     import click
 
-    from medadapt.engine.hookspecs import ReportSection, RunInfo
+    from medadapt.engine.contracts.hookspecs import ReportSection, RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class PluginHost:
         """Register a plugin object or module under a name.
 
         Args:
-            plugin: a module or object with :data:`~medadapt.engine.hookspecs.hookimpl`
+            plugin: a module or object with :data:`~medadapt.engine.contracts.hookspecs.hookimpl`
                 functions.
             name: the plugin's name, unique among loaded plugins.
             origin: the distribution name and version the plugin came from, if any.

@@ -16,14 +16,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from medadapt.engine.components import DataSource, SampleRecord, Split
-from medadapt.engine.data import PatchDataset
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.model import LoadedModel, load_model
+from medadapt.engine.contracts.components import DataSource, SampleRecord, Split
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.data.datasets import PatchDataset
+from medadapt.engine.data.samples import PatchLoader, open_site_data
+from medadapt.engine.data.splits import site_split
+from medadapt.engine.models.model import LoadedModel, load_model
 from medadapt.engine.profile import Profile
-from medadapt.engine.registry import ComponentRegistry
-from medadapt.engine.samples import PatchLoader, open_site_data
-from medadapt.engine.splits import site_split
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from medadapt.engine.components import Image
+from medadapt.engine.contracts.components import Image
 from medadapt.engine.profile import Preprocessing
 
 AIR_HU = -1000.0

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.contracts.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from torch import nn

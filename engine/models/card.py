@@ -1,7 +1,7 @@
 """The model card: what a model is, where it came from, and, for an adapted model, what the
 decision to keep it rested on.
 
-A card is ``card.json`` beside the weights in a model folder (engine/model.py). In code it
+A card is ``card.json`` beside the weights in a model folder (engine/models/model.py). In code it
 is a typed, frozen :class:`ModelCard`; nothing reads it through string keys. Cards are
 checked when read: a card missing a field, or with a field of the wrong type, is refused
 with the field's name.
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medadapt.engine.components import UNADAPTED
+from medadapt.engine.contracts.components import UNADAPTED
 from medadapt.engine.profile import Preprocessing
 
 #: The card's format; a reader refuses formats newer than it knows.
@@ -126,7 +126,7 @@ class ModelCard(_Part):
     adaptation: AdaptationRecord | None = None
     #: For a model trained outside medadapt: the file it was imported from.
     imported: ImportRecord | None = None
-    #: Written by :func:`~medadapt.engine.model.save_model`; loading checks it.
+    #: Written by :func:`~medadapt.engine.models.model.save_model`; loading checks it.
     weights_sha256: str | None = None
 
     @property

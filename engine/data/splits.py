@@ -7,8 +7,8 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 
-from medadapt.engine.components import SampleRecord, Split
-from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.contracts.components import SampleRecord, Split
+from medadapt.engine.contracts.errors import InvalidInputError
 from medadapt.engine.profile import Profile, SplitFractions
 
 

@@ -17,7 +17,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from medadapt.engine.components import (
+    from medadapt.engine.contracts.components import (
         AdaptationMethod,
         Augmentation,
         Backbone,

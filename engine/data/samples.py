@@ -10,13 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
-from medadapt.engine.cache import ArrayCache, cache_key, default_cache_dir
-from medadapt.engine.components import ComponentKind, DataSource, Image, Rejection, SampleRecord
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.patches import preprocessing_key, sample_patch_hu, window
+from medadapt.engine.contracts.components import (
+    ComponentKind,
+    DataSource,
+    Image,
+    Rejection,
+    SampleRecord,
+)
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.data.cache import ArrayCache, cache_key, default_cache_dir
+from medadapt.engine.data.patches import preprocessing_key, sample_patch_hu, window
+from medadapt.engine.data.pseudonym import data_paths
 from medadapt.engine.profile import Preprocessing, Profile
-from medadapt.engine.pseudonym import data_paths
-from medadapt.engine.registry import ComponentRegistry
 
 log = logging.getLogger(__name__)
 #: How many of a site's unused inputs a job names in its warning (``inspect`` lists all files).
@@ -48,7 +54,7 @@ class PatchLoader:
         source: the data source the records came from.
         preprocessing: the profile's preprocessing section.
         cache_dir: the cache folder; None for the default, see
-            :func:`~medadapt.engine.cache.default_cache_dir`.
+            :func:`~medadapt.engine.data.cache.default_cache_dir`.
     """
 
     def __init__(

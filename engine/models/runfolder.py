@@ -39,7 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.contracts.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from medadapt.engine.profile import Profile
@@ -174,7 +174,7 @@ def claim_folder(
     lock.acquire(wait)
     try:
         existed = _check_provenance(folder, provenance, overwrite)
-        from medadapt.engine.model import write_json_atomic
+        from medadapt.engine.models.model import write_json_atomic
 
         write_json_atomic(folder / PROVENANCE, provenance.as_json(command_line()))
         yield Claim(folder, fresh=overwrite, existed=existed)
@@ -213,7 +213,7 @@ def command_line() -> str:
     program called the jobs itself (its command line is its own business, and is not
     recorded)."""
     argv = list(sys.argv)
-    entry = Path(__file__).with_name("__main__.py")  # python -m medadapt.engine
+    entry = Path(__file__).parent.parent / "__main__.py"  # python -m medadapt.engine
     if argv and (Path(argv[0]).name == "medadapt" or Path(argv[0]) == entry):
         return shlex.join(["medadapt", *argv[1:]])
     return "the Python API"

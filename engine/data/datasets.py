@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medadapt.engine.components import SampleRecord
-from medadapt.engine.samples import PatchLoader
+from medadapt.engine.contracts.components import SampleRecord
+from medadapt.engine.data.samples import PatchLoader
 
 #: The label index of an unlabelled sample.
 UNLABELLED = -1

@@ -2,7 +2,7 @@
 checkpoint, early stopping, resumable checkpoints, epoch-end hooks, DDP and mixed precision.
 
 What a step computes and how an epoch is judged come from an objective
-(:class:`~medadapt.engine.objective.Objective`): plain supervised training for ``train``,
+(:class:`~medadapt.engine.training.objective.Objective`): plain supervised training for ``train``,
 an adaptation method's for ``adapt``. The loop owns everything else.
 """
 
@@ -26,16 +26,16 @@ from rich.progress import Progress
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from medadapt.engine.batchnorm import recompute_batch_norm, stale_fraction
-from medadapt.engine.distributed import World
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.hookspecs import RunInfo
-from medadapt.engine.model import atomic_file, save_weights, state_to_cpu, torch_bytes
-from medadapt.engine.objective import Devices, EpochMeasures, Objective, ValidationOutputs
-from medadapt.engine.plugins import PluginHost
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.hookspecs import RunInfo
+from medadapt.engine.contracts.host import PluginHost
+from medadapt.engine.models.model import atomic_file, save_weights, state_to_cpu, torch_bytes
+from medadapt.engine.models.weights import torch_load_weights_only, unsafe_contents
+from medadapt.engine.output.progress import progress_bar
 from medadapt.engine.profile import Training
-from medadapt.engine.progress import progress_bar
-from medadapt.engine.weights import torch_load_weights_only, unsafe_contents
+from medadapt.engine.training.batchnorm import recompute_batch_norm, stale_fraction
+from medadapt.engine.training.distributed import World
+from medadapt.engine.training.objective import Devices, EpochMeasures, Objective, ValidationOutputs
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,13 @@ class Trainer:
         world: this process's place in a distributed run.
         host: plugins, for the epoch-end hook.
         objective: the loss of a training batch, which parameters learn, and how an epoch
-            is judged (engine/objective.py).
+            is judged (engine/training/objective.py).
         frozen: modules kept as loaded: no gradient, batch-norm statistics not updated.
         quiet: no progress bar.
         batch_norm_pass: when to recompute the batch-norm statistics after an epoch:
             ``"when-stale"`` (training) only when the epoch took too few steps for the
             running averages to forget the weights it started with (see
-            :func:`~medadapt.engine.batchnorm.stale_fraction`); ``"always"`` (adaptation,
+            :func:`~medadapt.engine.training.batchnorm.stale_fraction`); ``"always"`` (adaptation,
             where the training batches may mix sites) after every epoch.
     """
 
@@ -355,7 +355,7 @@ class Trainer:
         return stale_fraction(self.model, steps, skip=self.frozen) > 0.01
 
     def _recompute_batch_norm(self, epoch: int, seen: list[Tensor] | None = None) -> None:
-        """Exact batch-norm statistics for this epoch's weights (engine/batchnorm.py), over
+        """Exact batch-norm statistics for this epoch's weights (engine/training/batchnorm.py), over
         the epoch's own batches: ``seen`` when kept, else read again."""
         if self.training.batch_norm_batches == 0:
             return

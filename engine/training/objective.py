@@ -1,6 +1,6 @@
 """What a run optimises and how its epochs are judged: the objective the loop is given.
 
-The loop (engine/loop.py) owns epochs, the optimiser, checkpoints, DDP and progress; an
+The loop (engine/training/loop.py) owns epochs, the optimiser, checkpoints, DDP and progress; an
 :class:`Objective` owns the rest: the loss of one training batch, what happens before an
 epoch, which parameters learn, and, through its :class:`EpochJudge`, which epoch is best.
 Training a source model uses :class:`Supervised`; every adaptation method runs under
@@ -19,9 +19,9 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from medadapt.engine.components import SelectionScore, SourceValidation
-from medadapt.engine.data import UNLABELLED
-from medadapt.engine.errors import InvalidInputError
+from medadapt.engine.contracts.components import SelectionScore, SourceValidation
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.data.datasets import UNLABELLED
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Most sites that need adaptation already have a model, trained by someone else in plain
 PyTorch or as a MONAI bundle. Its state dict (safetensors, or a ``.pt`` file read with
-``weights_only=True``), or the bundle folder (engine/bundle.py), becomes a model folder
-(engine/model.py) that ``shift``, ``adapt``, ``validate`` and ``batch`` take like any other:
+``weights_only=True``), or the bundle folder (engine/models/bundle.py), becomes a model folder
+(engine/models/model.py) that ``shift``, ``adapt``, ``validate`` and ``batch`` take like any other:
 
 - the key names may be the backbone's published layout (torchvision's for the ResNets,
   MONAI's for DenseNet-121), classifier layer included, or medadapt's own;
@@ -24,16 +24,22 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from medadapt.engine.bundle import INFERENCE, METADATA, BundleNetwork, is_bundle, read_bundle
-from medadapt.engine.card import ImportRecord, ModelCard
-from medadapt.engine.components import Backbone
-from medadapt.engine.errors import InvalidInputError
-from medadapt.engine.model import WEIGHTS, Classifier, build_classifier, file_sha256, save_model
+from medadapt.engine.contracts.components import Backbone
+from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.models.bundle import INFERENCE, METADATA, BundleNetwork, is_bundle, read_bundle
+from medadapt.engine.models.card import ImportRecord, ModelCard
+from medadapt.engine.models.model import (
+    WEIGHTS,
+    Classifier,
+    build_classifier,
+    file_sha256,
+    save_model,
+)
+from medadapt.engine.models.runfolder import Provenance, claim_folder, remove_outputs
+from medadapt.engine.models.weights import load_matching, load_weights_file
 from medadapt.engine.profile import Profile
-from medadapt.engine.registry import ComponentRegistry
-from medadapt.engine.runfolder import Provenance, claim_folder, remove_outputs
-from medadapt.engine.train import card_fields, profile_backbone, profile_hash
-from medadapt.engine.weights import load_matching, load_weights_file
+from medadapt.engine.training.job import card_fields, profile_backbone, profile_hash
 
 #: What an import writes into its folder (besides the run-folder records).
 IMPORT_OUTPUTS = ("card.json", WEIGHTS)
