@@ -721,7 +721,8 @@ def validate_command(
     Exit code 0 when every criterion passes, 1 when one fails, 5 when no verdict is
     possible (too few test patients, a criterion that could not be measured).
     """
-    from medadapt.engine.validation.job import NO_VERDICT, PASS, validate
+    from medadapt.engine.validation.acceptance import NO_VERDICT, PASS
+    from medadapt.engine.validation.job import validate
 
     host = get_plugin_host()
     registry = host.registry()
@@ -752,7 +753,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def _validation_text(report: dict[str, Any], out: Path) -> str:
-    from medadapt.engine.validation.job import criterion_text
+    from medadapt.engine.validation.acceptance import criterion_text
     from medadapt.engine.validation.report import interval_text
 
     model = report["results"]["model"]
@@ -944,7 +945,7 @@ def demo_command(ctx: click.Context, out: Path, fast: bool, as_json: bool) -> No
 
     result = run_demo(out, fast=fast, step=step)
     # Only now: validate imports matplotlib, which the demo first points inside OUT.
-    from medadapt.engine.validation.job import NO_VERDICT, PASS
+    from medadapt.engine.validation.acceptance import NO_VERDICT, PASS
 
     if as_json:
         _emit_json(result.summary)
@@ -987,17 +988,14 @@ def augment_preview_command(profile_path: Path, out: Path, count: int, variants:
     Look at it before training: an augmentation that makes a lesion unrecognisable, or
     that a clinician would not accept, shows here.
     """
-    from medadapt.engine.data.augment import preview_grid
+    from medadapt.engine.data.augment import one_of_each_class, preview_grid
     from medadapt.engine.data.samples import open_site_data
 
     registry = get_plugin_host().registry()
     profile = load_profile(profile_path, registry)
     data = open_site_data(profile, registry)
     labelled = [r for r in data.records if r.label is not None] or data.records
-    by_class: dict[str | None, list[Any]] = {}
-    for record in labelled:
-        by_class.setdefault(record.label, []).append(record)
-    chosen = [r for group in zip(*by_class.values(), strict=False) for r in group][:count]
+    chosen = one_of_each_class(labelled, count)
     preview_grid(profile, registry, data.loader, chosen, out, variants)
     click.echo(f"wrote {out}: {len(chosen)} samples, {variants} augmented versions each")
 

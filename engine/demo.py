@@ -192,7 +192,7 @@ def summarise(
     adapted: AdaptResult,
 ) -> dict[str, Any]:
     """The figures the demo prints, taken from the reports and shift analyses as written."""
-    from medadapt.engine.validation.job import criterion_text
+    from medadapt.engine.validation.acceptance import criterion_text
 
     return {
         "hospital_a_auroc": home["results"]["model"]["auroc"],

@@ -34,10 +34,10 @@ from medadapt.engine.contracts.registry import ComponentRegistry
 from medadapt.engine.data.datasets import PatchDataset
 from medadapt.engine.data.samples import PatchLoader, SiteData, open_site_data
 from medadapt.engine.data.splits import site_split
+from medadapt.engine.models.card import profile_hash
 from medadapt.engine.models.model import LoadedModel, load_model, write_json_atomic
 from medadapt.engine.models.runfolder import Provenance, claim_folder, profile_reads
 from medadapt.engine.profile import Profile, SubgroupAttribute
-from medadapt.engine.training.job import profile_hash
 from medadapt.engine.validation.job import attribute_text
 
 SHIFT_JSON = "shift.json"

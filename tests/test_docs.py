@@ -10,7 +10,8 @@ import pytest
 from pydantic import BaseModel
 
 from medadapt.engine.contracts import hookspecs
-from medadapt.engine.profile import Profile, _as_model
+from medadapt.engine.profile import Profile
+from medadapt.engine.profile.document import _as_model
 
 REPO = Path(__file__).resolve().parent.parent
 HOOKS = [

@@ -23,12 +23,13 @@ from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.engine.profile import load_profile
 from medadapt.engine.shift import SHIFT_JSON, analyse_shift
 from medadapt.engine.training.job import train
-from medadapt.engine.validation.job import PREDICTIONS, REPORT_HTML, REPORT_JSON, validate
+from medadapt.engine.validation.job import PREDICTIONS, validate
 from medadapt.engine.validation.metrics import (
     PatientBootstrap,
     expected_calibration_error,
     rank_auroc,
 )
+from medadapt.engine.validation.report import REPORT_HTML, REPORT_JSON
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "hospital_profiles" / "template.yaml"
 
@@ -500,7 +501,7 @@ def test_the_report_shows_the_missed_positives_it_counts(validated):
 
 def _judged(judge_on: str, auroc: dict) -> dict:
     from medadapt.engine.profile import Acceptance
-    from medadapt.engine.validation.job import judge
+    from medadapt.engine.validation.acceptance import judge
 
     profile = load_profile(TEMPLATE, None)
     gate = Acceptance(min_auroc=0.85, max_calibration_error=0.2, judge_on=judge_on)
@@ -547,7 +548,7 @@ def test_without_an_interval_the_lower_bound_cannot_judge():
 
 @pytest.mark.slow
 def test_the_verdict_box_says_where_the_interval_crosses(validated):
-    from medadapt.engine.validation.job import criterion_text
+    from medadapt.engine.validation.acceptance import criterion_text
     from medadapt.engine.validation.report import render
 
     report = json.loads(json.dumps(validated["result"].report))
@@ -578,13 +579,13 @@ def _report_for_warnings(**changes) -> dict:
 
 
 def test_a_sound_report_has_no_warnings():
-    from medadapt.engine.validation.job import warnings
+    from medadapt.engine.validation.acceptance import warnings
 
     assert warnings(_report_for_warnings(), load_profile(TEMPLATE, None)) == []
 
 
 def test_fragile_numbers_give_warnings_that_say_what_to_do():
-    from medadapt.engine.validation.job import warnings
+    from medadapt.engine.validation.acceptance import warnings
 
     profile = load_profile(TEMPLATE, None)
     fragile = {"threshold": 0.010, "calibration_error": {"value": 0.20}}

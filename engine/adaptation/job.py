@@ -53,7 +53,13 @@ from medadapt.engine.contracts.registry import ComponentRegistry
 from medadapt.engine.data.augment import training_transform
 from medadapt.engine.data.datasets import PatchDataset
 from medadapt.engine.data.samples import SiteData, open_site_data
-from medadapt.engine.models.card import AdaptationRecord, DecisionRecord, ModelCard
+from medadapt.engine.models.card import (
+    AdaptationRecord,
+    DecisionRecord,
+    ModelCard,
+    data_manifest_hash,
+    profile_hash,
+)
 from medadapt.engine.models.model import (
     CARD,
     WEIGHTS,
@@ -68,7 +74,6 @@ from medadapt.engine.models.runfolder import Provenance, claim_folder, profile_r
 from medadapt.engine.output.text import read_json_file
 from medadapt.engine.profile import AUTO, AdaptationChoice, Profile
 from medadapt.engine.training.distributed import World, join_world, leave_world
-from medadapt.engine.training.job import data_manifest_hash, profile_hash
 from medadapt.engine.training.loop import seed_everything
 
 SUMMARY = "adapt.json"

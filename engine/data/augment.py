@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,69 @@ class SeededCompose(Compose):
             set_track_meta(tracking)
 
 
+@dataclass(frozen=True)
+class Preview:
+    """Samples and their augmented versions as windowed middle slices, ready to draw.
+
+    ``rows`` holds one (class, slices) pair per sample: the original slice first, then each
+    augmented version, every value in [0, 1] (the profile's window)."""
+
+    title: str
+    rows: list[tuple[str, list[np.ndarray]]]
+
+
+def preview(
+    profile: Profile,
+    registry: ComponentRegistry,
+    loader: PatchLoader,
+    records: list[SampleRecord],
+    variants: int = 4,
+) -> Preview:
+    """The profile's augmentations on ``records``, each seeded from the profile's seed.
+
+    Slices shown are the patch's middle slice (2D: the slice; 2.5D: the middle channel;
+    3D: the middle z)."""
+    transform = training_transform(profile, registry)
+    columns = 1 + (variants if transform is not None else 0)
+    rows = []
+    for row, record in enumerate(records):
+        original = np.array(loader.patch_hu(record), dtype=np.float32)
+        shown = [original]
+        for variant in range(columns - 1):
+            assert transform is not None
+            transform.set_random_state(seed=profile.seed * 1_000 + row * 10 + variant)
+            shown.append(np.asarray(transform(original.copy()), dtype=np.float32))
+        slices = [np.asarray(_middle_slice(loader.window(hu)), dtype=np.float32) for hu in shown]
+        rows.append((record.label or "unlabelled", slices))
+    names = ", ".join(choice.name for choice in profile.augmentations) or "no augmentation"
+    return Preview(f"{profile.site.name}: {names}", rows)
+
+
+def draw_preview(shown: Preview, out: Path) -> Path:
+    """A PNG grid of ``shown``: each row a sample, the original then its augmented versions,
+    each row labelled with the sample's class."""
+    plt = pyplot()
+    columns = max(len(slices) for _, slices in shown.rows)
+    figure, axes = plt.subplots(
+        len(shown.rows), columns, figsize=(1.6 * columns, 1.6 * len(shown.rows)), squeeze=False
+    )
+    for row, (label, slices) in enumerate(shown.rows):
+        for column, image in enumerate(slices):
+            axis = axes[row][column]
+            axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title("original" if column == 0 else f"augmented {column}", fontsize=8)
+        axes[row][0].set_ylabel(label, fontsize=8)
+    figure.suptitle(shown.title, fontsize=9)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
 def preview_grid(
     profile: Profile,
     registry: ComponentRegistry,
@@ -85,39 +149,16 @@ def preview_grid(
     out: Path,
     variants: int = 4,
 ) -> Path:
-    """A PNG grid: each row a sample, the original then augmented versions, in the window.
+    """A PNG grid of ``records`` and their augmented versions (:func:`preview`) at ``out``."""
+    return draw_preview(preview(profile, registry, loader, records, variants), out)
 
-    Slices shown are the patch's middle slice (2D: the slice; 2.5D: the middle channel;
-    3D: the middle z). Each row is labelled with the sample's class.
-    """
-    plt = pyplot()
-    transform = training_transform(profile, registry)
-    columns = 1 + (variants if transform is not None else 0)
-    figure, axes = plt.subplots(
-        len(records), columns, figsize=(1.6 * columns, 1.6 * len(records)), squeeze=False
-    )
-    for row, record in enumerate(records):
-        original = np.array(loader.patch_hu(record), dtype=np.float32)
-        shown = [original]
-        for variant in range(columns - 1):
-            assert transform is not None
-            transform.set_random_state(seed=profile.seed * 1_000 + row * 10 + variant)
-            shown.append(np.asarray(transform(original.copy()), dtype=np.float32))
-        for column, hu in enumerate(shown):
-            axis = axes[row][column]
-            axis.imshow(_middle_slice(loader.window(hu)), cmap="gray", vmin=0, vmax=1)
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title("original" if column == 0 else f"augmented {column}", fontsize=8)
-        axes[row][0].set_ylabel(record.label or "unlabelled", fontsize=8)
-    names = ", ".join(choice.name for choice in profile.augmentations) or "no augmentation"
-    figure.suptitle(f"{profile.site.name}: {names}", fontsize=9)
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
-    return out
+
+def one_of_each_class(records: list[SampleRecord], count: int) -> list[SampleRecord]:
+    """Up to ``count`` records taking each class in turn, in the records' order."""
+    by_class: dict[str | None, list[SampleRecord]] = {}
+    for record in records:
+        by_class.setdefault(record.label, []).append(record)
+    return [r for group in zip(*by_class.values(), strict=False) for r in group][:count]
 
 
 def _middle_slice(patch: np.ndarray) -> np.ndarray:

@@ -9,12 +9,14 @@ with the field's name.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medadapt.engine.contracts.components import UNADAPTED
-from medadapt.engine.profile import Preprocessing
+from medadapt.engine.contracts.components import UNADAPTED, Backbone, SampleRecord
+from medadapt.engine.profile import Preprocessing, Profile
 
 #: The card's format; a reader refuses formats newer than it knows.
 CARD_FORMAT = 1
@@ -145,3 +147,39 @@ class ModelCard(_Part):
     def as_json(self) -> dict[str, Any]:
         """The card as JSON values, as ``card.json`` holds it."""
         return self.model_dump(mode="json")
+
+
+def data_manifest_hash(records: list[SampleRecord]) -> str:
+    """A hash of which samples (by pseudonym) went into which split with which label."""
+    rows = sorted(
+        (r.patient_key, r.series_key, str(r.label), str(r.centre), str(r.split)) for r in records
+    )
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def profile_hash(profile: Profile) -> str:
+    """A hash of everything the profile says."""
+    return hashlib.sha256(
+        json.dumps(profile.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()
+
+
+def card_fields(profile: Profile, backbone: Backbone, pretrained: str) -> dict[str, Any]:
+    """What a model card takes from the profile that made the model: the site, the task,
+    the preprocessing, the backbone (started from ``pretrained``), the seed, the hash."""
+    return {
+        "site": profile.site.name,
+        "intended_use": profile.intended_use,
+        "body_region": profile.body_region,
+        "classes": profile.task.classes,
+        "positive_class": profile.task.positive_class,
+        "level": profile.task.level,
+        "preprocessing": profile.preprocessing,
+        "backbone": BackboneInfo(
+            name=backbone.name,
+            params=backbone.params.model_dump(mode="json"),
+            pretrained=pretrained,
+        ),
+        "seed": profile.seed,
+        "profile_sha256": profile_hash(profile),
+    }

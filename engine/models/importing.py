@@ -28,18 +28,18 @@ from medadapt.engine.contracts.components import Backbone
 from medadapt.engine.contracts.errors import InvalidInputError
 from medadapt.engine.contracts.registry import ComponentRegistry
 from medadapt.engine.models.bundle import INFERENCE, METADATA, BundleNetwork, is_bundle, read_bundle
-from medadapt.engine.models.card import ImportRecord, ModelCard
+from medadapt.engine.models.card import ImportRecord, ModelCard, card_fields, profile_hash
 from medadapt.engine.models.model import (
     WEIGHTS,
     Classifier,
     build_classifier,
     file_sha256,
+    profile_backbone,
     save_model,
 )
 from medadapt.engine.models.runfolder import Provenance, claim_folder, remove_outputs
 from medadapt.engine.models.weights import load_matching, load_weights_file
 from medadapt.engine.profile import Profile
-from medadapt.engine.training.job import card_fields, profile_backbone, profile_hash
 
 #: What an import writes into its folder (besides the run-folder records).
 IMPORT_OUTPUTS = ("card.json", WEIGHTS)

@@ -28,7 +28,7 @@ from medadapt.engine.data.pseudonym import data_paths
 from medadapt.engine.models.card import CARD_FORMAT, ModelCard
 from medadapt.engine.output.atomic import atomic_file
 from medadapt.engine.output.text import read_json_file
-from medadapt.engine.profile import Preprocessing
+from medadapt.engine.profile import Preprocessing, Profile
 
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
@@ -244,3 +244,16 @@ def state_to_cpu(state: Mapping[str, Any], copy: bool = False) -> dict[str, Any]
         else:
             out[key] = value
     return out
+
+
+def profile_backbone(profile: Profile, registry: ComponentRegistry) -> Backbone:
+    """The backbone component the profile's ``backbone`` section names, with its parameters."""
+    assert profile.backbone is not None
+    backbone = registry.create(
+        ComponentKind.BACKBONES,
+        profile.backbone.name,
+        profile.backbone.params,
+        base_dir=profile.base_dir,
+    )
+    assert isinstance(backbone, Backbone)
+    return backbone

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 from collections import Counter
 from dataclasses import dataclass
@@ -15,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from medadapt.engine.contracts.components import Backbone, ComponentKind, SampleRecord, Split
+from medadapt.engine.contracts.components import Backbone, SampleRecord, Split
 from medadapt.engine.contracts.errors import InvalidInputError
 from medadapt.engine.contracts.hookspecs import RunInfo
 from medadapt.engine.contracts.host import PluginHost
@@ -24,11 +22,12 @@ from medadapt.engine.data.augment import training_transform
 from medadapt.engine.data.datasets import PatchDataset
 from medadapt.engine.data.samples import open_site_data
 from medadapt.engine.data.splits import keep_labels_per_class, site_split
-from medadapt.engine.models.card import BackboneInfo, ModelCard
+from medadapt.engine.models.card import ModelCard, card_fields, data_manifest_hash, profile_hash
 from medadapt.engine.models.model import (
     CARD,
     backbone_features,
     build_classifier,
+    profile_backbone,
     save_model,
     write_json_atomic,
 )
@@ -256,55 +255,6 @@ def _class_weights(labels: list[int], num_classes: int) -> Tensor:
     counts = torch.bincount(torch.tensor([i for i in labels if i >= 0]), minlength=num_classes)
     counts = counts.clamp(min=1).float()
     return counts.sum() / (num_classes * counts)
-
-
-def data_manifest_hash(records: list[SampleRecord]) -> str:
-    """A hash of which samples (by pseudonym) went into which split with which label."""
-    rows = sorted(
-        (r.patient_key, r.series_key, str(r.label), str(r.centre), str(r.split)) for r in records
-    )
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-
-
-def profile_hash(profile: Profile) -> str:
-    """A hash of everything the profile says."""
-    return hashlib.sha256(
-        json.dumps(profile.model_dump(mode="json"), sort_keys=True).encode()
-    ).hexdigest()
-
-
-def profile_backbone(profile: Profile, registry: ComponentRegistry) -> Backbone:
-    """The backbone component the profile's ``backbone`` section names, with its parameters."""
-    assert profile.backbone is not None
-    backbone = registry.create(
-        ComponentKind.BACKBONES,
-        profile.backbone.name,
-        profile.backbone.params,
-        base_dir=profile.base_dir,
-    )
-    assert isinstance(backbone, Backbone)
-    return backbone
-
-
-def card_fields(profile: Profile, backbone: Backbone, pretrained: str) -> dict[str, Any]:
-    """What a model card takes from the profile that made the model: the site, the task,
-    the preprocessing, the backbone (started from ``pretrained``), the seed, the hash."""
-    return {
-        "site": profile.site.name,
-        "intended_use": profile.intended_use,
-        "body_region": profile.body_region,
-        "classes": profile.task.classes,
-        "positive_class": profile.task.positive_class,
-        "level": profile.task.level,
-        "preprocessing": profile.preprocessing,
-        "backbone": BackboneInfo(
-            name=backbone.name,
-            params=backbone.params.model_dump(mode="json"),
-            pretrained=pretrained,
-        ),
-        "seed": profile.seed,
-        "profile_sha256": profile_hash(profile),
-    }
 
 
 def _card(

@@ -12,40 +12,46 @@ from __future__ import annotations
 import base64
 import io
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import numpy as np
 
-from medadapt.engine.contracts.components import Split
-from medadapt.engine.contracts.host import PluginHost
-from medadapt.engine.contracts.registry import ComponentRegistry
+from medadapt.engine.contracts.hookspecs import ReportSection
+from medadapt.engine.data.augment import Preview, draw_preview
 from medadapt.engine.data.pseudonym import data_paths
-from medadapt.engine.data.samples import SiteData
 from medadapt.engine.models.model import atomic_file, write_json_atomic
 from medadapt.engine.output.text import pyplot
-from medadapt.engine.profile import Profile
-from medadapt.engine.validation.evaluate import Predictions
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 COLOURS = {"model": "#1b6ca8", "baseline": "#a0a0a0", "fail": "#b3261e"}
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+
+
+@dataclass(frozen=True)
+class ReportImages:
+    """What report.html shows beside report.json's figures, drawn by ``validate`` from its
+    data: the failure examples as windowed middle slices (values in [0, 1], in the order of
+    ``report["failures"]["examples"]``) and the augmentation preview, when there is one."""
+
+    failures: list[np.ndarray] = field(default_factory=list)
+    augmentations: Preview | None = None
 
 
 def write_report(
     report: dict[str, Any],
     out_dir: Path,
-    profile: Profile,
-    registry: ComponentRegistry,
-    site: SiteData,
-    predictions: Mapping[str, Mapping[Split, Predictions]],
-    host: PluginHost,
+    formats: Sequence[str],
+    images: ReportImages,
+    sections: Sequence[ReportSection],
 ) -> None:
-    """Write report.json and, when the profile asks for it, report.html into ``out_dir``."""
-    from medadapt.engine.validation.job import REPORT_HTML, REPORT_JSON
+    """Write report.json and, when ``formats`` holds "html", report.html into ``out_dir``.
 
-    formats = profile.report.formats
+    Everything drawn comes from ``report`` and ``images``: the report reads no data."""
     if "json" in formats:
         write_json_atomic(out_dir / REPORT_JSON, report)
     if "html" not in formats:
@@ -54,11 +60,10 @@ def write_report(
         "roc": _roc_figure(report),
         "calibration": _calibration_figure(report),
         "curves": _curves_figure(report["training"]),
-        "failures": _failures_figure(report, site, predictions["model"][Split.TEST]),
-        "augmentations": _augmentation_figure(profile, registry, site, predictions),
+        "failures": _failures_figure(report, images.failures),
+        "augmentations": _augmentation_figure(images.augmentations),
         "shift": _shift_figure(report["shift"]),
     }
-    sections = host.report_sections(report)
     html = data_paths(render(data_paths.json(report), figures, sections))
     with atomic_file(out_dir / REPORT_HTML) as temporary:
         temporary.write_text(html, encoding="utf-8")
@@ -221,7 +226,7 @@ def _curves_figure(curves: Mapping[str, list[Mapping[str, Any]]]) -> str | None:
     return _png(fig)
 
 
-def _failures_figure(report: Mapping[str, Any], site: SiteData, test: Predictions) -> str | None:
+def _failures_figure(report: Mapping[str, Any], thumbnails: list[np.ndarray]) -> str | None:
     """Thumbnails of the most confident errors, missed positives first: windowed pixels
     only, no header text; each titled with its kind, probability and the threshold."""
     failures = report["failures"]
@@ -230,9 +235,8 @@ def _failures_figure(report: Mapping[str, Any], site: SiteData, test: Prediction
         return None
     fig, axes = _figure(2.0 * len(examples), 2.6, columns=len(examples))
     axes = np.atleast_1d(axes)
-    for ax, failure in zip(axes, examples, strict=True):
-        patch = np.asarray(site.loader.patch(test.records[failure["index"]]))
-        ax.imshow(_middle(patch), cmap="gray", vmin=0.0, vmax=1.0)
+    for ax, failure, thumbnail in zip(axes, examples, thumbnails, strict=True):
+        ax.imshow(thumbnail, cmap="gray", vmin=0.0, vmax=1.0)
         relation = "<" if failure["score"] < failures["threshold"] else ">="
         ax.set_title(
             f"{failure['kind']}\np = {failure['score']:.2f} {relation} {failures['threshold']:.2f}",
@@ -243,30 +247,12 @@ def _failures_figure(report: Mapping[str, Any], site: SiteData, test: Prediction
     return _png(fig)
 
 
-def _middle(patch: np.ndarray) -> np.ndarray:
-    while patch.ndim > 2:
-        patch = patch[patch.shape[0] // 2]
-    return patch
-
-
-def _augmentation_figure(
-    profile: Profile,
-    registry: ComponentRegistry,
-    site: SiteData,
-    predictions: Mapping[str, Mapping[Split, Predictions]],
-) -> str | None:
+def _augmentation_figure(shown: Preview | None) -> str | None:
     """The profile's augmentations on a few validation samples (engine/data/augment.py)."""
-    if not profile.augmentations:
+    if shown is None:
         return None
-    from medadapt.engine.data.augment import preview_grid
-
-    records = predictions["model"][Split.VALIDATION].records
-    by_class: dict[str | None, list[Any]] = {}
-    for record in records:
-        by_class.setdefault(record.label, []).append(record)
-    chosen = [r for group in zip(*by_class.values(), strict=False) for r in group][:4]
     with tempfile.TemporaryDirectory() as folder:
-        path = preview_grid(profile, registry, site.loader, chosen, Path(folder) / "p.png", 4)
+        path = draw_preview(shown, Path(folder) / "p.png")
         return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
