@@ -1,13 +1,21 @@
-"""medadapt's engine: contracts, plugins, profiles and the command line.
+"""medadapt's engine: its public API, everything a plugin, an example or a benchmark may use.
 
 A plugin needs only what is exported here::
 
     from medadapt.engine import SelectionScore, hookimpl
+
+The contracts (component classes, hooks, errors) and the small helpers every plugin uses are
+imported with the package; the jobs, metrics and model helpers, which bring PyTorch and
+scikit-learn with them, are imported the first time they are used (PEP 562). Everything else
+under ``medadapt.engine`` is internal: its names and modules change without notice, and
+``make lint`` refuses an import of it from plugins/ or examples/ (docs/plugins.md).
 """
 
-from importlib import metadata
+from importlib import import_module, metadata
+from typing import TYPE_CHECKING, Any
 
 from medadapt.engine.contracts.components import UNADAPTED as UNADAPTED
+from medadapt.engine.contracts.components import UNLABELLED as UNLABELLED
 from medadapt.engine.contracts.components import (
     AdaptationMethod,
     Augmentation,
@@ -32,12 +40,90 @@ from medadapt.engine.contracts.components import (
 )
 from medadapt.engine.contracts.errors import ExitCode, InvalidInputError, MedadaptError, PluginError
 from medadapt.engine.contracts.hookspecs import ReportSection, RunInfo, hookimpl
-from medadapt.engine.output.text import csv_row, printable
+from medadapt.engine.contracts.wording import did_you_mean
+from medadapt.engine.data.pseudonym import PathScrubber, Pseudonymizer
+from medadapt.engine.output.progress import progress_bar
+from medadapt.engine.output.text import csv_row, plain_row, printable, read_json_file, strict_json
 
 __version__ = metadata.version("medadapt")
 
+#: Public names imported on first use: name -> the internal module that defines it.
+_LAZY = {
+    # metrics a decision rule or a score computes with
+    "PatientBootstrap": "medadapt.engine.validation.metrics",
+    "auroc": "medadapt.engine.validation.metrics",
+    "rank_auroc": "medadapt.engine.validation.metrics",
+    "resampled_auroc": "medadapt.engine.validation.metrics",
+    # what an adaptation method or a backbone builds on
+    "FeatureAlignment": "medadapt.engine.contracts.alignment",
+    "supervised_loss": "medadapt.engine.contracts.alignment",
+    "adapt_input_channels": "medadapt.engine.models.weights",
+    "batch_norm_layers": "medadapt.engine.training.batchnorm",
+    "load_matching": "medadapt.engine.models.weights",
+    "recompute_batch_norm": "medadapt.engine.training.batchnorm",
+    # the jobs, as the command line runs them
+    "AdaptResult": "medadapt.engine.adaptation",
+    "CHECKPOINT": "medadapt.engine.training.loop",
+    "Profile": "medadapt.engine.profile",
+    "ProfileError": "medadapt.engine.profile",
+    "TrainResult": "medadapt.engine.training.job",
+    "ValidationResult": "medadapt.engine.validation.job",
+    "adapt": "medadapt.engine.adaptation",
+    "analyse_shift": "medadapt.engine.shift",
+    "get_plugin_host": "medadapt.engine.contracts.host",
+    "load_profile": "medadapt.engine.profile",
+    "train": "medadapt.engine.training.job",
+    "validate": "medadapt.engine.validation.job",
+    # reading a validation report
+    "FAIL": "medadapt.engine.validation.acceptance",
+    "NO_VERDICT": "medadapt.engine.validation.acceptance",
+    "PASS": "medadapt.engine.validation.acceptance",
+    "criterion_text": "medadapt.engine.validation.acceptance",
+    "interval_text": "medadapt.engine.validation.report",
+}
+
+if TYPE_CHECKING:
+    from medadapt.engine.adaptation import AdaptResult, adapt
+    from medadapt.engine.contracts.alignment import FeatureAlignment, supervised_loss
+    from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine.models.weights import adapt_input_channels, load_matching
+    from medadapt.engine.profile import Profile, ProfileError, load_profile
+    from medadapt.engine.shift import analyse_shift
+    from medadapt.engine.training.batchnorm import batch_norm_layers, recompute_batch_norm
+    from medadapt.engine.training.job import TrainResult, train
+    from medadapt.engine.training.loop import CHECKPOINT
+    from medadapt.engine.validation.acceptance import FAIL, NO_VERDICT, PASS, criterion_text
+    from medadapt.engine.validation.job import ValidationResult, validate
+    from medadapt.engine.validation.metrics import (
+        PatientBootstrap,
+        auroc,
+        rank_auroc,
+        resampled_auroc,
+    )
+    from medadapt.engine.validation.report import interval_text
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medadapt.engine' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 __all__ = [
+    "CHECKPOINT",
+    "FAIL",
+    "NO_VERDICT",
+    "PASS",
     "UNADAPTED",
+    "UNLABELLED",
+    "AdaptResult",
     "AdaptationMethod",
     "Augmentation",
     "Backbone",
@@ -49,13 +135,19 @@ __all__ = [
     "DecisionRule",
     "Evidence",
     "ExitCode",
+    "FeatureAlignment",
     "Image",
     "InvalidInputError",
     "LabelProperty",
     "MedadaptError",
     "NoParams",
+    "PathScrubber",
+    "PatientBootstrap",
     "PluginError",
+    "Profile",
+    "ProfileError",
     "ProfilePath",
+    "Pseudonymizer",
     "Rejection",
     "ReportSection",
     "RunInfo",
@@ -64,8 +156,31 @@ __all__ = [
     "SelectionScore",
     "SourceValidation",
     "Split",
+    "TrainResult",
+    "ValidationResult",
     "__version__",
+    "adapt",
+    "adapt_input_channels",
+    "analyse_shift",
+    "auroc",
+    "batch_norm_layers",
+    "criterion_text",
     "csv_row",
+    "did_you_mean",
+    "get_plugin_host",
     "hookimpl",
+    "interval_text",
+    "load_matching",
+    "load_profile",
+    "plain_row",
     "printable",
+    "progress_bar",
+    "rank_auroc",
+    "read_json_file",
+    "recompute_batch_norm",
+    "resampled_auroc",
+    "strict_json",
+    "supervised_loss",
+    "train",
+    "validate",
 ]

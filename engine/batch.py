@@ -45,7 +45,7 @@ from medadapt.engine.contracts.errors import InvalidInputError
 from medadapt.engine.data.pseudonym import data_paths
 from medadapt.engine.models.model import CARD, read_card, write_json_atomic
 from medadapt.engine.models.runfolder import FolderInUseError, Provenance, claim_folder
-from medadapt.engine.output.text import read_json_file
+from medadapt.engine.output.text import read_json_file, slug
 
 if TYPE_CHECKING:
     from distributed import SpecCluster
@@ -213,7 +213,7 @@ def make_job(spec: JobSpec) -> Job:
     ):
         digest.update(part.encode() + b"\0")
     name = spec.name or spec.profile.stem
-    return Job(spec=spec, id=f"{_slug(name)}-{digest.hexdigest()[:12]}", name=name)
+    return Job(spec=spec, id=f"{slug(name, 'job', 40)}-{digest.hexdigest()[:12]}", name=name)
 
 
 def _content(path: Path) -> str:
@@ -228,10 +228,6 @@ def _model_hash(folder: Path) -> str:
         return str(read_card(folder / CARD).weights_sha256)
     except (OSError, InvalidInputError):
         return f"unreadable {folder}"
-
-
-def _slug(text: str) -> str:
-    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())[:40] or "job"
 
 
 # --- one job, on a worker ------------------------------------------------------------------

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from medadapt.engine import Backbone, hookimpl
-from medadapt.engine.contracts.wording import did_you_mean
+from medadapt.engine import Backbone, did_you_mean, hookimpl
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -38,7 +37,7 @@ def _load_published(
     (``first``) adapted to ``in_channels``, the published classifier (``skip``) left out."""
     if state_dict is None:
         return
-    from medadapt.engine.models.weights import adapt_input_channels, load_matching
+    from medadapt.engine import adapt_input_channels, load_matching
 
     weights = dict(state_dict)
     if first in weights:
@@ -310,7 +309,7 @@ class SmallCNN(_Stages, Backbone):
         blocks["flatten"] = nn.Flatten()
         features = nn.Sequential(blocks)
         if state_dict is not None:
-            from medadapt.engine.models.weights import load_matching
+            from medadapt.engine import load_matching
 
             load_matching(features, state_dict, f"the backbone {self.name!r}")
         return features, widths[-1]

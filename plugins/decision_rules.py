@@ -21,8 +21,16 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from medadapt.engine import Candidate, Decision, DecisionRule, Evidence, hookimpl
-from medadapt.engine.validation.metrics import PatientBootstrap, rank_auroc, resampled_auroc
+from medadapt.engine import (
+    Candidate,
+    Decision,
+    DecisionRule,
+    Evidence,
+    PatientBootstrap,
+    hookimpl,
+    rank_auroc,
+    resampled_auroc,
+)
 
 
 def ensemble_agreement(probabilities: dict[str, np.ndarray]) -> dict[str, float]:

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from medadapt.engine.cli import cli
 from medadapt.engine.contracts.errors import InvalidInputError
-from medadapt.engine.demo import SITES, shipped_profiles
+from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.engine.validation.report import interval_text
+from medadapt.plugins.phantom.demo import SITES, shipped_profiles
 
 PROFILES = sorted(shipped_profiles().glob("*.yaml"))
 
@@ -38,6 +39,7 @@ def test_every_shipped_profile_passes_the_profile_check(path):
 def test_the_demo_refuses_a_folder_that_holds_something_else(tmp_path):
     # In this process, so the fast tier's guard would fail the test if the demo trained anyway.
     (tmp_path / "notes.txt").write_text("mine")
+    get_plugin_host().add_commands(cli)  # the demo is the phantom plugin's command
     done = CliRunner().invoke(cli, ["demo", "--fast", "--out", str(tmp_path)])
     assert done.exit_code == 2
     assert "is not empty and holds no demo" in done.stderr
@@ -47,7 +49,7 @@ def test_the_demo_refuses_a_folder_that_holds_something_else(tmp_path):
 def test_a_demo_folder_of_an_older_medadapt_is_started_afresh_and_another_size_refused(
     tmp_path,
 ):
-    from medadapt.engine.demo import _claim
+    from medadapt.plugins.phantom.demo import _claim
 
     (tmp_path / "medadapt-demo.json").write_text(json.dumps({"demo": 1, "fast": True}))
     (tmp_path / "runs" / "hospital-a-train").mkdir(parents=True)  # no provenance records
@@ -141,9 +143,9 @@ def test_the_demo_keeps_a_model_that_beats_the_unadapted_one_on_bs_validation_pa
     from medadapt.engine.adaptation import UNADAPTED, target_split
     from medadapt.engine.contracts.host import get_plugin_host
     from medadapt.engine.data.samples import open_site_data
-    from medadapt.engine.demo import DEMO_KEY
     from medadapt.engine.profile import load_profile
     from medadapt.plugins.decision_rules import ValidationBootstrap
+    from medadapt.plugins.phantom.demo import DEMO_KEY
 
     out = demo["out"]
     monkeypatch.setenv("MEDADAPT_PSEUDONYM_KEY", DEMO_KEY)

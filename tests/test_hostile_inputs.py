@@ -452,7 +452,7 @@ def test_a_phantom_folder_whose_settings_file_is_damaged_is_refused_by_name(tmp_
 
 def test_a_demo_folder_whose_marker_is_damaged_is_refused_by_name(tmp_path):
     from medadapt.engine.contracts.errors import InvalidInputError
-    from medadapt.engine.demo import _claim
+    from medadapt.plugins.phantom.demo import _claim
 
     (tmp_path / "medadapt-demo.json").write_bytes(b"\x00\xff")
     with pytest.raises(InvalidInputError, match=r"medadapt-demo\.json: not a demo's marker"):

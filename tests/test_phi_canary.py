@@ -21,7 +21,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from medadapt.engine.cli import _configure_logging, cli
+from medadapt.engine.cli import cli, configure_logging
 from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.plugins.phantom.hospital import HospitalSpec, write_hospital
 
@@ -194,7 +194,7 @@ def test_no_identifying_attribute_reaches_anything_written(tmp_path, monkeypatch
         ["batch", str(jobs), "--workers", "1", "--out", str(work / "batch")],
     ]  # fmt: skip
     get_plugin_host().add_commands(cli)
-    _configure_logging(quiet=False)  # as the console script does: logs are searched too
+    configure_logging(quiet=False)  # as the console script does: logs are searched too
     printed = []
     for command in commands:
         result = CliRunner().invoke(cli, command)

@@ -271,7 +271,7 @@ def test_every_shipped_hospital_profile_passes_the_check(profile):
 @pytest.mark.parametrize("name", ["hospital_a_chest", "hospital_b_chest", "hospital_b_head"])
 def test_the_demos_profiles_carry_the_demos_key_and_say_a_real_site_must_not(name, monkeypatch):
     from medadapt.engine.data.pseudonym import KEY_ENV, Pseudonymizer
-    from medadapt.engine.demo import DEMO_KEY
+    from medadapt.plugins.phantom.demo import DEMO_KEY
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     path = TEMPLATE.parent / f"{name}.yaml"

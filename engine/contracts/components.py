@@ -358,6 +358,10 @@ class Backbone(Component):
         return {}
 
 
+#: The label index of an unlabelled sample in a batch's ``"labels"``.
+UNLABELLED = -1
+
+
 class AdaptationMethod(Component):
     """One way to carry a model to a new site: a loss computed per training step.
 

@@ -9,11 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medadapt.engine.contracts.components import UNLABELLED as UNLABELLED
 from medadapt.engine.contracts.components import SampleRecord
 from medadapt.engine.data.samples import PatchLoader
-
-#: The label index of an unlabelled sample.
-UNLABELLED = -1
 
 
 class PatchDataset(Dataset):

@@ -125,3 +125,17 @@ def read_json_file(path: Path, what: str) -> Any:
             f"{path}: not {what} (not valid JSON: {exc}); restore it, or remove it and run "
             "the command that writes it again"
         ) from None
+
+
+def slug(text: str, fallback: str, limit: int | None = None) -> str:
+    """``text`` as a folder name: lower case, each run of anything but letters and digits one
+    hyphen, at most ``limit`` characters; ``fallback`` when nothing is left.
+
+    Example:
+        >>> slug("Hospital B (head CT)", "site"), slug("!!", "job")
+        ('hospital-b-head-ct', 'job')
+    """
+    return (
+        "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())[:limit]
+        or fallback
+    )

@@ -7,8 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from medadapt.engine import AdaptationMethod
-from medadapt.engine.training.batchnorm import batch_norm_layers, recompute_batch_norm
+from medadapt.engine import AdaptationMethod, batch_norm_layers, recompute_batch_norm
 
 
 class AdaBN(AdaptationMethod):

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
-
-from pydantic import Field
 from torch import Tensor
 
-from medadapt.engine import AdaptationMethod
-from medadapt.engine.contracts.components import NoParams
-from medadapt.plugins.adaptation.losses import source_task_and_features
+from medadapt.engine import FeatureAlignment
 
 
 def coral_distance(source: Tensor, target: Tensor) -> Tensor:
@@ -24,24 +18,14 @@ def coral_distance(source: Tensor, target: Tensor) -> Tensor:
     return ((covariance(source.float()) - covariance(target.float())) ** 2).sum() / (4 * d * d)
 
 
-class Coral(AdaptationMethod):
+class Coral(FeatureAlignment):
     """Learns the source task while making target features vary as source features do.
 
     Needs labelled source data; the target site's labels are not used.
     """
 
     name = "coral"
-    needs_source_data: ClassVar[bool] = True
-    needs_target_labels: ClassVar[bool] = False
+    term = "coral"
 
-    class Params(NoParams):
-        weight: float = Field(default=1.0, ge=0.0, description="lambda: weight of the CORAL loss")
-
-    def update(
-        self, source_batch: Mapping[str, Tensor] | None, target_batch: Mapping[str, Tensor]
-    ) -> dict[str, Tensor]:
-        task, source_features, target_features = source_task_and_features(
-            self.model, source_batch, target_batch
-        )
-        alignment = coral_distance(source_features, target_features)
-        return {"loss": task + self.params.weight * alignment, "task": task, "coral": alignment}
+    def distance(self, source: Tensor, target: Tensor) -> Tensor:
+        return coral_distance(source, target)

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medadapt.engine import AdaptationMethod
-from medadapt.engine.contracts.components import NoParams
+from medadapt.engine import AdaptationMethod, NoParams
 from medadapt.plugins.adaptation.losses import source_task_and_features
 
 

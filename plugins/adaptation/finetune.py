@@ -9,8 +9,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from medadapt.engine import AdaptationMethod
-from medadapt.engine.contracts.components import NoParams
+from medadapt.engine import AdaptationMethod, NoParams
 from medadapt.plugins.adaptation.losses import supervised
 
 

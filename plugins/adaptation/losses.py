@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medadapt.engine.data.datasets import UNLABELLED
+from medadapt.engine import supervised_loss as supervised
 
 
 def features_and_logits(model: nn.Module, patches: Tensor) -> tuple[Tensor, Tensor]:
@@ -27,14 +27,6 @@ def diversity(logits: Tensor) -> Tensor:
     """Entropy of the mean prediction: high when the batch uses every class."""
     mean = F.softmax(logits, dim=1).mean(dim=0)
     return -(mean * torch.log(mean + 1e-8)).sum()
-
-
-def supervised(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
-    """Cross-entropy on the labelled samples of a batch (0 when none is labelled)."""
-    labels = batch["labels"]
-    if not bool((labels != UNLABELLED).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits, labels, ignore_index=UNLABELLED)
 
 
 def source_task_and_features(

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medadapt.engine import AdaptationMethod
-from medadapt.engine.contracts.components import NoParams
+from medadapt.engine import AdaptationMethod, NoParams
 from medadapt.plugins.adaptation.losses import diversity, features_and_logits, mean_entropy
 
 

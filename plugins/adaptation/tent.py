@@ -7,8 +7,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from medadapt.engine import AdaptationMethod
-from medadapt.engine.training.batchnorm import batch_norm_layers
+from medadapt.engine import AdaptationMethod, batch_norm_layers
 from medadapt.plugins.adaptation.losses import mean_entropy
 
 

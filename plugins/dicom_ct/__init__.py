@@ -19,12 +19,12 @@ from medadapt.engine import (
     Image,
     InvalidInputError,
     ProfilePath,
+    Pseudonymizer,
     Rejection,
     SampleRecord,
     ScanResult,
     hookimpl,
 )
-from medadapt.engine.data.pseudonym import Pseudonymizer
 from medadapt.plugins.dicom_ct.inspect import inspect_command
 from medadapt.plugins.dicom_ct.labels import (
     Lesion,

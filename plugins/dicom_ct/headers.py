@@ -21,8 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 
-from medadapt.engine import Rejection, printable
-from medadapt.engine.data.pseudonym import Pseudonymizer
+from medadapt.engine import Pseudonymizer, Rejection, printable
 
 PIXEL_DATA = 0x7FE00010
 _DEFER_BYTES = 2048

@@ -11,10 +11,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from medadapt.engine import ExitCode, InvalidInputError, Rejection
-from medadapt.engine.data.pseudonym import PathScrubber, Pseudonymizer
-from medadapt.engine.output.progress import progress_bar
-from medadapt.engine.output.text import plain_row, strict_json
+from medadapt.engine import (
+    ExitCode,
+    InvalidInputError,
+    PathScrubber,
+    Pseudonymizer,
+    Rejection,
+    plain_row,
+    progress_bar,
+    strict_json,
+)
 from medadapt.plugins.dicom_ct.labels import Lesion
 from medadapt.plugins.dicom_ct.pixels import UndecodableFile, UndecodableSeries, load_hu
 from medadapt.plugins.dicom_ct.scan import iter_files, scan_folder

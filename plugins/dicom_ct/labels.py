@@ -33,8 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medadapt.engine import InvalidInputError, Rejection
-from medadapt.engine.data.pseudonym import Pseudonymizer
+from medadapt.engine import InvalidInputError, Pseudonymizer, Rejection
 from medadapt.plugins.dicom_ct.series import Volume
 
 _MM = ("x_mm", "y_mm", "z_mm")

@@ -8,8 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medadapt.engine import InvalidInputError, Rejection
-from medadapt.engine.data.pseudonym import Pseudonymizer
+from medadapt.engine import InvalidInputError, Pseudonymizer, Rejection
 from medadapt.plugins.dicom_ct.headers import FileHeader, SegmentationFile, read_header
 from medadapt.plugins.dicom_ct.series import Volume, assemble
 

@@ -23,9 +23,9 @@ from medadapt.engine import (
     SampleRecord,
     ScanResult,
     hookimpl,
+    progress_bar,
+    strict_json,
 )
-from medadapt.engine.output.progress import progress_bar
-from medadapt.engine.output.text import strict_json
 from medadapt.plugins.phantom.hospital import (
     GENERATOR_VERSION,
     HospitalSpec,
@@ -282,4 +282,7 @@ def medadapt_data_sources() -> Sequence[type[DataSource]]:
 
 @hookimpl
 def medadapt_commands(cli: click.Group) -> None:
+    from medadapt.plugins.phantom.demo import demo_command
+
     cli.add_command(phantom_command)
+    cli.add_command(demo_command)

@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from medadapt.engine import InvalidInputError, csv_row
-from medadapt.engine.output.text import read_json_file
+from medadapt.engine import InvalidInputError, csv_row, read_json_file
 from medadapt.plugins.dicom_ct.writer import ct_slice
 from medadapt.plugins.phantom.anatomy import BODY_REGIONS, Patient, draw_patient, render_volume
 from medadapt.plugins.phantom.scanner import ScannerPreset, acquire, check_kernel, preset

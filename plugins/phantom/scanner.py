@@ -25,7 +25,7 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from medadapt.engine.contracts.wording import did_you_mean
+from medadapt.engine import did_you_mean
 
 #: Kernel name -> MTF sigma in mm. Names are the vendors' own; the sigma places each kernel
 #: on one scale from smooth (soft tissue) to very sharp (lung, bone).

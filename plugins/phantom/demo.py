@@ -15,19 +15,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
 import yaml
+from rich.console import Console
 
-from medadapt.engine.contracts.errors import InvalidInputError
-from medadapt.engine.output.text import read_json_file
+from medadapt.engine import ExitCode, InvalidInputError, read_json_file, strict_json
 
 if TYPE_CHECKING:
-    from medadapt.engine.adaptation import AdaptResult
+    from medadapt.engine import AdaptResult
 
 #: The shipped profiles the demo's sites use (hospital_profiles/ in the repository, installed
 #: as ``medadapt.hospital_profiles``), and the simulated scanners behind them.
@@ -105,13 +107,15 @@ def run_demo(
         step("the folder held a demo of an older medadapt: starting it afresh")
     # Before anything imports matplotlib, which picks its cache folder when imported.
     _keep_inside(out)
-    from medadapt.engine.adaptation import adapt
-    from medadapt.engine.contracts.host import get_plugin_host
-    from medadapt.engine.profile import load_profile
-    from medadapt.engine.shift import analyse_shift
-    from medadapt.engine.training.job import train
-    from medadapt.engine.training.loop import CHECKPOINT
-    from medadapt.engine.validation.job import validate
+    from medadapt.engine import (
+        CHECKPOINT,
+        adapt,
+        analyse_shift,
+        get_plugin_host,
+        load_profile,
+        train,
+        validate,
+    )
     from medadapt.plugins.phantom.hospital import HospitalSpec, write_hospital
 
     size = FAST if fast else FULL
@@ -192,7 +196,7 @@ def summarise(
     adapted: AdaptResult,
 ) -> dict[str, Any]:
     """The figures the demo prints, taken from the reports and shift analyses as written."""
-    from medadapt.engine.validation.acceptance import criterion_text
+    from medadapt.engine import criterion_text
 
     return {
         "hospital_a_auroc": home["results"]["model"]["auroc"],
@@ -219,7 +223,7 @@ def summarise(
 
 def summary_text(summary: dict[str, Any]) -> str:
     """The summary as the demo prints it."""
-    from medadapt.engine.validation.report import interval_text
+    from medadapt.engine import interval_text
 
     criteria = [f"    {c['status'].upper():<12} {c['text']}" for c in summary["criteria"]]
     return "\n".join(
@@ -316,3 +320,51 @@ def _profile(out: Path, site: str, shipped: str, folder: Path, size: DemoSize) -
     )
     path.write_text(header + yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+@click.command("demo")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo"),
+    show_default=True,
+    help="Where everything goes: sites, profiles, cache, models, reports.",
+)
+@click.option(
+    "--fast",
+    is_flag=True,
+    help="Fewer patients and epochs: a smoke check in about a minute (its figures mean little).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary's JSON for machines.")
+@click.pass_context
+def demo_command(ctx: click.Context, out: Path, fast: bool, as_json: bool) -> None:
+    """See medadapt do its whole job on simulated hospitals, with no data of your own.
+
+    Writes Hospital A's and Hospital B's chest CT (different scanners) and B's head CT as
+    DICOM with label files, trains at A, measures the shift to B and to B's head CT, adapts
+    to B (auto; B's validation labels decide what is kept, no method trains on them),
+    validates on B's test patients against the unadapted model, and prints a summary read
+    from the reports. Writes nothing outside OUT; running
+    it again reuses what is finished.
+    """
+    quiet = ctx.obj["quiet"] or as_json
+    started = time.perf_counter()
+
+    def step(text: str) -> None:
+        if not quiet:
+            Console(stderr=True).print(f"[{time.perf_counter() - started:5.0f} s] {text}")
+
+    result = run_demo(out, fast=fast, step=step)
+    # Only now: validate imports matplotlib, which the demo first points inside OUT.
+    from medadapt.engine import NO_VERDICT, PASS
+
+    if as_json:
+        click.echo(strict_json(result.summary))
+        return
+    step(f"done; everything is in {out}")
+    click.echo(summary_text(result.summary))
+    verdict = result.summary["verdict"]
+    if verdict == NO_VERDICT:
+        ctx.exit(ExitCode.NO_VERDICT)
+    if verdict != PASS:
+        ctx.exit(ExitCode.NOT_PASSED)
