@@ -39,6 +39,7 @@ from medadapt.engine.contracts.components import (
     Split,
 )
 from medadapt.engine.contracts.errors import ExitCode, InvalidInputError, MedadaptError, PluginError
+from medadapt.engine.contracts.exporter import Exporter
 from medadapt.engine.contracts.hookspecs import ReportSection, RunInfo, hookimpl
 from medadapt.engine.contracts.wording import did_you_mean
 from medadapt.engine.data.pseudonym import PathScrubber, Pseudonymizer
@@ -61,6 +62,12 @@ _LAZY = {
     "batch_norm_layers": "medadapt.engine.training.batchnorm",
     "load_matching": "medadapt.engine.models.weights",
     "recompute_batch_norm": "medadapt.engine.training.batchnorm",
+    # what an export format writes and checks
+    "ModelCard": "medadapt.engine.models.card",
+    "in_channels": "medadapt.engine.models.model",
+    "patch_shape": "medadapt.engine.models.model",
+    "probe_patches": "medadapt.engine.models.export",
+    "torch_bytes": "medadapt.engine.models.model",
     # the jobs, as the command line runs them
     "AdaptResult": "medadapt.engine.adaptation",
     "CHECKPOINT": "medadapt.engine.training.loop",
@@ -86,6 +93,9 @@ if TYPE_CHECKING:
     from medadapt.engine.adaptation import AdaptResult, adapt
     from medadapt.engine.contracts.alignment import FeatureAlignment, supervised_loss
     from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine.models.card import ModelCard
+    from medadapt.engine.models.export import probe_patches
+    from medadapt.engine.models.model import in_channels, patch_shape, torch_bytes
     from medadapt.engine.models.weights import adapt_input_channels, load_matching
     from medadapt.engine.profile import Profile, ProfileError, load_profile
     from medadapt.engine.shift import analyse_shift
@@ -135,11 +145,13 @@ __all__ = [
     "DecisionRule",
     "Evidence",
     "ExitCode",
+    "Exporter",
     "FeatureAlignment",
     "Image",
     "InvalidInputError",
     "LabelProperty",
     "MedadaptError",
+    "ModelCard",
     "NoParams",
     "PathScrubber",
     "PatientBootstrap",
@@ -169,11 +181,14 @@ __all__ = [
     "did_you_mean",
     "get_plugin_host",
     "hookimpl",
+    "in_channels",
     "interval_text",
     "load_matching",
     "load_profile",
+    "patch_shape",
     "plain_row",
     "printable",
+    "probe_patches",
     "progress_bar",
     "rank_auroc",
     "read_json_file",
@@ -181,6 +196,7 @@ __all__ = [
     "resampled_auroc",
     "strict_json",
     "supervised_loss",
+    "torch_bytes",
     "train",
     "validate",
 ]

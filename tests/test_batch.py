@@ -176,7 +176,7 @@ def test_the_local_cluster_speaks_tls_and_turns_away_a_client_without_its_certif
     from distributed import Client
     from distributed.security import Security
 
-    from medadapt.engine.batch import local_cluster
+    from medadapt.engine.cluster import local_cluster
 
     cluster, security = local_cluster(workers=1)
     try:
@@ -214,7 +214,7 @@ def test_no_port_of_the_local_cluster_answers_a_plain_client():
 
     from distributed import Client
 
-    from medadapt.engine.batch import local_cluster
+    from medadapt.engine.cluster import local_cluster
 
     before = set(_listening_ports())
     cluster, security = local_cluster(workers=2)

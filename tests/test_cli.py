@@ -49,6 +49,7 @@ def test_plugins_json_lists_every_plugin_with_what_it_provides():
         "adaptation_methods",
         "selection_scores",
         "decision_rules",
+        "exporters",
     }
     assert builtin["provides"]["selection_scores"] == [
         "dev",

@@ -22,7 +22,7 @@ HOOKS = [
 
 
 def test_every_hook_is_specified():
-    assert len(HOOKS) == 9
+    assert len(HOOKS) == 10
 
 
 @pytest.mark.parametrize(("name", "function"), HOOKS)

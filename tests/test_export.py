@@ -19,17 +19,15 @@ from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.engine.data.datasets import PatchDataset
 from medadapt.engine.data.samples import PatchLoader, open_site_data
 from medadapt.engine.data.splits import site_split
-from medadapt.engine.export import (
-    ExportDisagrees,
-    Probabilities,
-    export_model,
-    run_onnx,
-    run_torchscript,
-)
+from medadapt.engine.models.export import ExportDisagrees, Probabilities, export_model
 from medadapt.engine.models.importing import import_model
 from medadapt.engine.models.model import load_model
 from medadapt.engine.profile import load_profile
 from medadapt.engine.validation.evaluate import predict_records
+from medadapt.plugins.export import onnx as onnx_export
+from medadapt.plugins.export import torchscript
+from medadapt.plugins.export.onnx import run_onnx
+from medadapt.plugins.export.torchscript import run_torchscript
 
 
 @pytest.fixture
@@ -185,9 +183,7 @@ def test_a_bundle_takes_the_figures_of_this_models_report_and_refuses_another_mo
 def test_an_export_that_disagrees_with_medadapt_is_not_kept(
     tmp_path, registry, small_model, monkeypatch
 ):
-    from medadapt.engine import export
-
-    monkeypatch.setattr(export, "run_torchscript", lambda path, patches: np.zeros((32, 2)))
+    monkeypatch.setattr(torchscript, "run_torchscript", lambda path, patches: np.zeros((32, 2)))
     with pytest.raises(ExportDisagrees, match=r"differ from medadapt's by up to .* nothing"):
         export_model(small_model, registry, "torchscript", tmp_path / "model.ts")
     assert list(tmp_path.glob("model.ts*")) == []
@@ -205,9 +201,7 @@ def test_refuses_to_write_over_a_file_and_says_what_onnx_needs(
     (tmp_path / "notes" / "mine.txt").write_text("mine")
     with pytest.raises(InvalidInputError, match="is not a MONAI bundle; refusing"):
         export_model(small_model, registry, "monai-bundle", tmp_path / "notes", overwrite=True)
-    from medadapt.engine import export
-
-    monkeypatch.setattr(export, "_installed", lambda name: name != "onnxscript")
+    monkeypatch.setattr(onnx_export, "_installed", lambda name: name != "onnxscript")
     with pytest.raises(InvalidInputError, match=r"needs the onnxscript package.*medadapt\[onnx\]"):
         export_model(small_model, registry, "onnx", tmp_path / "model.onnx")
 
@@ -215,9 +209,7 @@ def test_refuses_to_write_over_a_file_and_says_what_onnx_needs(
 def test_onnx_without_onnxruntime_is_written_and_said_to_be_unchecked(
     tmp_path, registry, small_model, monkeypatch
 ):
-    from medadapt.engine import export
-
-    monkeypatch.setattr(export, "_installed", lambda name: name != "onnxruntime")
+    monkeypatch.setattr(onnx_export, "_installed", lambda name: name != "onnxruntime")
     result = export_model(small_model, registry, "onnx", tmp_path / "model.onnx")
     assert result.agreement is None
     assert any("not checked: onnxruntime is not installed" in note for note in result.notes)

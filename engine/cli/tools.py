@@ -202,8 +202,9 @@ def model_import_command(
     "--format",
     "fmt",
     required=True,
-    type=click.Choice(["torchscript", "onnx", "monai-bundle"]),
-    help="TorchScript (PyTorch alone), ONNX (any runtime), or a MONAI bundle folder.",
+    metavar="FORMAT",
+    help="An export format: torchscript (PyTorch alone), onnx (any runtime), monai-bundle "
+    "(a MONAI bundle folder), or one a plugin adds (medadapt plugins --components).",
 )
 @click.option(
     "--out",
@@ -230,7 +231,7 @@ def model_export_command(
     nothing written otherwise). TorchScript and ONNX files carry the model card. ONNX needs
     pip install 'medadapt[onnx]', and is checked when onnxruntime is installed.
     """
-    from medadapt.engine.export import export_model
+    from medadapt.engine.models.export import export_model
 
     registry = get_plugin_host().registry()
     result = export_model(model_dir, registry, fmt, out, report=report, overwrite=overwrite)

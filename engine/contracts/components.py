@@ -33,6 +33,7 @@ class ComponentKind(enum.StrEnum):
     ADAPTATION_METHODS = "adaptation_methods"
     SELECTION_SCORES = "selection_scores"
     DECISION_RULES = "decision_rules"
+    EXPORTERS = "exporters"
 
     @property
     def label(self) -> str:
@@ -43,11 +44,6 @@ class ComponentKind(enum.StrEnum):
     def hook_name(self) -> str:
         """The collecting hook that gathers this kind: ``"medadapt_backbones"``."""
         return f"medadapt_{self.value}"
-
-    @property
-    def contract(self) -> type[Component]:
-        """The abstract class every component of this kind derives from."""
-        return _CONTRACTS[self]
 
 
 def _resolve_against_profile(path: Path, info: ValidationInfo) -> Path:
@@ -577,13 +573,3 @@ class DecisionRule(Component):
     def decide(self, evidence: Evidence) -> Decision:
         """Choose among ``evidence.candidates``; keep the unadapted model unless the
         evidence says otherwise."""
-
-
-_CONTRACTS: dict[ComponentKind, type[Component]] = {
-    ComponentKind.DATA_SOURCES: DataSource,
-    ComponentKind.AUGMENTATIONS: Augmentation,
-    ComponentKind.BACKBONES: Backbone,
-    ComponentKind.ADAPTATION_METHODS: AdaptationMethod,
-    ComponentKind.SELECTION_SCORES: SelectionScore,
-    ComponentKind.DECISION_RULES: DecisionRule,
-}

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         DecisionRule,
         SelectionScore,
     )
+    from medadapt.engine.contracts.exporter import Exporter
 
 PROJECT_NAME = "medadapt"
 
@@ -141,6 +142,21 @@ def medadapt_decision_rules() -> Sequence[type[DecisionRule]]:
     ``all``); a label-free rule's choice is reported as a proposal.
 
     :return: DecisionRule subclasses; each ``name`` must be unique across all plugins.
+
+    All implementations are called and their lists joined.
+    """
+
+
+@hookspec
+def medadapt_exporters() -> Sequence[type[Exporter]]:
+    """Return the export formats this plugin provides.
+
+    An exporter writes an adapted model for deployment (``medadapt model export --format
+    NAME``) and runs what it wrote, so the engine can check it on probe patches against
+    medadapt's own probabilities before keeping it. The built-in ones are ``torchscript``,
+    ``onnx`` and ``monai-bundle``.
+
+    :return: Exporter subclasses; each ``name`` must be unique across all plugins.
 
     All implementations are called and their lists joined.
     """

@@ -9,8 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medadapt.engine.contracts.components import Component, ComponentKind
+from medadapt.engine.contracts.components import (
+    AdaptationMethod,
+    Augmentation,
+    Backbone,
+    Component,
+    ComponentKind,
+    DataSource,
+    DecisionRule,
+    SelectionScore,
+)
 from medadapt.engine.contracts.errors import InvalidInputError, PluginError
+from medadapt.engine.contracts.exporter import Exporter
 from medadapt.engine.contracts.wording import close_matches, quoted
 
 #: Component names are lower case words joined by "-" (digits and "." allowed: "resnet18").
@@ -175,10 +185,22 @@ class ComponentRegistry:
             raise UnknownComponentError(kind, name, self.names(kind), self.failed_plugins) from None
 
 
+#: The abstract class every component of each kind derives from.
+CONTRACTS: dict[ComponentKind, type[Component]] = {
+    ComponentKind.DATA_SOURCES: DataSource,
+    ComponentKind.AUGMENTATIONS: Augmentation,
+    ComponentKind.BACKBONES: Backbone,
+    ComponentKind.ADAPTATION_METHODS: AdaptationMethod,
+    ComponentKind.SELECTION_SCORES: SelectionScore,
+    ComponentKind.DECISION_RULES: DecisionRule,
+    ComponentKind.EXPORTERS: Exporter,
+}
+
+
 def check_contract(kind: ComponentKind, plugin: str, component: object) -> None:
     """Raise a PluginError naming the plugin when a provided object breaks its contract."""
     where = f"plugin {plugin!r} returned {component!r} from {kind.hook_name}()"
-    contract = kind.contract
+    contract = CONTRACTS[kind]
     if not (isinstance(component, type) and issubclass(component, contract)):
         raise PluginError(f"{where}, which is not a subclass of {_qualname(contract)}")
     if inspect.isabstract(component):
