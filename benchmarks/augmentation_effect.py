@@ -90,37 +90,22 @@ SITE_NAMES = ["home", *OTHER_SITES]
 
 def held_out_auroc(model_dir: Path, site: dict[str, Any], work: Path) -> float:
     """AUROC on 60 patients never seen in training (another phantom seed)."""
-    import numpy as np
-    import torch
     from sklearn.metrics import roc_auc_score
-    from torch.utils.data import DataLoader
 
-    from medadapt.engine.contracts.host import get_plugin_host
-    from medadapt.engine.data.datasets import PatchDataset
-    from medadapt.engine.data.samples import PatchLoader
+    from medadapt.engine import get_plugin_host
     from medadapt.engine.models.model import load_model
-    from medadapt.engine.profile import Preprocessing
+    from medadapt.engine.validation.evaluate import predict_records
     from medadapt.plugins.phantom import Phantom
 
     loaded = load_model(model_dir, get_plugin_host().registry())
     source = Phantom.from_params({**site, "patients": 60, "seed": 99, "slices": 16})
-    spec = Preprocessing.model_validate(loaded.card["preprocessing"])
-    data = PatchDataset(
-        PatchLoader(source, spec, work / "cache"), source.scan().records, loaded.card["classes"]
-    )
-    model = loaded.model.eval()
-    scores, labels = [], []
-    with torch.no_grad():
-        for patches, y in DataLoader(data, batch_size=64):
-            scores.append(model(patches).softmax(dim=1)[:, 1].numpy())
-            labels.append(y.numpy())
-    return float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
+    positive = loaded.card.classes[1]
+    found = predict_records(loaded, positive, source, source.scan().records, work / "cache")
+    return float(roc_auc_score(found.labels, found.scores))
 
 
 def trained(work: Path, path: Path) -> Path:
-    from medadapt.engine.contracts.host import get_plugin_host
-    from medadapt.engine.profile import load_profile
-    from medadapt.engine.training.job import train
+    from medadapt.engine import get_plugin_host, load_profile, train
 
     host = get_plugin_host()
     registry = host.registry()
@@ -131,13 +116,14 @@ def trained(work: Path, path: Path) -> Path:
 
 def run(quick: bool, work: Path) -> Section:
     """Both experiments, every seed; then the tables and what they show."""
-    from medadapt.engine.contracts.host import get_plugin_host
-    from medadapt.engine.profile import ProfileError, load_profile
+    from medadapt.engine import ProfileError, get_plugin_host, load_profile
 
     small_seeds, seeds, epochs = (2, [1, 2], 2) if quick else (10, [1, 2, 3], 15)
+    #: Quick: the smaller size only (a smoke check of every code path, tests/test_benchmarks.py).
+    sizes = SMALL_SIZES[:1] if quick else SMALL_SIZES
     honest = ["size", "shape", "texture", "absolute-hu"]
     small: dict[int, dict[str, list[float]]] = {
-        n: {label: [] for label, _, _ in SMALL_SETS} for n in SMALL_SIZES
+        n: {label: [] for label, _, _ in SMALL_SETS} for n in sizes
     }
     travel: dict[str, dict[str, list[float]]] = {
         "without": {site: [] for site in SITE_NAMES},
@@ -150,7 +136,7 @@ def run(quick: bool, work: Path) -> Section:
         )
     except ProfileError as exc:
         refusal = exc.issues[0].message
-    for seed, patients in itertools.product(range(1, small_seeds + 1), SMALL_SIZES):
+    for seed, patients in itertools.product(range(1, small_seeds + 1), sizes):
         for label, augs, tolerance in SMALL_SETS:
             name = f"{label.replace(' ', '-')}-{patients}"
             path = profile(work, name, seed, patients, augs, honest, tolerance, epochs)
@@ -174,7 +160,8 @@ def run(quick: bool, work: Path) -> Section:
         "width 400); AUROC on 60 held-out simulated patients. Mean ± standard deviation "
         "(each seed).",
         "",
-        f"Small data: 20 and 40 patients at the training site (smooth kernel, standard dose), "
+        f"Small data: {' and '.join(map(str, sizes))} patients at the training site (smooth "
+        "kernel, standard dose), "
         f"{small_seeds} seeds. Difference: against no augmentation, paired by seed.",
         "",
         "| patients | augmentation | held-out AUROC | difference |",
@@ -183,7 +170,7 @@ def run(quick: bool, work: Path) -> Section:
             f"| {n} | {label} | {fmt(values)} | "
             + ("" if label == "none" else _paired(values, small[n]["none"]))
             + " |"
-            for n in SMALL_SIZES
+            for n in sizes
             for label, values in small[n].items()
         ],
         "",
@@ -211,7 +198,7 @@ def run(quick: bool, work: Path) -> Section:
     ]
     rows = [
         {"experiment": "small data", "patients": n, "augmentation": label, "seed": seed, "auroc": v}
-        for n in SMALL_SIZES
+        for n in sizes
         for label, values in small[n].items()
         for seed, v in enumerate(values, start=1)
     ]

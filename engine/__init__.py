@@ -77,6 +77,7 @@ _LAZY = {
     "ValidationResult": "medadapt.engine.validation.job",
     "adapt": "medadapt.engine.adaptation",
     "analyse_shift": "medadapt.engine.shift",
+    "PluginHost": "medadapt.engine.contracts.host",
     "get_plugin_host": "medadapt.engine.contracts.host",
     "load_profile": "medadapt.engine.profile",
     "train": "medadapt.engine.training.job",
@@ -92,7 +93,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from medadapt.engine.adaptation import AdaptResult, adapt
     from medadapt.engine.contracts.alignment import FeatureAlignment, supervised_loss
-    from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine.contracts.host import PluginHost, get_plugin_host
     from medadapt.engine.models.card import ModelCard
     from medadapt.engine.models.export import probe_patches
     from medadapt.engine.models.model import in_channels, patch_shape, torch_bytes
@@ -156,6 +157,7 @@ __all__ = [
     "PathScrubber",
     "PatientBootstrap",
     "PluginError",
+    "PluginHost",
     "Profile",
     "ProfileError",
     "ProfilePath",

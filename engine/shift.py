@@ -27,7 +27,6 @@ from typing import Any, get_args
 import numpy as np
 import scipy.stats
 import torch
-from torch.utils.data import DataLoader
 
 from medadapt.engine.contracts.components import SampleRecord, Split
 from medadapt.engine.contracts.registry import ComponentRegistry
@@ -35,6 +34,7 @@ from medadapt.engine.data.datasets import PatchDataset
 from medadapt.engine.data.samples import PatchLoader, SiteData, open_site_data
 from medadapt.engine.data.splits import site_split
 from medadapt.engine.models.card import profile_hash
+from medadapt.engine.models.inference import batches, infer
 from medadapt.engine.models.model import LoadedModel, load_model, write_json_atomic
 from medadapt.engine.models.runfolder import Provenance, claim_folder, profile_reads
 from medadapt.engine.profile import Profile, SubgroupAttribute
@@ -237,8 +237,9 @@ def _features(
     for name, site in sites.items():
         loader = PatchLoader(site.source, spec, cache_dir)
         data = PatchDataset(loader, chosen[name], list(loaded.card.classes))
-        rows = [model.features(p).flatten(1).numpy() for p, _ in DataLoader(data, batch_size=64)]
-        features.append(np.concatenate(rows))
+        inferred = infer(model, batches(data), probabilities=False, features=True)
+        assert inferred.features is not None
+        features.append(inferred.features)
         groups += [f"{name}/{r.patient_key}" for r in chosen[name]]
     mmd, p_value = mmd_permutation_test(features[0], features[1], permutations, seed)
     return {

@@ -120,3 +120,18 @@ def test_quick_mode_runs_every_benchmark_and_writes_every_table(suite, tmp_path)
     assert "The ImageNet row taken apart." in results
     assert "![Validation loss per epoch](results/transfer_val_loss.png)" in results
     assert (tmp_path / "results" / "transfer_val_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_the_augmentation_benchmark_runs_in_quick_mode(suite, tmp_path):
+    # It read the model card as a dict (card["preprocessing"]) and raised a TypeError
+    # before anything was measured; nothing ran it.
+    import augmentation_effect
+
+    section = augmentation_effect.run(quick=True, work=tmp_path)
+    text = "\n".join(section.lines)
+    assert "| 20 | safe default set |" in text
+    assert "The profile check refuses the unsafe set for the honest task" in text
+    rows = section.tables["augmentation_effect"]
+    assert {row["experiment"] for row in rows} == {"small data", "scanner"}
+    assert all(0.0 <= row["auroc"] <= 1.0 for row in rows)

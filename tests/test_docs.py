@@ -244,7 +244,7 @@ def test_the_decision_rules_defaults_in_the_docs_are_the_rules():
 
 
 def test_the_selection_scores_defaults_in_the_docs_are_adapts():
-    from medadapt.engine.adaptation.job import DEFAULT_SCORE, DEFAULT_SCORE_WITH_SOURCE
+    from medadapt.engine.profile import DEFAULT_SCORE, DEFAULT_SCORE_WITH_SOURCE
 
     row = next(
         line

@@ -89,7 +89,7 @@ def target_split(records: list[SampleRecord], profile: Profile) -> TargetSplit:
         (2, {None})
     """
     assert profile.data is not None
-    choice = profile.adaptation or AdaptationChoice()
+    choice = profile.adaptation_settings
     assigned = site_split(records, profile)
     train = [r for r in assigned if r.split is Split.TRAIN]
     validation = [r for r in assigned if r.split is Split.VALIDATION]

@@ -17,7 +17,6 @@ import numpy as np
 
 from medadapt.engine.contracts.components import (
     Candidate,
-    ComponentKind,
     Decision,
     DecisionRule,
     Evidence,
@@ -25,11 +24,11 @@ from medadapt.engine.contracts.components import (
 )
 from medadapt.engine.contracts.errors import InvalidInputError
 from medadapt.engine.contracts.registry import ComponentRegistry
-from medadapt.engine.profile import AdaptationChoice, Profile
+from medadapt.engine.profile import DEFAULT_RULE_WITH_LABELS, DEFAULT_RULE_WITHOUT_LABELS, Profile
 
-#: The rules used when the profile names none.
-WITH_LABELS = "validation-bootstrap"
-WITHOUT_LABELS = "agreement-guard"
+#: The rules used when the profile names none (engine/profile/schema.py).
+WITH_LABELS = DEFAULT_RULE_WITH_LABELS
+WITHOUT_LABELS = DEFAULT_RULE_WITHOUT_LABELS
 
 
 def decision_rule(
@@ -40,12 +39,9 @@ def decision_rule(
     Raises:
         InvalidInputError: the rule needs labels and the validation patients have none.
     """
-    choice = (target.adaptation or AdaptationChoice()).decision
+    choice = target.adaptation_settings.decision
     name = choice.rule or (WITH_LABELS if validation_labelled else WITHOUT_LABELS)
-    rule = registry.create(
-        ComponentKind.DECISION_RULES, name, choice.params, base_dir=target.base_dir
-    )
-    assert isinstance(rule, DecisionRule)
+    rule = registry.build(DecisionRule, name, choice.params, base_dir=target.base_dir)
     if rule.needs_labels and not validation_labelled:
         raise InvalidInputError(
             f"the decision rule {name!r} needs labelled validation patients, and none of "

@@ -41,7 +41,6 @@ from medadapt.engine.adaptation.runs import (
 from medadapt.engine.contracts.components import (
     UNADAPTED,
     Candidate,
-    ComponentKind,
     Decision,
     Evidence,
     SelectionScore,
@@ -72,18 +71,13 @@ from medadapt.engine.models.model import (
 )
 from medadapt.engine.models.runfolder import Provenance, claim_folder, profile_reads, remove_outputs
 from medadapt.engine.output.text import read_json_file
-from medadapt.engine.profile import AUTO, AdaptationChoice, Profile
+from medadapt.engine.profile import AUTO, DEFAULT_SCORE, DEFAULT_SCORE_WITH_SOURCE, Profile
 from medadapt.engine.training.distributed import World, join_world, leave_world
 from medadapt.engine.training.loop import seed_everything
 
 SUMMARY = "adapt.json"
 #: What ``adapt`` writes in its folder, removed when it starts afresh over one.
 ADAPT_OUTPUTS = ("runs", "model", "model.tmp", SUMMARY)
-#: The selection score when the target profile names none: DEV when the source site's
-#: profile is given (it is no method's training objective, so it favours none of them),
-#: else information maximisation, which SHOT maximises and so tends to favour SHOT.
-DEFAULT_SCORE = "information-maximization"
-DEFAULT_SCORE_WITH_SOURCE = "dev"
 
 
 @dataclass(frozen=True)
@@ -169,7 +163,7 @@ def adapt(
     """
     if seeds < 1:
         raise InvalidInputError(f"--seeds must be at least 1, got {seeds}")
-    choice = target.adaptation or AdaptationChoice()
+    choice = target.adaptation_settings
     name = method or choice.method
     loaded = load_model(source_model, registry)
     check_fit(loaded.card, target)
@@ -258,13 +252,12 @@ def _selection(
         return None
     choice = target.selection
     default = DEFAULT_SCORE_WITH_SOURCE if has_source else DEFAULT_SCORE
-    score = registry.create(
-        ComponentKind.SELECTION_SCORES,
+    score = registry.build(
+        SelectionScore,
         choice.score if choice else default,
         choice.params if choice else {},
         base_dir=target.base_dir,
     )
-    assert isinstance(score, SelectionScore)
     return score
 
 
@@ -275,7 +268,7 @@ def _run_candidate(name: str, seed: int, folder: Path, inputs: _Inputs) -> Candi
     if finished is not None:
         return finished
     target, world = inputs.target, inputs.world
-    choice = target.adaptation or AdaptationChoice()
+    choice = target.adaptation_settings
     cls = method_class(inputs.registry, name)
     method = cls.from_params(choice.params if name == choice.method else {})
     seed_everything(seed)
@@ -340,7 +333,7 @@ def _card(
     record = AdaptationRecord(
         method=run.method,
         selection=_selection_name(inputs.selection),
-        target_labels=(target.adaptation or AdaptationChoice()).target_labels,
+        target_labels=target.adaptation_settings.target_labels,
         source_site=source.site,
         source_weights_sha256=str(source.weights_sha256),
         source_card_sha256=inputs.source_card_sha256,
@@ -431,7 +424,7 @@ def _summary(
         "method": name,
         "selection": _selection_name(selection),
         "selection_higher_is_better": True if selection is None else selection.higher_is_better,
-        "target_labels": (target.adaptation or AdaptationChoice()).target_labels,
+        "target_labels": target.adaptation_settings.target_labels,
         "samples": {
             "train": len(split.train),
             "validation": len(split.validation),
@@ -470,13 +463,14 @@ def _candidate(found: Evidence, run: CandidateRun) -> Candidate:
 
 
 def _ranking(selection: SelectionScore | None) -> Callable[[CandidateRun], float]:
-    """A key where larger is better: the best epoch's selection score (its sign), or its
+    """A key where larger is better: the best epoch's selection score (its goodness), or its
     validation AUROC."""
-    sign = -1.0 if selection is not None and not selection.higher_is_better else 1.0
 
     def key(run: CandidateRun) -> float:
         value = _value(run)
-        return float("-inf") if value != value else sign * value
+        if value != value:
+            return float("-inf")
+        return value if selection is None else selection.goodness(value)
 
     return key
 

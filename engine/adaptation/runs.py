@@ -21,6 +21,7 @@ from medadapt.engine.contracts.hookspecs import RunInfo
 from medadapt.engine.contracts.host import PluginHost
 from medadapt.engine.contracts.registry import ComponentRegistry
 from medadapt.engine.models.card import ModelCard
+from medadapt.engine.models.inference import batches, infer
 from medadapt.engine.models.model import Classifier, build_from_card
 from medadapt.engine.output.text import read_json_file
 from medadapt.engine.profile import Training
@@ -285,13 +286,8 @@ def fresh_model(
     return model, backbone
 
 
-@torch.no_grad()
 def probabilities(model: nn.Module, data: Dataset, device: torch.device) -> np.ndarray:
     """The model's class probabilities on ``data``, in order."""
-    model.eval()
-    return np.concatenate(
-        [
-            model(patches.to(device)).float().softmax(dim=1).cpu().numpy()
-            for patches, _ in DataLoader(data, batch_size=64)
-        ]
-    )
+    inferred = infer(model, batches(data), prepare=lambda patches: patches.to(device))
+    assert inferred.probabilities is not None
+    return inferred.probabilities

@@ -454,6 +454,11 @@ class SelectionScore(Component):
     #: data (DEV does); then ``score`` receives them as ``source``.
     needs_source_data: ClassVar[bool] = False
 
+    def goodness(self, value: float) -> float:
+        """``value`` turned so that larger is better: the one order every comparison of
+        this score's values uses (epochs in training, runs in ``adapt``)."""
+        return value if self.higher_is_better else -value
+
     @abstractmethod
     def score(self, probabilities: np.ndarray, features: np.ndarray | None = None) -> float:
         """Score a model from its predictions on unlabelled target data.

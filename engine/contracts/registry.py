@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from medadapt.engine.contracts.components import (
     AdaptationMethod,
@@ -33,6 +33,9 @@ class RegisteredComponent:
 
     cls: type[Component]
     plugin: str
+
+
+C = TypeVar("C", bound=Component)
 
 
 class UnknownComponentError(InvalidInputError, LookupError):
@@ -177,6 +180,20 @@ class ComponentRegistry:
         """
         given = self.parameters(kind, name, params)
         return self.get(kind, name).from_params(given, base_dir=base_dir)
+
+    def build(
+        self,
+        contract: type[C],
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        base_dir: Path | None = None,
+    ) -> C:
+        """:meth:`create` for the kind whose contract is ``contract``, typed as that contract:
+        ``registry.build(Backbone, "resnet18")``."""
+        component = self.create(contract.kind, name, params, base_dir=base_dir)
+        assert isinstance(component, contract)
+        return component
 
     def _entry(self, kind: ComponentKind, name: str) -> RegisteredComponent:
         try:

@@ -12,7 +12,7 @@ from monai.data import get_track_meta, set_track_meta
 from monai.transforms import Compose
 from monai.utils import MAX_SEED
 
-from medadapt.engine.contracts.components import Augmentation, ComponentKind, SampleRecord
+from medadapt.engine.contracts.components import Augmentation, SampleRecord
 from medadapt.engine.contracts.errors import InvalidInputError
 from medadapt.engine.contracts.registry import ComponentRegistry
 from medadapt.engine.data.samples import PatchLoader
@@ -33,10 +33,9 @@ def training_transform(
         return None
     transforms = []
     for choice in profile.augmentations:
-        augmentation = registry.create(
-            ComponentKind.AUGMENTATIONS, choice.name, choice.params, base_dir=profile.base_dir
+        augmentation = registry.build(
+            Augmentation, choice.name, choice.params, base_dir=profile.base_dir
         )
-        assert isinstance(augmentation, Augmentation)
         problem = unsafe_augmentation(augmentation, profile.task, registry)
         if problem:
             raise InvalidInputError(problem)

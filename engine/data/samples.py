@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from medadapt.engine.contracts.components import (
-    ComponentKind,
     DataSource,
     Image,
     Rejection,
@@ -152,13 +151,9 @@ def open_site_data(
             "are (data.source and data.params)"
         )
     treat_as_data(profile)
-    source = registry.create(
-        ComponentKind.DATA_SOURCES,
-        profile.data.source,
-        profile.data.params,
-        base_dir=profile.base_dir,
+    source = registry.build(
+        DataSource, profile.data.source, profile.data.params, base_dir=profile.base_dir
     )
-    assert isinstance(source, DataSource)
     if profile.task.level == "lesion":
         found = source.scan(label_file=profile.data.label_file)
     elif profile.task.level in source.label_levels:

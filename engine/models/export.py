@@ -101,8 +101,7 @@ def export_model(
         ExportDisagrees: the written file's probabilities differ from medadapt's by more
             than :data:`TOLERANCE`; nothing is left at ``out``.
     """
-    exporter = registry.create(ComponentKind.EXPORTERS, fmt)
-    assert isinstance(exporter, Exporter)
+    exporter = registry.build(Exporter, fmt)
     if report is not None and not exporter.takes_report:
         takes = [
             name

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from medadapt.engine.contracts.components import Backbone, ComponentKind
+from medadapt.engine.contracts.components import Backbone
 from medadapt.engine.contracts.errors import InvalidInputError
 from medadapt.engine.contracts.registry import ComponentRegistry
 from medadapt.engine.data.pseudonym import data_paths
@@ -212,8 +212,7 @@ def read_card(path: Path) -> ModelCard:
 
 def build_from_card(card: ModelCard, registry: ComponentRegistry) -> tuple[Classifier, Backbone]:
     """The untrained network a model card describes, and its backbone component."""
-    backbone = registry.create(ComponentKind.BACKBONES, card.backbone.name, card.backbone.params)
-    assert isinstance(backbone, Backbone)
+    backbone = registry.build(Backbone, card.backbone.name, card.backbone.params)
     spec = card.preprocessing
     model = build_classifier(backbone, spec.patch_mode, len(card.classes), pooling=spec.pooling)
     return model, backbone
@@ -249,11 +248,7 @@ def state_to_cpu(state: Mapping[str, Any], copy: bool = False) -> dict[str, Any]
 def profile_backbone(profile: Profile, registry: ComponentRegistry) -> Backbone:
     """The backbone component the profile's ``backbone`` section names, with its parameters."""
     assert profile.backbone is not None
-    backbone = registry.create(
-        ComponentKind.BACKBONES,
-        profile.backbone.name,
-        profile.backbone.params,
-        base_dir=profile.base_dir,
+    backbone = registry.build(
+        Backbone, profile.backbone.name, profile.backbone.params, base_dir=profile.base_dir
     )
-    assert isinstance(backbone, Backbone)
     return backbone

@@ -35,6 +35,18 @@ from medadapt.engine.profile.schema import (
     AUTO as AUTO,
 )
 from medadapt.engine.profile.schema import (
+    DEFAULT_RULE_WITH_LABELS as DEFAULT_RULE_WITH_LABELS,
+)
+from medadapt.engine.profile.schema import (
+    DEFAULT_RULE_WITHOUT_LABELS as DEFAULT_RULE_WITHOUT_LABELS,
+)
+from medadapt.engine.profile.schema import (
+    DEFAULT_SCORE as DEFAULT_SCORE,
+)
+from medadapt.engine.profile.schema import (
+    DEFAULT_SCORE_WITH_SOURCE as DEFAULT_SCORE_WITH_SOURCE,
+)
+from medadapt.engine.profile.schema import (
     MAX_PATCH_SIDE as MAX_PATCH_SIDE,
 )
 from medadapt.engine.profile.schema import (

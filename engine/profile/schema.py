@@ -224,13 +224,25 @@ def validation_labelled(target_labels: str) -> bool:
     return target_labels in ("validation", "all")
 
 
+#: The components ``adapt`` uses where the profile names none, each a built-in plugin's (one
+#: place, so the engine's jobs and the profile reference cannot disagree): the decision rule
+#: with and without labelled validation patients, and the label-free selection score with
+#: and without the source site's profile. DEV is no method's training objective, so it
+#: favours none of them; information maximisation is what SHOT maximises, so it tends to
+#: favour SHOT, and is used only when the source profile is not given.
+DEFAULT_RULE_WITH_LABELS = "validation-bootstrap"
+DEFAULT_RULE_WITHOUT_LABELS = "agreement-guard"
+DEFAULT_SCORE = "information-maximization"
+DEFAULT_SCORE_WITH_SOURCE = "dev"
+
+
 class DecisionChoice(_Section):
     """How ``auto`` decides which candidate to keep, the unadapted model among them."""
 
     rule: str | None = Field(
         default=None,
-        description="a decision rule component; default validation-bootstrap when the "
-        "validation patients are labelled, else agreement-guard",
+        description=f"a decision rule component; default {DEFAULT_RULE_WITH_LABELS} when the "
+        f"validation patients are labelled, else {DEFAULT_RULE_WITHOUT_LABELS}",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
 
@@ -482,6 +494,11 @@ class Profile(_Section):
                 "patches with preprocessing.slices and preprocessing.pooling (mean or max)"
             )
         return self
+
+    @property
+    def adaptation_settings(self) -> AdaptationChoice:
+        """The ``adaptation`` section, or its defaults when the profile has none."""
+        return self.adaptation or AdaptationChoice()
 
     @property
     def base_dir(self) -> Path | None:

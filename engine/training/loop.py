@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from medadapt.engine.contracts.errors import InvalidInputError
 from medadapt.engine.contracts.hookspecs import RunInfo
 from medadapt.engine.contracts.host import PluginHost
+from medadapt.engine.models.inference import infer
 from medadapt.engine.models.model import atomic_file, save_weights, state_to_cpu, torch_bytes
 from medadapt.engine.models.weights import torch_load_weights_only, unsafe_contents
 from medadapt.engine.output.progress import progress_bar
@@ -368,26 +369,21 @@ class Trainer:
             prepare=self._to_device,
         )
 
-    @torch.no_grad()
     def _predict(self, data: Dataset, features: bool) -> ValidationOutputs:
         """Probabilities, features (when asked for) and labels of ``data``, in order."""
-        self.model.eval()
         loader = self._loader(data, 0, shuffle=False, distributed=False)
-        probabilities, labels, kept = [], [], []
-        for patches, target in loader:
-            with self._autocast():
-                if features:
-                    feature = self.model.features(self._to_device(patches))
-                    logits = self.model.head(feature).float()
-                    kept.append(feature.float().flatten(1).cpu())
-                else:
-                    logits = self.model(self._to_device(patches)).float()
-            probabilities.append(logits.softmax(dim=1).cpu())
-            labels.append(target)
+        inferred = infer(
+            self.model,
+            loader,
+            features=features,
+            prepare=self._to_device,
+            autocast=self._autocast,
+        )
+        assert inferred.probabilities is not None
         return ValidationOutputs(
-            torch.cat(probabilities).numpy(),
-            torch.cat(kept).numpy() if kept else np.empty((0, 0)),
-            torch.cat(labels).numpy(),
+            inferred.probabilities,
+            inferred.features if inferred.features is not None else np.empty((0, 0)),
+            inferred.labels,
         )
 
     def _validate(self, epoch: int, train_loss: float) -> tuple[EpochResult, np.ndarray]:

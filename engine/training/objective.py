@@ -143,9 +143,7 @@ class ScoreJudge(EpochJudge):
     def better(self, result: EpochMeasures, best: EpochMeasures) -> bool:
         assert result.val_score is not None
         assert best.val_score is not None
-        if self.selection.higher_is_better:
-            return result.val_score > best.val_score
-        return result.val_score < best.val_score
+        return self.selection.goodness(result.val_score) > self.selection.goodness(best.val_score)
 
 
 def labelled_measures(

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
-from torch.utils.data import DataLoader
 
 from medadapt.engine.contracts.components import DataSource, SampleRecord, Split
 from medadapt.engine.contracts.errors import InvalidInputError
@@ -22,6 +20,7 @@ from medadapt.engine.contracts.registry import ComponentRegistry
 from medadapt.engine.data.datasets import PatchDataset
 from medadapt.engine.data.samples import PatchLoader, open_site_data
 from medadapt.engine.data.splits import site_split
+from medadapt.engine.models.inference import batches, infer
 from medadapt.engine.models.model import LoadedModel, load_model
 from medadapt.engine.profile import Profile
 
@@ -101,13 +100,10 @@ def predict_records(
     spec = loaded.card.preprocessing
     loader = PatchLoader(source, spec, cache_dir)
     data = PatchDataset(loader, list(records), classes)
-    model = loaded.model.eval()
-    scores = []
-    with torch.no_grad():
-        for patches, _ in DataLoader(data, batch_size=batch_size):
-            scores.append(model(patches).softmax(dim=1)[:, classes.index(positive)].numpy())
+    inferred = infer(loaded.model, batches(data, batch_size))
+    assert inferred.probabilities is not None
     return Predictions(
-        scores=np.concatenate(scores),
+        scores=inferred.probabilities[:, classes.index(positive)],
         labels=np.array([int(r.label == positive) for r in records]),
         patients=[r.patient_key for r in records],
         records=list(records),
