@@ -133,13 +133,10 @@ def run_pair(
 
     import decision
     import peers
-    from medadapt.engine import ComponentKind
+    from medadapt.engine import ComponentKind, get_plugin_host, load_profile, train
     from medadapt.engine.adaptation import UNADAPTED, adapt, target_split
-    from medadapt.engine.contracts.host import get_plugin_host
     from medadapt.engine.data.samples import open_site_data
     from medadapt.engine.models.model import load_model
-    from medadapt.engine.profile import load_profile
-    from medadapt.engine.training.job import train
     from medadapt.engine.training.loop import validation_predictions
     from medadapt.engine.validation.evaluate import predict
 
@@ -328,7 +325,7 @@ def run_pair(
 
 def _split(profile: Any, which: str, registry: Any, cache: Path) -> Any:
     """A site's labelled samples of one split, as medadapt serves them (no augmentation)."""
-    from medadapt.engine.contracts.components import Split
+    from medadapt.engine import Split
     from medadapt.engine.data.datasets import PatchDataset
     from medadapt.engine.data.samples import open_site_data
     from medadapt.engine.data.splits import site_split

@@ -63,12 +63,10 @@ def run(quick: bool, work: Path) -> Section:
     """The jobs one after another, then on Dask with 1 and with 2 workers."""
     import torch
 
+    from medadapt.engine import get_plugin_host, load_profile, train
     from medadapt.engine.batch import jobs_for_profiles, run_batch, run_job
-    from medadapt.engine.contracts.host import get_plugin_host
     from medadapt.engine.data.samples import open_site_data
     from medadapt.engine.data.splits import site_split
-    from medadapt.engine.profile import load_profile
-    from medadapt.engine.training.job import train
 
     patients, epochs = (24, 1) if quick else (SITE_PATIENTS, SITE_EPOCHS)
     os.environ["MEDADAPT_CACHE_DIR"] = str(work / "cache")

@@ -64,7 +64,7 @@ class Outcome:
 
 
 def test_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    from medadapt.engine.validation.metrics import auroc
+    from medadapt.engine import auroc
 
     return auroc(labels, scores)
 
@@ -232,9 +232,7 @@ def judge_development(folder: Any, only: str = "") -> list[str]:
     unadapted model, and how often it kept the unadapted model or harmed."""
     from pathlib import Path
 
-    from medadapt.engine import ComponentKind
-    from medadapt.engine.adaptation import UNADAPTED
-    from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine import UNADAPTED, ComponentKind, get_plugin_host
 
     registry = get_plugin_host().registry()
     files = sorted(Path(folder).glob("*-seed*.npz"))
@@ -295,7 +293,7 @@ def judge_development(folder: Any, only: str = "") -> list[str]:
 def _best_mean(recorded: list[tuple[list[RecordedRun], Truth]], labels: list[Any]) -> float:
     """The best single adapted method's mean test AUROC over the pair-seeds, each at the
     epochs these labels pick (None: label-free)."""
-    from medadapt.engine.adaptation import UNADAPTED
+    from medadapt.engine import UNADAPTED
 
     per_method: dict[str, list[float]] = {}
     for (runs, truth), chosen in zip(recorded, labels, strict=True):

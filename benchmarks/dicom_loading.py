@@ -32,7 +32,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 
 import suite
-from medadapt.engine.data.pseudonym import Pseudonymizer
+from medadapt.engine import Pseudonymizer
 from medadapt.engine.data.samples import PatchLoader
 from medadapt.engine.profile import Preprocessing
 from medadapt.plugins.dicom_ct import DicomCT

@@ -20,7 +20,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 import suite
-from medadapt.engine.data.pseudonym import Pseudonymizer
+from medadapt.engine import Pseudonymizer
 from medadapt.plugins.dicom_ct.scan import scan_folder
 from medadapt.plugins.dicom_ct.writer import ct_slice
 from suite import Section

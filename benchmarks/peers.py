@@ -146,10 +146,8 @@ def epoch_times(
     """
     from torch.utils.data import TensorDataset
 
-    from medadapt.engine import ComponentKind
+    from medadapt.engine import ComponentKind, RunInfo, get_plugin_host
     from medadapt.engine.adaptation import run_method
-    from medadapt.engine.contracts.hookspecs import RunInfo
-    from medadapt.engine.contracts.host import get_plugin_host
     from medadapt.engine.profile import Training
     from medadapt.engine.training.distributed import World
 

@@ -31,8 +31,7 @@ from suite import Section, measured, verdict
 def _setup(work: Path, patients: int, repeat: int = 1) -> tuple[Any, Callable[[], Any]]:
     import torch
 
-    from medadapt.engine import ComponentKind
-    from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine import ComponentKind, get_plugin_host
     from medadapt.engine.data.datasets import PatchDataset
     from medadapt.engine.data.samples import PatchLoader
     from medadapt.engine.models.model import build_classifier
@@ -62,8 +61,7 @@ def throughput(
     from torch import nn
     from torch.utils.data import DataLoader, Subset
 
-    from medadapt.engine.contracts.hookspecs import RunInfo
-    from medadapt.engine.contracts.host import get_plugin_host
+    from medadapt.engine import RunInfo, get_plugin_host
     from medadapt.engine.profile import Training
     from medadapt.engine.training.distributed import World
     from medadapt.engine.training.loop import Trainer

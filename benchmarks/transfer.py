@@ -113,9 +113,7 @@ class Site:
     """One pair at one seed: the profiles, the chest model and a way to run each row."""
 
     def __init__(self, work: Path, pair: str, seed: int, settings: Settings) -> None:
-        from medadapt.engine.contracts.host import get_plugin_host
-        from medadapt.engine.profile import load_profile
-        from medadapt.engine.training.job import train
+        from medadapt.engine import get_plugin_host, load_profile, train
 
         self.host = get_plugin_host()
         self.registry = self.host.registry()
@@ -144,7 +142,7 @@ class Site:
 
     def profile(self, name: str, **sections: Any) -> Any:
         """The target site's profile with these sections (training's keys merged)."""
-        from medadapt.engine.profile import load_profile
+        from medadapt.engine import load_profile
 
         phantom, region = PAIRS[self.pair]
         training = {
@@ -176,7 +174,7 @@ class Site:
 
     def trained(self, name: str, profile: Any) -> dict[str, Any]:
         """``medadapt train`` on the target: its test AUROC and validation-loss curve."""
-        from medadapt.engine.training.job import train
+        from medadapt.engine import train
 
         out = self.runs / name.replace(" ", "-").replace(",", "")
         if not (out / "model").is_dir():  # the head check and a development seed share one
@@ -186,7 +184,7 @@ class Site:
 
     def adapt(self, name: str, profile: Any) -> Any:
         """``medadapt adapt`` from the chest model (the AdaptResult)."""
-        from medadapt.engine.adaptation import adapt
+        from medadapt.engine import adapt
 
         return adapt(
             profile,
@@ -202,7 +200,7 @@ class Site:
     def adapted(self, name: str, profile: Any) -> dict[str, Any]:
         """``medadapt adapt --method finetune``: the fine-tuned network's figures and curve,
         what adapt kept and how that scored."""
-        from medadapt.engine.adaptation import UNADAPTED
+        from medadapt.engine import UNADAPTED
 
         result = self.adapt(name, profile)
         [run] = [r for r in result.runs if r.method != UNADAPTED]
