@@ -146,6 +146,11 @@ def configure_logging(quiet: bool) -> None:
         logger.addHandler(handler)
 
 
+def note(text: str) -> None:
+    """A note for the person at the terminal, on stderr (stdout stays the result)."""
+    stderr().print(f"[yellow]note:[/] {escape(text)}", highlight=False)
+
+
 def emit_json(data: object) -> None:
     click.echo(strict_json(data))
 
@@ -189,6 +194,50 @@ def overwrite_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., 
         f"inputs) or holds this job's own input, starting afresh: {what}. Without it such a "
         "folder is refused.",
     )
+
+
+def adaptation_options(batch: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """What ``adapt`` runs: ``--from``, ``--source-profile``, ``--method`` and ``--seeds``,
+    shared by ``adapt`` and ``batch`` (where they apply when profiles, not a jobs file, are
+    given)."""
+    given = "With profiles: " if batch else ""
+    options = [
+        click.option(
+            "--from",
+            "source_model",
+            type=click.Path(path_type=Path),
+            help="With profiles instead of a jobs file: the source model carried to each site."
+            if batch
+            else "The source model folder (default: the profile's adaptation.source_model).",
+        ),
+        click.option(
+            "--source-profile",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help=f"{given or 'The '}{'the ' if batch else ''}source site's profile, for "
+            "methods that need labelled source data.",
+        ),
+        click.option(
+            "--method",
+            help="With profiles: an adaptation method, or auto."
+            if batch
+            else "An adaptation method, or auto (default: the profile's).",
+        ),
+        click.option(
+            "--seeds",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Run every method this many times, with seeds seed, seed+1, ...; each run is "
+            "a candidate of its own (the target's split stays the same).",
+        ),
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 def profile_option(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

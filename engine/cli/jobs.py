@@ -13,8 +13,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from medadapt.engine.cli.base import (
+    adaptation_options,
     cli,
     emit_json,
+    note,
     overwrite_option,
     profile_option,
     stderr,
@@ -80,32 +82,13 @@ def train_command(
     )
     if result.stopped_early:
         click.echo(f"  stopped early: {result.stopped_early}")
-    for note in result.diagnostics:
-        stderr().print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    for text in result.diagnostics:
+        note(text)
 
 
 @cli.command("adapt")
 @profile_option("the target site: data, adaptation, selection, training")
-@click.option(
-    "--from",
-    "source_model",
-    type=click.Path(path_type=Path),
-    help="The source model folder (default: the profile's adaptation.source_model).",
-)
-@click.option(
-    "--source-profile",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The source site's profile, for methods that need labelled source data.",
-)
-@click.option("--method", help="An adaptation method, or auto (default: the profile's).")
-@click.option(
-    "--seeds",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Run every method this many times, with seeds seed, seed+1, ...; each run is a "
-    "candidate of its own (the target's split stays the same).",
-)
+@adaptation_options(batch=False)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -370,26 +353,7 @@ def _validation_text(report: dict[str, Any], out: Path) -> str:
 
 @cli.command("batch")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--from",
-    "source_model",
-    type=click.Path(path_type=Path),
-    help="With profiles instead of a jobs file: the source model carried to each site.",
-)
-@click.option("--method", help="With profiles: an adaptation method, or auto.")
-@click.option(
-    "--seeds",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Run every method this many times, with seeds seed, seed+1, ...; each run is a "
-    "candidate of its own (the target's split stays the same).",
-)
-@click.option(
-    "--source-profile",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="With profiles: the source site's profile, for methods that need its data.",
-)
+@adaptation_options(batch=True)
 @click.option(
     "--workers",
     type=click.IntRange(min=1),

@@ -14,6 +14,7 @@ from rich.table import Table
 from medadapt.engine.cli.base import (
     cli,
     emit_json,
+    note,
     overwrite_option,
     profile_option,
     stderr,
@@ -192,8 +193,8 @@ def model_import_command(
         name, version = result.bundle["name"], result.bundle["version"]
         origin = f"the MONAI bundle {name} {version}".rstrip() + f", {origin}"
     click.echo(f"model written to {result.model_dir} (from {origin})")
-    for note in result.notes:
-        stderr().print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    for text in result.notes:
+        note(text)
 
 
 @model_group.command("export")
@@ -254,8 +255,8 @@ def model_export_command(
         f"{agreement.max_difference:.1e}, allowed 1e-05"
     )
     click.echo(f"{result.format} written to {result.path} ({checked})")
-    for note in result.notes:
-        stderr().print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    for text in result.notes:
+        note(text)
 
 
 @cli.command("augment-preview")
