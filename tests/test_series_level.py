@@ -209,8 +209,9 @@ def test_a_site_labelled_per_series_trains_adapts_and_validates(written, tmp_pat
 def test_a_2d_state_dict_imports_as_a_series_model_over_pooled_slices(tmp_path, written):
     import torchvision
 
-    from medadapt.engine.export import export_model, run_onnx
+    from medadapt.engine.models.export import export_model
     from medadapt.engine.models.importing import import_model
+    from medadapt.plugins.export.onnx import run_onnx
 
     registry = get_plugin_host().registry()
     document = profile_document("B", written["b"][1], "2d")
