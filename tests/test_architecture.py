@@ -224,3 +224,12 @@ def test_make_lint_fails_on_an_internal_import_from_plugins_or_examples(where, l
     )
     assert ("TID251" in done.stdout) is caught, done.stdout + done.stderr
     assert (done.returncode != 0) is caught, done.stdout + done.stderr
+
+
+def test_pyproject_lists_every_package_of_the_engine_and_the_plugins():
+    # setuptools installs only the packages named (the package-dir mapping rules out
+    # find_packages); a folder left out is missing from the wheel (tests/test_packaging.py).
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert packages <= listed
