@@ -13,7 +13,7 @@ import torchvision
 import yaml
 from click.testing import CliRunner
 
-from medadapt.engine import InvalidInputError, Split
+from medadapt.engine import Exporter, InvalidInputError, Split, hookimpl, probe_patches
 from medadapt.engine.cli import cli
 from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.engine.data.datasets import PatchDataset
@@ -282,3 +282,55 @@ def test_torchscript_and_onnx_match_medadapt_on_32_test_patches(tmp_path, regist
         exported = run(out, patches)
         assert np.abs(exported[:, 1] - scores).max() <= 1e-5, fmt
         assert np.ptp(scores) > 0.01  # the patches are not all alike to the network
+
+
+class _VendorFormat:
+    """A third party's export format, as docs/hooks.md writes one: a plugin module."""
+
+    class PlainTorchScript(Exporter):
+        """TorchScript without the model card inside."""
+
+        name = "plain-torchscript"
+        writes = "file"
+        wrong = False
+
+        def write(self, network, card, out, figures):
+            with torch.no_grad():
+                torch.jit.trace(network, probe_patches(card, count=2)).save(str(out))
+            return ["the model card is not inside this file"]
+
+        def run(self, out, patches, notes):
+            with torch.no_grad():
+                probabilities = torch.jit.load(str(out))(patches).numpy()
+            return probabilities[:, ::-1].copy() if self.wrong else probabilities
+
+    @staticmethod
+    @hookimpl
+    def medadapt_exporters():
+        return [_VendorFormat.PlainTorchScript]
+
+
+def test_a_plugins_export_format_is_written_and_checked_like_the_built_in_ones(
+    tmp_path, small_model, register, monkeypatch
+):
+    register(_VendorFormat, "vendor-format")
+    registry = get_plugin_host().registry()
+    result = export_model(small_model, registry, "plain-torchscript", tmp_path / "model.pt")
+    assert result.agreement.patches == 32
+    assert result.notes == ["the model card is not inside this file"]
+    assert (tmp_path / "model.pt").is_file()
+    # A format whose file disagrees with medadapt is not kept, whoever wrote it.
+    monkeypatch.setattr(_VendorFormat.PlainTorchScript, "wrong", True)
+    with pytest.raises(ExportDisagrees, match="nothing was written"):
+        export_model(small_model, registry, "plain-torchscript", tmp_path / "other.pt")
+    assert not (tmp_path / "other.pt").exists()
+
+
+def test_an_unknown_format_and_a_report_for_a_format_without_metadata_are_refused(
+    tmp_path, registry, small_model
+):
+    with pytest.raises(InvalidInputError, match="unknown exporter 'tflite'"):
+        export_model(small_model, registry, "tflite", tmp_path / "model.tflite")
+    with pytest.raises(InvalidInputError, match="--report goes into the metadata of monai-bundle"):
+        export_model(small_model, registry, "torchscript", tmp_path / "m.ts", report=tmp_path)
+    assert list(tmp_path.glob("m.ts*")) == []
