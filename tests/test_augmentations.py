@@ -124,6 +124,29 @@ def test_the_composition_seeds_each_transform_and_runs_it_as_monai_would():
     np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), np.asarray(expected))
 
 
+def test_reseeding_in_place_draws_what_new_generators_would_sample_after_sample():
+    # The composition reuses each transform's generator from one sample to the next (a new
+    # RandomState per transform and sample was a third of the time an epoch spent on data);
+    # every sample must still be what MONAI's own seeding of fresh transforms gives. The
+    # rotation's composition with air outside the patch (a Compose inside) is nested.
+    from monai.utils import MAX_SEED
+
+    from medadapt.engine.data.augment import SeededCompose
+
+    names = [n for n in BUILT_IN if n != "thicker-slices"]
+    composed = SeededCompose([augmentation(name).transform() for name in names])
+    patch = random_patch(SHAPES["2d"], 7)
+    for seed in (3, 3, 4, 2**32 - 1, 0):
+        fresh = [augmentation(name).transform() for name in names]
+        draw = np.random.RandomState(seed)
+        expected = patch.copy()
+        for transform in fresh:
+            transform.set_random_state(seed=int(draw.randint(MAX_SEED, dtype="uint32")))
+            expected = transform(expected)
+        got = composed.set_random_state(seed=seed)(patch.copy())
+        np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), np.asarray(expected))
+
+
 def test_a_flip_is_an_exact_mirror_and_only_left_right_changes_laterality():
     patch = random_patch(SHAPES["2d"], 3)
     left_right = augmentation("random-flip", axis="left-right")

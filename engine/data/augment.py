@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 from monai.data import get_track_meta, set_track_meta
-from monai.transforms import Compose
+from monai.transforms import Compose, Randomizable
 from monai.utils import MAX_SEED
 
 from medadapt.engine.contracts.components import Augmentation, SampleRecord
@@ -57,12 +57,12 @@ class SeededCompose(Compose):
             draw = state
         else:
             # What Compose's own method would do, less its seeding of each transform, which
-            # the loop below replaces: a RandomState is costly to make, and this runs for
-            # every training sample.
-            draw = self.R = np.random.RandomState(seed)
+            # the loop below replaces. This runs for every training sample, and a new
+            # RandomState costs about 160 microseconds where reseeding one costs 2.
+            draw = self.R = _reseeded(self, seed)
         for transform in self.transforms:
             if hasattr(transform, "set_random_state"):
-                transform.set_random_state(seed=int(draw.randint(MAX_SEED, dtype="uint32")))
+                _seed(transform, int(draw.randint(MAX_SEED, dtype="uint32")))
         return self
 
     def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
@@ -75,6 +75,41 @@ class SeededCompose(Compose):
             return super().__call__(input_, *args, **kwargs)
         finally:
             set_track_meta(tracking)
+
+
+def _reseeded(transform: Any, seed: int | None) -> np.random.RandomState:
+    """``np.random.RandomState(seed)``, by reseeding the transform's own one where it has one.
+
+    ``RandomState.seed(n)`` leaves a generator in exactly the state ``RandomState(n)`` starts
+    in. A transform that never had its own generator reads MONAI's class-wide one, which is
+    never reseeded here: it gets a new one.
+    """
+    own = vars(transform).get("R")
+    if isinstance(own, np.random.RandomState) and seed is not None:
+        own.seed(seed)
+        return own
+    return np.random.RandomState(seed)
+
+
+def _seed(transform: Any, seed: int) -> None:
+    """``transform.set_random_state(seed=seed)``, with the same draws, faster for MONAI's own.
+
+    MONAI's ``Randomizable.set_random_state`` replaces the transform's generator by
+    ``RandomState(seed % MAX_SEED)``, and ``Compose``'s also seeds each of its transforms
+    from its generator's next draws; both are done here by reseeding the generators in place.
+    A transform with a method of its own (a plugin's, or one of MONAI's that seeds more than
+    its generator) has that method called.
+    """
+    method = type(transform).set_random_state
+    if method is Randomizable.set_random_state:
+        transform.R = _reseeded(transform, seed % MAX_SEED)
+    elif method is Compose.set_random_state:
+        transform.R = _reseeded(transform, seed % MAX_SEED)
+        for inner in transform.transforms:
+            if isinstance(inner, Randomizable):
+                _seed(inner, int(transform.R.randint(MAX_SEED, dtype="uint32")))
+    else:
+        transform.set_random_state(seed=seed)
 
 
 @dataclass(frozen=True)
