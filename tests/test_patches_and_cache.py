@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -136,6 +137,28 @@ def test_second_pass_reads_the_cache_and_a_changed_file_is_read_again(labelled_s
     os.utime(files[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     PatchLoader(source, spec, cache).patch(record)
     assert CountingDicomCT.loads == 2
+
+
+def test_a_loader_keeps_its_patches_in_memory_read_only_and_within_its_budget(
+    labelled_site, tmp_path, monkeypatch
+):
+    import medadapt.engine.data.samples as samples
+
+    source, record, _, _ = labelled_site
+    cache = tmp_path / "cache"
+    loader = PatchLoader(source, preprocessing("2d", [4, 4]), cache)
+    first = loader.patch_hu(record)
+    shutil.rmtree(cache)  # later reads come from memory: the disk cache is not read again
+    np.testing.assert_array_equal(loader.patch_hu(record), first)
+    assert not first.flags.writeable  # kept for every later read: nobody may change it
+    assert not cache.exists()
+    # Past the budget, patches are read when asked for and not kept.
+    monkeypatch.setattr(samples, "KEPT_PATCH_BYTES", 0)
+    small = PatchLoader(source, preprocessing("2d", [4, 4]), cache)
+    small.patch_hu(record)
+    shutil.rmtree(cache)
+    small.patch_hu(record)
+    assert cache.exists(), "with no budget, the second read went to the disk cache again"
 
 
 def test_the_cache_holds_no_identifying_values(labelled_site, tmp_path):
