@@ -82,6 +82,8 @@ _LAZY = {
     "load_profile": "medadapt.engine.profile",
     "train": "medadapt.engine.training.job",
     "validate": "medadapt.engine.validation.job",
+    # a plugin's own command
+    "device_option": "medadapt.engine.cli.base",
     # reading a validation report
     "FAIL": "medadapt.engine.validation.acceptance",
     "NO_VERDICT": "medadapt.engine.validation.acceptance",
@@ -92,6 +94,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from medadapt.engine.adaptation import AdaptResult, adapt
+    from medadapt.engine.cli.base import device_option
     from medadapt.engine.contracts.alignment import FeatureAlignment, supervised_loss
     from medadapt.engine.contracts.host import PluginHost, get_plugin_host
     from medadapt.engine.models.card import ModelCard
@@ -180,6 +183,7 @@ __all__ = [
     "batch_norm_layers",
     "criterion_text",
     "csv_row",
+    "device_option",
     "did_you_mean",
     "get_plugin_host",
     "hookimpl",

@@ -230,8 +230,13 @@ def _model_hash(folder: Path) -> str:
 # --- one job, on a worker ------------------------------------------------------------------
 
 
-def run_job(job: Job, batch_dir: Path, torch_threads: int | None = None) -> dict[str, Any]:
+def run_job(
+    job: Job, batch_dir: Path, torch_threads: int | None = None, device: str | None = None
+) -> dict[str, Any]:
     """Run one job to the end in its folder; runs on a Dask worker (or in this process).
+
+    ``device`` (``batch --device``) overrides every profile's ``training.device``; it is not
+    part of the job's identity, so a job finished on one device is not run again on another.
 
     Returns:
         ``{"status": ..., "reason": ..., "result": {...}}``. Bad input is a returned failure
@@ -250,7 +255,7 @@ def run_job(job: Job, batch_dir: Path, torch_threads: int | None = None) -> dict
     with _job_log(work / JOB_LOG) as log:
         log.info("attempt on %s (process %d)", socket.gethostname(), os.getpid())
         try:
-            result = _steps(job, work, log)
+            result = _steps(job, work, log, device)
         except FolderInUseError:
             log.error("error, to be retried:\n%s", traceback.format_exc())
             raise  # an earlier attempt's lock, perhaps of a worker that died: try again
@@ -273,7 +278,7 @@ def run_job(job: Job, batch_dir: Path, torch_threads: int | None = None) -> dict
     return {"status": FINISHED, "reason": None, "result": result}
 
 
-def _steps(job: Job, work: Path, log: logging.Logger) -> dict[str, Any]:
+def _steps(job: Job, work: Path, log: logging.Logger, device: str | None) -> dict[str, Any]:
     from medadapt.engine.adaptation import adapt
     from medadapt.engine.contracts.host import get_plugin_host
     from medadapt.engine.profile import load_profile
@@ -283,11 +288,11 @@ def _steps(job: Job, work: Path, log: logging.Logger) -> dict[str, Any]:
     spec = job.spec
     host = get_plugin_host()
     registry = host.registry()
-    target = load_profile(spec.profile, registry)
+    target = load_profile(spec.profile, registry).on_device(device)
     source = load_profile(spec.source_profile, registry) if spec.source_profile else None
     source_model = spec.source_model
     if spec.train is not None:
-        trained_at = load_profile(spec.train, registry)
+        trained_at = load_profile(spec.train, registry).on_device(device)
         folder = work / "train"
         if (folder / "model" / "card.json").is_file() and (folder / "run.json").is_file():
             log.info("source model already trained in an earlier attempt")
@@ -376,6 +381,7 @@ def run_batch(
     scheduler: str | None = None,
     retries: int = 1,
     on_update: Callable[[Mapping[str, str]], None] | None = None,
+    device: str | None = None,
 ) -> list[JobOutcome]:
     """Run every job on Dask; finished ones are skipped. Writes BATCH_DIR/batch.json.
 
@@ -386,6 +392,7 @@ def run_batch(
         scheduler: the address of an existing Dask scheduler.
         retries: how many more times a job that raised is tried.
         on_update: called about twice a second with each job's current phase, by job id.
+        device: where every job computes, overriding its profiles' ``training.device``.
 
     The batch folder is claimed first (see :mod:`medadapt.engine.models.runfolder`): one batch at
     a time, and only a folder made by ``batch`` (a new batch may add jobs to it).
@@ -396,7 +403,7 @@ def run_batch(
     """
     batch_dir = batch_dir.resolve()
     with claim_folder(batch_dir, Provenance("batch", {})):
-        return _run_batch(jobs, batch_dir, workers, scheduler, retries, on_update)
+        return _run_batch(jobs, batch_dir, workers, scheduler, retries, on_update, device)
 
 
 def _run_batch(
@@ -406,6 +413,7 @@ def _run_batch(
     scheduler: str | None,
     retries: int,
     on_update: Callable[[Mapping[str, str]], None] | None,
+    device: str | None,
 ) -> list[JobOutcome]:
     from dask import config
     from distributed import Client, as_completed
@@ -446,7 +454,7 @@ def _run_batch(
             try:
                 futures = {
                     client.submit(
-                        run_job, job, batch_dir, threads, key=f"medadapt-{job.id}",
+                        run_job, job, batch_dir, threads, device, key=f"medadapt-{job.id}",
                         retries=retries, pure=False,
                     ): job
                     for job in todo

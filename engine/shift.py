@@ -34,7 +34,7 @@ from medadapt.engine.data.datasets import PatchDataset
 from medadapt.engine.data.samples import PatchLoader, SiteData, open_site_data
 from medadapt.engine.data.splits import site_split
 from medadapt.engine.models.card import profile_hash
-from medadapt.engine.models.inference import batches, infer
+from medadapt.engine.models.inference import batches, compute_device, infer
 from medadapt.engine.models.model import LoadedModel, load_model, write_json_atomic
 from medadapt.engine.models.runfolder import Provenance, claim_folder, profile_reads
 from medadapt.engine.profile import Profile, SubgroupAttribute
@@ -132,8 +132,9 @@ def _analyse(
     }
     result.update(_intensities(sites, chosen, seed=target.seed))
     if loaded is not None:
+        device = compute_device(target.training.device)
         result["features"] = _features(
-            loaded, sites, chosen, cache_dir, permutations, seed=target.seed
+            loaded, sites, chosen, cache_dir, permutations, seed=target.seed, device=device
         )
     result["verdict"], result["explanation"] = _verdict(result)
     return result
@@ -230,14 +231,21 @@ def _features(
     cache_dir: Path | None,
     permutations: int,
     seed: int,
+    device: torch.device,
 ) -> dict[str, Any]:
     spec = loaded.card.preprocessing
-    model = loaded.model.eval()
+    model = loaded.model.to(device).eval()
     features, groups = [], []
     for name, site in sites.items():
         loader = PatchLoader(site.source, spec, cache_dir)
         data = PatchDataset(loader, chosen[name], list(loaded.card.classes))
-        inferred = infer(model, batches(data), probabilities=False, features=True)
+        inferred = infer(
+            model,
+            batches(data),
+            probabilities=False,
+            features=True,
+            prepare=lambda patches: patches.to(device),
+        )
         assert inferred.features is not None
         features.append(inferred.features)
         groups += [f"{name}/{r.patient_key}" for r in chosen[name]]

@@ -20,6 +20,7 @@ from rich.markup import escape
 from medadapt.engine.contracts.errors import ExitCode, MedadaptError, Terminated
 from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.engine.output.text import strict_json
+from medadapt.engine.profile import DEVICES
 
 
 def _exit_code_help() -> str:
@@ -194,6 +195,18 @@ def overwrite_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., 
         f"inputs) or holds this job's own input, starting afresh: {what}. Without it such a "
         "folder is refused.",
     )
+
+
+def device_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--device`` option of every command that computes (its value: ``device``)."""
+    return click.option(
+        "--device",
+        type=click.Choice(DEVICES),
+        default=None,
+        help="Where to compute: cpu, cuda (an NVIDIA GPU), mps (Apple's GPU) or auto (a GPU "
+        "when there is one). Overrides the profile's training.device; the profile's hash "
+        "does not change, since the device belongs to this machine, not to the site.",
+    )(function)
 
 
 def adaptation_options(batch: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

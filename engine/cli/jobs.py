@@ -15,6 +15,7 @@ from rich.table import Table
 from medadapt.engine.cli.base import (
     adaptation_options,
     cli,
+    device_option,
     emit_json,
     note,
     overwrite_option,
@@ -37,6 +38,7 @@ from medadapt.engine.profile import load_profile
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @overwrite_option("a finished model or an interrupted run there is trained again")
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.pass_context
 def train_command(
@@ -45,6 +47,7 @@ def train_command(
     out: Path | None,
     resume: bool,
     overwrite: bool,
+    device: str | None,
     as_json: bool,
 ) -> None:
     """Train a source model on the profile's labelled data.
@@ -58,7 +61,7 @@ def train_command(
 
     host = get_plugin_host()
     registry = host.registry()
-    profile = load_profile(profile_path, registry)
+    profile = load_profile(profile_path, registry).on_device(device)
     out = out or Path("runs") / f"{slug(profile.site.name, 'site')}-train"
     quiet = as_json or bool(ctx.find_root().obj["quiet"])
     result = train(profile, registry, host, out, resume=resume, overwrite=overwrite, quiet=quiet)
@@ -95,6 +98,7 @@ def train_command(
     help="Run folder (default: runs/<site>-adapt).",
 )
 @overwrite_option("none of its finished runs is reused")
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.pass_context
 def adapt_command(
@@ -106,6 +110,7 @@ def adapt_command(
     seeds: int,
     out: Path | None,
     overwrite: bool,
+    device: str | None,
     as_json: bool,
 ) -> None:
     """Carry a source model to the target site of the profile.
@@ -122,7 +127,7 @@ def adapt_command(
 
     host = get_plugin_host()
     registry = host.registry()
-    profile = load_profile(profile_path, registry)
+    profile = load_profile(profile_path, registry).on_device(device)
     model = source_model or (profile.adaptation.source_model if profile.adaptation else None)
     if model is None:
         raise click.UsageError(
@@ -188,6 +193,7 @@ def adapt_command(
     help="Where shift.json goes (default: runs/<site>-shift).",
 )
 @overwrite_option("shift.json is written anew")
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.pass_context
 def shift_command(
@@ -197,6 +203,7 @@ def shift_command(
     model_dir: Path | None,
     out: Path | None,
     overwrite: bool,
+    device: str | None,
     as_json: bool,
 ) -> None:
     """How the target site's data differs from the source site's.
@@ -209,7 +216,7 @@ def shift_command(
     from medadapt.engine.shift import analyse_shift, describe_thresholds
 
     registry = get_plugin_host().registry()
-    target = load_profile(profile_path, registry)
+    target = load_profile(profile_path, registry).on_device(device)
     source = load_profile(source_profile, registry)
     out = out or Path("runs") / f"{slug(target.site.name, 'site')}-shift"
     result = analyse_shift(target, source, registry, model_dir, out, overwrite=overwrite)
@@ -270,6 +277,7 @@ def shift_command(
     help="Report folder (default: runs/<site>-validate).",
 )
 @overwrite_option("the report is written anew")
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report's JSON for machines.")
 @click.pass_context
 def validate_command(
@@ -280,6 +288,7 @@ def validate_command(
     shift_file: Path | None,
     out: Path | None,
     overwrite: bool,
+    device: str | None,
     as_json: bool,
 ) -> None:
     """Measure a model on the site's test patients and write the clinician report.
@@ -296,7 +305,7 @@ def validate_command(
 
     host = get_plugin_host()
     registry = host.registry()
-    profile = load_profile(profile_path, registry)
+    profile = load_profile(profile_path, registry).on_device(device)
     shift = _read_json(shift_file, "the shift analysis") if shift_file else None
     out = out or Path("runs") / f"{slug(profile.site.name, 'site')}-validate"
     result = validate(
@@ -376,6 +385,7 @@ def _validation_text(report: dict[str, Any], out: Path) -> str:
     show_default=True,
     help="Batch folder: jobs/<id>/ and batch.json (every worker must see it).",
 )
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print batch.json for machines.")
 @click.pass_context
 def batch_command(
@@ -389,6 +399,7 @@ def batch_command(
     scheduler: str | None,
     retries: int,
     out: Path,
+    device: str | None,
     as_json: bool,
 ) -> None:
     """Run many adaptation jobs on Dask: JOBS.yaml, or profiles with --from.
@@ -410,7 +421,7 @@ def batch_command(
     quiet = as_json or bool(ctx.find_root().obj["quiet"])
     names = {job.id: job.name for job in jobs}
     if quiet:
-        outcomes = run_batch(jobs, out, workers, scheduler, retries)
+        outcomes = run_batch(jobs, out, workers, scheduler, retries, device=device)
     else:
         from rich.live import Live
 
@@ -432,6 +443,7 @@ def batch_command(
                 scheduler,
                 retries,
                 on_update=lambda phases: live.update(table(phases)),
+                device=device,
             )
     summary = json.loads((out / "batch.json").read_text())
     if as_json:

@@ -158,10 +158,14 @@ def data_manifest_hash(records: list[SampleRecord]) -> str:
 
 
 def profile_hash(profile: Profile) -> str:
-    """A hash of everything the profile says."""
-    return hashlib.sha256(
-        json.dumps(profile.model_dump(mode="json"), sort_keys=True).encode()
-    ).hexdigest()
+    """A hash of everything the profile says about the site, its data and its model.
+
+    ``training.device`` is left out: where a job computes belongs to the machine it runs on
+    (``--device`` overrides it), and a run resumed on another device is the same run.
+    """
+    document = profile.model_dump(mode="json")
+    document["training"].pop("device", None)
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
 def card_fields(profile: Profile, backbone: Backbone, pretrained: str) -> dict[str, Any]:

@@ -14,8 +14,34 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from medadapt.engine.contracts.errors import InvalidInputError
+
 #: The batch size of inference outside the training loop.
 BATCH_SIZE = 64
+
+
+def compute_device(name: str) -> torch.device:
+    """The device a setting names (``training.device``, ``--device``): ``auto`` is a CUDA
+    GPU when PyTorch sees one, else the CPU.
+
+    Raises:
+        InvalidInputError: the named device is not on this machine.
+    """
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise InvalidInputError(
+                "the device is mps (training.device or --device), but PyTorch sees no Apple "
+                "GPU here: choose --device cpu"
+            )
+        return torch.device("mps")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(
+            "the device is cuda (training.device or --device), but PyTorch sees no GPU here: "
+            "choose --device cpu"
+        )
+    if name in ("auto", "cuda"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cpu")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ from medadapt.engine.profile.schema import (
     DEFAULT_SCORE_WITH_SOURCE as DEFAULT_SCORE_WITH_SOURCE,
 )
 from medadapt.engine.profile.schema import (
+    DEVICES as DEVICES,
+)
+from medadapt.engine.profile.schema import (
     MAX_PATCH_SIDE as MAX_PATCH_SIDE,
 )
 from medadapt.engine.profile.schema import (

@@ -217,6 +217,9 @@ class BackboneChoice(_Section):
 
 
 AUTO = "auto"
+#: Where a job computes (``training.device``, ``--device``).
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 
 
 def validation_labelled(target_labels: str) -> bool:
@@ -335,7 +338,12 @@ class Training(_Section):
         "training batches with the weights fixed (0: keep the running averages)",
     )
     workers: NonNegativeInt = Field(default=0, description="data loader processes")
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto")
+    device: Device = Field(
+        default="auto",
+        description="where to compute: auto (a GPU when there is one), cpu, cuda or mps "
+        "(Apple's GPU); a command's --device overrides it. It belongs to the machine, not "
+        "to the site: it is not part of the profile's hash",
+    )
     amp: bool = Field(default=True, description="mixed precision on a GPU")
     channels_last: bool = Field(default=True, description="channels-last memory on a GPU")
 
@@ -494,6 +502,18 @@ class Profile(_Section):
                 "patches with preprocessing.slices and preprocessing.pooling (mean or max)"
             )
         return self
+
+    def on_device(self, device: str | None) -> Profile:
+        """This profile computing on ``device`` (``--device``); None keeps its own.
+
+        The device is the machine's, not the site's: :func:`profile_hash
+        <medadapt.engine.models.card.profile_hash>` leaves it out, so a model trained with
+        ``--device cuda`` has the card of one trained on the CPU from the same profile.
+        """
+        if device is None or device == self.training.device:
+            return self
+        training = self.training.model_copy(update={"device": device})
+        return self.model_copy(update={"training": training})
 
     @property
     def adaptation_settings(self) -> AdaptationChoice:

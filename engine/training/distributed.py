@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from medadapt.engine.contracts.errors import InvalidInputError
+from medadapt.engine.models.inference import compute_device
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,18 @@ def join_world(device: str = "auto") -> World:
     """Join the process group torchrun set up (gloo on CPU, NCCL on GPU), or run alone.
 
     Args:
-        device: "auto" (a GPU when there is one), "cpu" or "cuda".
+        device: "auto" (a CUDA GPU when there is one), "cpu", "cuda" or "mps".
+
+    Raises:
+        InvalidInputError: the device is not here, or is mps under torchrun.
     """
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise InvalidInputError("training.device is cuda, but PyTorch sees no GPU here")
+    chosen = compute_device(device)
     size = int(os.environ.get("WORLD_SIZE", "1"))
+    if chosen.type == "mps" and size > 1:
+        raise InvalidInputError("torchrun runs on cpu or cuda, not mps: choose --device")
+    use_cuda = chosen.type == "cuda"
     if size <= 1:
-        return World(0, 1, torch.device("cuda" if use_cuda else "cpu"))
+        return World(0, 1, chosen)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
 
 from medadapt.engine.contracts.components import DataSource, SampleRecord, Split
@@ -93,14 +94,17 @@ def predict_records(
     records: Sequence[SampleRecord],
     cache_dir: Path | None = None,
     batch_size: int = 64,
+    device: torch.device | None = None,
 ) -> Predictions:
     """The loaded model's probability of ``positive`` for each record, with its own
-    preprocessing (from its card)."""
+    preprocessing (from its card), computed on ``device`` (default: where the model is)."""
     classes = list(loaded.card.classes)
     spec = loaded.card.preprocessing
     loader = PatchLoader(source, spec, cache_dir)
     data = PatchDataset(loader, list(records), classes)
-    inferred = infer(loaded.model, batches(data, batch_size))
+    model = loaded.model if device is None else loaded.model.to(device)
+    where = next(model.parameters()).device
+    inferred = infer(model, batches(data, batch_size), prepare=lambda p: p.to(where))
     assert inferred.probabilities is not None
     return Predictions(
         scores=inferred.probabilities[:, classes.index(positive)],

@@ -33,6 +33,7 @@ from medadapt.engine.data.augment import one_of_each_class, preview
 from medadapt.engine.data.samples import SiteData, open_site_data
 from medadapt.engine.data.splits import site_split
 from medadapt.engine.models.card import data_manifest_hash, profile_hash
+from medadapt.engine.models.inference import compute_device
 from medadapt.engine.models.model import LoadedModel, atomic_file, load_model
 from medadapt.engine.models.runfolder import Provenance, claim_folder, json_hash, profile_reads
 from medadapt.engine.output.text import csv_row
@@ -158,10 +159,11 @@ def _validate(
                 "labelled samples); label more patients or change data.split"
             )
     level = profile.report.confidence_level
+    device = compute_device(profile.training.device)
     predictions = {
         name: {
             split: predict_records(
-                model, profile.task.positive_class, site.source, chosen, cache_dir
+                model, profile.task.positive_class, site.source, chosen, cache_dir, device=device
             )
             for split, chosen in splits.items()
         }

@@ -26,7 +26,13 @@ import click
 import yaml
 from rich.console import Console
 
-from medadapt.engine import ExitCode, InvalidInputError, read_json_file, strict_json
+from medadapt.engine import (
+    ExitCode,
+    InvalidInputError,
+    device_option,
+    read_json_file,
+    strict_json,
+)
 
 if TYPE_CHECKING:
     from medadapt.engine import AdaptResult
@@ -93,9 +99,14 @@ def shipped_profiles() -> Path:
 
 
 def run_demo(
-    out: Path, *, fast: bool = False, step: Callable[[str], None] = lambda _: None
+    out: Path,
+    *,
+    fast: bool = False,
+    step: Callable[[str], None] = lambda _: None,
+    device: str | None = None,
 ) -> DemoResult:
-    """Run the whole demo into ``out``; ``step`` is told what is being done.
+    """Run the whole demo into ``out``; ``step`` is told what is being done; ``device``
+    (``--device``) is where every job computes, whatever the shipped profiles say.
 
     Running it again in the same folder reuses the simulated sites and finished runs.
 
@@ -129,7 +140,7 @@ def run_demo(
         spec = HospitalSpec(**settings["phantom"], patients=size.patients[site], slices=16)
         write_hospital(spec, folder, workers=os.cpu_count() or 1)
         path = _profile(out, site, settings["profile"], folder, size)
-        profiles[site] = load_profile(path, registry)
+        profiles[site] = load_profile(path, registry).on_device(device)
     runs = out / "runs"
     a, b, head = profiles["hospital-a"], profiles["hospital-b"], profiles["hospital-b-head"]
 
@@ -335,9 +346,12 @@ def _profile(out: Path, site: str, shipped: str, folder: Path, size: DemoSize) -
     is_flag=True,
     help="Fewer patients and epochs: a smoke check in about a minute (its figures mean little).",
 )
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary's JSON for machines.")
 @click.pass_context
-def demo_command(ctx: click.Context, out: Path, fast: bool, as_json: bool) -> None:
+def demo_command(
+    ctx: click.Context, out: Path, fast: bool, device: str | None, as_json: bool
+) -> None:
     """See medadapt do its whole job on simulated hospitals, with no data of your own.
 
     Writes Hospital A's and Hospital B's chest CT (different scanners) and B's head CT as
@@ -354,7 +368,7 @@ def demo_command(ctx: click.Context, out: Path, fast: bool, as_json: bool) -> No
         if not quiet:
             Console(stderr=True).print(f"[{time.perf_counter() - started:5.0f} s] {text}")
 
-    result = run_demo(out, fast=fast, step=step)
+    result = run_demo(out, fast=fast, step=step, device=device)
     # Only now: validate imports matplotlib, which the demo first points inside OUT.
     from medadapt.engine import NO_VERDICT, PASS
 
