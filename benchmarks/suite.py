@@ -46,6 +46,7 @@ BENCHMARKS = [
     "source_model",
     "scaling",
     "batch_throughput",
+    "epoch_profile",
     "adaptation",
     "transfer",
 ]
