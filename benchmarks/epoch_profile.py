@@ -68,6 +68,7 @@ PARTS = [
 def _instrument() -> dict[str, float]:
     """Wrap the engine functions an epoch spends its time in with clocks; the totals."""
     import medadapt.engine.adaptation.runs as runs
+    import medadapt.engine.output.atomic as atomic
     import medadapt.engine.training.loop as loop
 
     totals: dict[str, float] = collections.defaultdict(float)
@@ -133,7 +134,9 @@ def _instrument() -> dict[str, float]:
     )
     loop.Trainer._validate = timed("validation", loop.Trainer._validate)
     loop.Trainer._write_epoch = timed("checkpoint", loop.Trainer._write_epoch)
-    loop._BackgroundWriter.wait = timed("checkpoint", loop._BackgroundWriter.wait)
+    # (the writer moved from the loop's module to output/atomic.py after b5bdfea)
+    writer = getattr(loop, "_BackgroundWriter", None) or atomic.BackgroundWriter
+    writer.wait = timed("checkpoint", writer.wait)
     runs.MethodObjective.start_epoch = timed("epoch start", runs.MethodObjective.start_epoch)
     return totals
 

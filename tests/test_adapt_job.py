@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -414,3 +416,27 @@ def test_every_epoch_is_kept_and_shown_to_an_observer(sites, tmp_path):
     assert sorted(epochs) == [e["epoch"] for e in history] == [1, 2]
     assert seen == [("tent", 3, 1, len(split.validation)), ("tent", 3, 2, len(split.validation))]
     np.testing.assert_allclose(epochs[run.best_epoch], run.probabilities(), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_auto_says_after_each_run_how_long_the_rest_will_take(sites, tmp_path, caplog):
+    host = get_plugin_host()
+    target = write(tmp_path, "estimate.yaml", target_profile())
+
+    def lines() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="medadapt"):
+            adapt(load(target), host.registry(), host, sites["model"], tmp_path / "o")
+        return [r.getMessage() for r in caplog.records if "runs done" in r.getMessage()]
+
+    first = lines()
+    # Three runs (the unadapted model, adabn, tent): an estimate after each but the last.
+    assert [line.split(" (")[0] for line in first] == [
+        "adapt: 1 of 3 runs done",
+        "adapt: 2 of 3 runs done",
+    ]
+    assert first[0].startswith(f"adapt: 1 of 3 runs done ({UNADAPTED}, seed 3: ")
+    assert all(re.search(r"; about [0-9].* left$", line) for line in first), first
+    # Run again, everything is reused: nothing was timed, so nothing is estimated.
+    again = lines()
+    assert all("reused); time left not known yet" in line for line in again), again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -307,6 +308,21 @@ def test_a_finished_model_is_not_trained_over_without_overwrite(quick_profile, t
     registry = host.registry()
     again = train(load_profile(profile, registry), registry, host, tmp_path / "run", overwrite=True)
     assert again.model_dir == first.model_dir
+
+
+@pytest.mark.slow
+def test_training_says_from_its_first_epoch_how_long_the_rest_will_take(
+    quick_profile, tmp_path, caplog
+):
+    host = get_plugin_host()
+    registry = host.registry()
+    profile = load_profile(quick_profile(), registry)
+    with caplog.at_level(logging.INFO, logger="medadapt"):
+        train(profile, registry, host, tmp_path / "run", quiet=False)
+    said = [r.getMessage() for r in caplog.records if "took" in r.getMessage()]
+    # After the first epoch of three (then once a minute at most: these epochs are short).
+    assert len(said) == 1, said
+    assert re.fullmatch(r"epoch 1 of 3 took \d+ s; about .+ left", said[0]), said
 
 
 @pytest.mark.slow

@@ -9,8 +9,10 @@ saying what the choice rested on) and ``OUT/adapt.json``.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,10 +72,13 @@ from medadapt.engine.models.model import (
     write_json_atomic,
 )
 from medadapt.engine.models.runfolder import Provenance, claim_folder, profile_reads, remove_outputs
+from medadapt.engine.output.progress import Estimate, duration_text
 from medadapt.engine.output.text import read_json_file
 from medadapt.engine.profile import AUTO, DEFAULT_SCORE, DEFAULT_SCORE_WITH_SOURCE, Profile
 from medadapt.engine.training.distributed import World, join_world, leave_world
 from medadapt.engine.training.loop import seed_everything
+
+log = logging.getLogger(__name__)
 
 SUMMARY = "adapt.json"
 #: What ``adapt`` writes in its folder, removed when it starts afresh over one.
@@ -225,9 +230,7 @@ def adapt(
             compare = same_classes and (name == AUTO or split.validation_labelled)
             plan = [(UNADAPTED, target.seed)] if compare else []
             plan += [(m, s) for s in range(target.seed, target.seed + seeds) for m in methods]
-            runs = [
-                _run_candidate(m, s, out_dir / "runs" / f"{m}-seed{s}", inputs) for m, s in plan
-            ]
+            runs = _run_plan(plan, out_dir, inputs)
             world.barrier()
             found = evidence(
                 [Candidate(r.method, r.seed, r.probabilities()) for r in runs],
@@ -259,6 +262,39 @@ def _selection(
         base_dir=target.base_dir,
     )
     return score
+
+
+def _run_plan(
+    plan: Sequence[tuple[str, int]], out_dir: Path, inputs: _Inputs
+) -> list[CandidateRun]:
+    """Every candidate run in turn; after each, the estimated time the rest will take (by
+    epochs, at the pace of the runs timed so far), on the log."""
+    epochs = inputs.target.training.epochs
+
+    def length(name: str) -> int:
+        return epochs if method_class(inputs.registry, name).trains else 1
+
+    estimate = Estimate(sum(length(name) for name, _ in plan))
+    runs = []
+    for number, (name, seed) in enumerate(plan, start=1):
+        folder = out_dir / "runs" / f"{name}-seed{seed}"
+        reused = CandidateRun.read(folder) is not None
+        started = time.perf_counter()
+        runs.append(_run_candidate(name, seed, folder, inputs))
+        took = time.perf_counter() - started
+        estimate.done(length(name), None if reused else took)
+        if number < len(plan) and not inputs.quiet and inputs.world.is_main:
+            how = "reused" if reused else duration_text(took)
+            log.info(
+                "adapt: %d of %d runs done (%s, seed %d: %s); %s",
+                number,
+                len(plan),
+                name,
+                seed,
+                how,
+                estimate.text(),
+            )
+    return runs
 
 
 def _run_candidate(name: str, seed: int, folder: Path, inputs: _Inputs) -> CandidateRun:

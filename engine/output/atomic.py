@@ -8,18 +8,25 @@ dies), and the next writer of the same target removes every temporary nobody hol
 
 A temporary that cannot be made (a read-only or forbidden folder) is reported by the
 target's name, the one the user asked for, never by the temporary's.
+
+:class:`BackgroundWriter` does such writes on a thread of its own, so that the training loop
+goes on while an epoch's checkpoint is written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 try:
     import fcntl
@@ -140,3 +147,29 @@ def _lock(handle: int) -> None:
     if fcntl is not None:
         with contextlib.suppress(OSError):  # a filesystem without locks: nothing is cleaned
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+class BackgroundWriter:
+    """Writes files on one background thread; :meth:`wait` re-raises what went wrong."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medadapt-writer")
+        self._pending: Future[None] | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(write)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the last write and stop the thread (a failed write is logged, not raised:
+        :meth:`wait` raised it already on the way out of the loop)."""
+        try:
+            self.wait()
+        except Exception:
+            log.debug("a background write failed", exc_info=True)
+        self._pool.shutdown(wait=True)

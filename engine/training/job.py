@@ -190,6 +190,7 @@ def _train(
         Supervised(judge, _param_groups(model, profile), weights),
         frozen=frozen,
         quiet=quiet,
+        announce=True,
     )
     fit = trainer.fit(resume=resume)
     notes = diagnose(fit.history, profile.training.selection_metric)

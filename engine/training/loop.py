@@ -11,10 +11,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import random
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +32,8 @@ from medadapt.engine.contracts.host import PluginHost
 from medadapt.engine.models.inference import infer
 from medadapt.engine.models.model import atomic_file, save_weights, state_to_cpu, torch_bytes
 from medadapt.engine.models.weights import torch_load_weights_only, unsafe_contents
-from medadapt.engine.output.progress import progress_bar
+from medadapt.engine.output.atomic import BackgroundWriter
+from medadapt.engine.output.progress import Estimate, duration_text, progress_bar
 from medadapt.engine.profile import Training
 from medadapt.engine.training.batchnorm import recompute_batch_norm, stale_fraction
 from medadapt.engine.training.distributed import World
@@ -120,6 +121,8 @@ class Trainer:
             running averages to forget the weights it started with (see
             :func:`~medadapt.engine.training.batchnorm.stale_fraction`); ``"always"`` (adaptation,
             where the training batches may mix sites) after every epoch.
+        announce: log each epoch's time and the estimated time left (the ``train`` job; the
+            progress bar shows the estimate either way).
     """
 
     def __init__(
@@ -136,8 +139,10 @@ class Trainer:
         frozen: Sequence[nn.Module] = (),
         quiet: bool = False,
         batch_norm_pass: Literal["when-stale", "always"] = "when-stale",
+        announce: bool = False,
     ) -> None:
         self.training = training
+        self.announce = announce
         self.out_dir = run.output_dir
         self.seed = run.seed
         self.world = world
@@ -174,7 +179,7 @@ class Trainer:
         self.val_data = val_data
         self.label = f"{objective.label}  " if objective.label else ""
         self.batch_norm_pass = batch_norm_pass
-        self._writer = _BackgroundWriter()
+        self._writer = BackgroundWriter()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -234,6 +239,8 @@ class Trainer:
         else:
             seed_everything(self.seed)
         stopped: str | None = state.get("stopped")
+        estimate = Estimate(self.training.epochs - state["epoch"])
+        announced = -math.inf
         with self._progress() as progress:
             epochs = progress.add_task(
                 f"{self.label}epoch", total=self.training.epochs, completed=state["epoch"]
@@ -284,8 +291,25 @@ class Trainer:
                 if self.world.is_main:
                     self._write_epoch(checkpoint_file, state, improved, probabilities)
                 self.world.barrier()
-                progress.update(epochs, advance=1, description=self.label + _describe(result))
+                took = time.perf_counter() - started
+                estimate.done(1, took)
+                left = "" if stopped or epoch == self.training.epochs else estimate.text()
+                if left and patience is not None:
+                    left += " (less if it stops early)"
+                described = _describe(result) + (f"  {left}" if left else "")
+                progress.update(epochs, advance=1, description=self.label + described)
                 log.debug("%sepoch %d: %s", self.label, epoch, _describe(result))
+                # The first epoch's estimate, then one a minute at most.
+                if self.announce and not self.quiet and left and time.monotonic() - announced > 60:
+                    announced = time.monotonic()
+                    log.info(
+                        "%sepoch %d of %d took %s; %s",
+                        self.label,
+                        epoch,
+                        self.training.epochs,
+                        duration_text(took),
+                        left,
+                    )
         self._writer.wait()
         self.world.barrier()
         return FitResult(
@@ -505,32 +529,6 @@ class Trainer:
         torch.set_rng_state(payload["rng"])
         keys = ("epoch", "history", "best", "best_epoch", "bad_epochs", "stopped")
         return {key: payload.get(key) for key in keys}
-
-
-class _BackgroundWriter:
-    """Writes files on one background thread; :meth:`wait` re-raises what went wrong."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medadapt-writer")
-        self._pending: Future[None] | None = None
-
-    def submit(self, write: Callable[[], None]) -> None:
-        self.wait()
-        self._pending = self._pool.submit(write)
-
-    def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def close(self) -> None:
-        """Wait for the last write and stop the thread (a failed write is logged, not raised:
-        :meth:`wait` raised it already on the way out of the loop)."""
-        try:
-            self.wait()
-        except Exception:
-            log.debug("a background write failed", exc_info=True)
-        self._pool.shutdown(wait=True)
 
 
 def _optimizer(groups: Sequence[dict[str, Any]], training: Training) -> torch.optim.Optimizer:
