@@ -14,8 +14,12 @@ pass.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,8 +28,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 #: The SKADA methods compared, by the name the tables show; DANN and DeepCoral are named by
-#: the issue, the others are candidates for "its best other method".
-METHODS = ["DANN", "DeepCoral", "DAN", "MCC", "DeepJDOT"]
+#: the issue, the others are candidates for "its best other method". "DANN" is SKADA's DANN
+#: as shipped, whose default domain classifier does not train the encoder (see
+#: :func:`shipped_discriminator_check`); :data:`WORKING_DANN` is the same method with the same
+#: classifier ending in a sigmoid.
+WORKING_DANN = "DANN, sigmoid discriminator"
+METHODS = ["DANN", WORKING_DANN, "DeepCoral", "DAN", "MCC", "DeepJDOT"]
+#: Where SKADA's results are kept between runs (see :func:`run_skada_cached`).
+CACHE = Path(__file__).resolve().parent.parent / "build" / "bench-peers"
 #: The layer whose output SKADA aligns: the classifier's feature vector (after pooling).
 FEATURES = "classifier.features"
 
@@ -108,7 +118,9 @@ def run_skada(
     }
     if method == "DANN":
         options["num_features"] = features
-    net = getattr(skada.deep, method)(module, **options)
+    elif method == WORKING_DANN:
+        options["domain_classifier"] = sigmoid_discriminator(features)
+    net = getattr(skada.deep, method.split(",")[0])(module, **options)
     x = np.concatenate([source_x, target])
     y = np.concatenate([source_y, np.full(len(target), -1)])
     domain = np.concatenate([np.ones(len(source_x)), np.full(len(target), -2)]).astype(np.int64)
@@ -120,6 +132,114 @@ def run_skada(
     if not torch.allclose(probabilities.sum(dim=1), torch.ones(len(test)), atol=1e-4):
         probabilities = probabilities.softmax(dim=1)  # logits, not probabilities
     return PeerRun(method, probabilities.numpy(), seconds, len(net.history_))
+
+
+def sigmoid_discriminator(features: int) -> nn.Module:
+    """SKADA's DANN domain classifier with a sigmoid in place of its final softmax.
+
+    The shipped one (``skada.deep.modules.DomainClassifier``) ends in ``Linear(100, 1)`` and
+    ``nn.Softmax()``: a softmax over one output is 1 whatever its input, so the BCE domain
+    loss is constant and no gradient reaches the encoder. A sigmoid of the same output is
+    the probability DANN's paper trains with BCE.
+    """
+    from skada.deep.modules import DomainClassifier
+
+    classifier = DomainClassifier(num_features=features)
+    classifier.classifier[-1] = nn.Sigmoid()
+    return classifier
+
+
+def shipped_discriminator_check(features: int = 512, samples: int = 32) -> dict[str, float]:
+    """What SKADA's default DANN domain classifier gives on random features, measured:
+    the range of its outputs, its BCE loss against half source and half target labels, and
+    the largest gradient that loss sends back to the features; and the same for
+    :func:`sigmoid_discriminator`."""
+    from skada.deep.modules import DomainClassifier
+
+    torch.manual_seed(0)
+    measured: dict[str, float] = {}
+    domains = torch.cat([torch.ones(samples // 2), torch.zeros(samples - samples // 2)])
+    for name, classifier in (
+        ("shipped", DomainClassifier(num_features=features)),
+        ("sigmoid", sigmoid_discriminator(features)),
+    ):
+        x = torch.randn(samples, features, requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the shipped softmax's "implicit dimension"
+            out = classifier(x)
+        loss = nn.functional.binary_cross_entropy(out, domains)
+        loss.backward()
+        assert x.grad is not None
+        measured[f"{name} output min"] = float(out.detach().min())
+        measured[f"{name} output max"] = float(out.detach().max())
+        measured[f"{name} loss"] = float(loss)
+        measured[f"{name} gradient"] = float(x.grad.abs().max())
+    return measured
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def run_key(
+    method: str,
+    classifier: nn.Module,
+    source: tuple[np.ndarray, np.ndarray],
+    target: np.ndarray,
+    test: np.ndarray,
+    settings: dict[str, Any],
+    machine: dict[str, Any],
+) -> str:
+    """What a SKADA run's result depends on, as one key: SKADA's and PyTorch's versions,
+    the method, the source model's weights, the data (source, target and test patches), the
+    settings and the machine (its seconds are kept too)."""
+    import skada
+
+    weights = [t.detach().cpu().numpy() for t in classifier.state_dict().values()]
+    parts = {
+        "skada": skada.__version__,
+        "torch": torch.__version__,
+        "method": method,
+        "weights": _digest(*weights),
+        "data": _digest(*source, target, test),
+        "settings": settings,
+        "machine": machine,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def run_skada_cached(
+    cache: Path,
+    method: str,
+    classifier: nn.Module,
+    source: tuple[np.ndarray, np.ndarray],
+    target: np.ndarray,
+    test: np.ndarray,
+    machine: dict[str, Any],
+    **settings: Any,
+) -> tuple[PeerRun, bool]:
+    """:func:`run_skada`, or its result kept in ``cache`` by a run with the same key
+    (:func:`run_key`): the peers' runs do not depend on medadapt's code, so a rerun at a new
+    commit measures SKADA again only where its inputs changed. Returns the run and whether
+    it was reused."""
+    key = run_key(method, classifier, source, target, test, settings, machine)
+    path = cache / f"{key}.npz"
+    if path.is_file():
+        with np.load(path) as kept:
+            run = PeerRun(
+                method, kept["probabilities"], float(kept["seconds"]), int(kept["epochs"])
+            )
+        return run, True
+    run = run_skada(method, classifier, source, target, test, **settings)
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, probabilities=run.probabilities, seconds=run.seconds, epochs=run.epochs)
+    partial.replace(path)
+    return run, False
 
 
 def epoch_times(

@@ -87,6 +87,58 @@ def test_a_section_writes_its_files_beside_its_tables(suite, tmp_path):
     assert (tmp_path / "results" / "f.png").read_bytes() == b"\x89PNG"
 
 
+def test_skadas_shipped_dann_discriminator_trains_nothing_and_the_sigmoid_one_does(suite):
+    peers = importlib.import_module("peers")
+    check = peers.shipped_discriminator_check()
+    assert check["shipped output min"] == check["shipped output max"] == 1.0
+    assert check["shipped gradient"] == 0.0
+    assert 0.0 < check["sigmoid output min"] < check["sigmoid output max"] < 1.0
+    assert check["sigmoid gradient"] > 0.0
+
+
+def test_skadas_results_are_reused_only_when_version_data_weights_and_settings_match(
+    suite, tmp_path, monkeypatch
+):
+    import numpy as np
+    import torch
+
+    peers = importlib.import_module("peers")
+    calls = []
+
+    def fake_run(method, classifier, source, target, test, **settings):
+        calls.append(method)
+        return peers.PeerRun(method, np.full((len(test), 2), 0.5), 2.0, settings["epochs"])
+
+    monkeypatch.setattr(peers, "run_skada", fake_run)
+    model = torch.nn.Linear(4, 2)
+    rng = np.random.default_rng(0)
+    source = (rng.normal(size=(8, 4)).astype(np.float32), np.arange(8) % 2)
+    target, test = rng.normal(size=(6, 4)), rng.normal(size=(5, 4))
+    machine = {"cores": 2}
+    settings = {"epochs": 3, "batch_size": 4, "lr": 1e-3, "weight_decay": 1e-4, "seed": 1}
+
+    def run(**changes):
+        given = {"source": source, "target": target, "machine": machine, **settings, **changes}
+        return peers.run_skada_cached(tmp_path, "DANN", model, test=test, **given)
+
+    first, reused = run()
+    assert not reused and calls == ["DANN"]
+    again, reused = run()
+    assert reused and calls == ["DANN"]
+    np.testing.assert_array_equal(again.probabilities, first.probabilities)
+    assert (again.seconds, again.epochs) == (first.seconds, first.epochs)
+    # Anything that could change SKADA's result runs it again.
+    run(epochs=4)
+    run(target=target + 1.0)
+    run(machine={"cores": 16})
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    run()
+    monkeypatch.setattr(importlib.import_module("skada"), "__version__", "99.0")
+    run()
+    assert len(calls) == 6
+
+
 @pytest.mark.slow
 def test_quick_mode_runs_every_benchmark_and_writes_every_table(suite, tmp_path):
     done = subprocess.run(
