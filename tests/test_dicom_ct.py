@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pydicom
 import pytest
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
@@ -51,6 +52,73 @@ def test_ct_series_from_dicomdir_tests_is_ordered_by_position(
     image = load_hu(volume)
     assert image.hu.shape == expected.shape
     np.testing.assert_array_equal(image.hu, expected)
+
+
+@pytest.mark.parametrize("series", ["98892001/CT5N", "77654033/CT2"])
+def test_decoding_on_processes_gives_the_hu_of_one_process_in_the_same_order(
+    pydicom_test_files, pseudonymizer, series, monkeypatch
+):
+    from medadapt.plugins.dicom_ct import pixels
+
+    monkeypatch.setattr(pixels, "PARALLEL_MIN_FILES", 1)  # these series are a few files
+    volume, _ = only_volume(pydicom_test_files / "dicomdirtests" / series, pseudonymizer)
+    one = load_hu(volume, workers=1).hu
+    shared = pixels._decode_in_processes  # the parallel path must really be taken
+    monkeypatch.setattr(pixels, "_decode_in_processes", spy := Spy(shared))
+    np.testing.assert_array_equal(load_hu(volume, workers=2).hu, one)
+    assert spy.returned == ["decoded"]
+
+
+class Spy:
+    """Calls a function and notes whether it decoded (or gave the work back: None)."""
+
+    def __init__(self, function):
+        self.function, self.returned = function, []
+
+    def __call__(self, *args):
+        result = self.function(*args)
+        self.returned.append("decoded" if result is not None else "declined")
+        return result
+
+
+def test_a_long_series_is_decoded_on_processes_with_its_undecodable_slice_filled_in_alike(
+    ct, pseudonymizer, monkeypatch, caplog
+):
+    from medadapt.plugins.dicom_ct import pixels
+
+    monkeypatch.setattr(pixels, "_decode_in_processes", spy := Spy(pixels._decode_in_processes))
+    files, stored = ct.series("long", slices=pixels.PARALLEL_MIN_FILES + 9)
+    random.Random(0).shuffle(files)
+    broken = pydicom.dcmread(files[5])  # its header reads, its RLE frame is cut short
+    broken.compress(RLELossless)
+    (frame,) = generate_frames(broken.PixelData, number_of_frames=1)
+    broken.PixelData = encapsulate([frame[:70]])
+    broken.save_as(files[5])
+    (volume,) = scan_folder(ct.root / "long", pseudonymizer).volumes
+    with caplog.at_level("WARNING", logger="medadapt.plugins.dicom_ct.pixels"):
+        one = load_hu(volume, workers=1).hu
+        assert spy.returned == []
+        many = load_hu(volume, workers=3).hu
+    assert spy.returned == ["decoded"]
+    np.testing.assert_array_equal(many, one)
+    said = [r.getMessage() for r in caplog.records if r.name.endswith("pixels")]
+    assert len(said) == 2
+    assert said[0] == said[1]
+    assert said[0].startswith(str(files[5]))
+    assert one.shape == stored.shape
+
+
+def test_a_series_is_decoded_in_its_own_process_where_shared_memory_has_no_room(
+    ct, pseudonymizer, monkeypatch
+):
+    from medadapt.plugins.dicom_ct import pixels
+
+    monkeypatch.setattr(pixels, "_room_in_shared_memory", lambda size: False)
+    monkeypatch.setattr(pixels, "_decode_in_processes", spy := Spy(pixels._decode_in_processes))
+    ct.series("long", slices=pixels.PARALLEL_MIN_FILES)
+    (volume,) = scan_folder(ct.root / "long", pseudonymizer).volumes
+    np.testing.assert_array_equal(load_hu(volume, workers=2).hu, load_hu(volume, workers=1).hu)
+    assert spy.returned == ["declined"]
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import shutil
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +28,8 @@ log = logging.getLogger(__name__)
 #: A series keeps going without at most this share of its slices (and at least one), filled
 #: in from their neighbours; more undecodable slices reject it.
 MAX_FILLED_FRACTION = 0.1
+#: A series of fewer files is decoded in one process (chosen in benchmarks/dicom_loading.py).
+PARALLEL_MIN_FILES = 16
 
 
 class UndecodableFile(InvalidInputError):
@@ -55,10 +63,25 @@ class UndecodableSeries(InvalidInputError):
         self.slices = slices
 
 
+def decode_workers() -> int:
+    """Processes that decode a series: the CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def load_hu(
-    volume: Volume, on_undecodable: Callable[[UndecodableFile], None] | None = None
+    volume: Volume,
+    on_undecodable: Callable[[UndecodableFile], None] | None = None,
+    workers: int | None = None,
 ) -> Image:
     """Decode every slice, apply its modality LUT and orient the stack (z, y, x).
+
+    A series of :data:`PARALLEL_MIN_FILES` files or more is decoded by ``workers`` processes
+    (default :func:`decode_workers`; see :func:`_decode_in_processes`), each file into its own
+    slices of one array, so the HU values and their order are those of decoding the files one
+    after another; a smaller series, or one met where processes cannot be started, is
+    decoded in this process.
 
     HU values equal pydicom's ``apply_modality_lut`` on each slice, as float32. A series whose
     slices lie on no regular grid (a gap, uneven spacing) is resampled onto one along the
@@ -72,17 +95,29 @@ def load_hu(
             decoded; the message names the first file and, for a compressed file, the
             package to install.
     """
-    stack = np.empty((len(volume.slices), volume.rows, volume.columns), dtype=np.float32)
+    shape = (len(volume.slices), volume.rows, volume.columns)
     by_file: dict[Path, list[tuple[int, SliceRef]]] = defaultdict(list)
     for index, ref in enumerate(volume.slices):
         by_file[ref.path].append((index, ref))
     failed: list[UndecodableFile] = []
     missing: set[int] = set()
-    for path, refs in by_file.items():
-        try:
-            _read_file(path, refs, volume, stack)
-        except UndecodableFile as exc:
-            failed.append(exc)
+    items = list(by_file.items())
+    workers = decode_workers() if workers is None else workers
+    decoded = None
+    if workers > 1 and len(items) >= PARALLEL_MIN_FILES:
+        decoded = _decode_in_processes(items, shape, workers)
+    if decoded is None:
+        stack = np.empty(shape, dtype=np.float32)
+        reasons = _decode(items, stack)
+    else:
+        stack, reasons = decoded
+    outcomes = [
+        UndecodableFile(path, reasons[number]) if number in reasons else None
+        for number, (path, _) in enumerate(items)
+    ]
+    for (_, refs), outcome in zip(items, outcomes, strict=True):
+        if outcome is not None:
+            failed.append(outcome)
             missing.update(index for index, _ in refs)
     if failed:
         _tolerate(volume, failed, missing, on_undecodable)
@@ -100,25 +135,123 @@ def load_hu(
     return Image(hu=np.ascontiguousarray(oriented), spacing_mm=volume.spacing_mm)
 
 
-def _read_file(
-    path: Path, refs: list[tuple[int, SliceRef]], volume: Volume, stack: np.ndarray
-) -> None:
+def _decode(
+    items: list[tuple[Path, list[tuple[int, SliceRef]]]], stack: np.ndarray
+) -> dict[int, str]:
+    """Decode ``items`` (files and their slices) into ``stack``; why each file that could not
+    be decoded was not, by its place in ``items``.
+
+    pydicom's warnings may quote identifying values: they are silenced. The filter is the
+    process's, so it is set once here, around the whole loop.
+    """
+    reasons = {}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom's warnings may quote identifying values
-        try:
-            ds = infer_transfer_syntax(pydicom.dcmread(path, force=True))
-            pixels = ds.pixel_array
-        except Exception as exc:
-            why = f"the pixel data cannot be decoded: {_why(exc)}"
-            raise UndecodableFile(path, why) from None
+        warnings.simplefilter("ignore")
+        for number, (path, refs) in enumerate(items):
+            try:
+                _read_file(path, refs, stack)
+            except UndecodableFile as exc:
+                reasons[number] = exc.reason
+    return reasons
+
+
+def _decode_in_processes(
+    items: list[tuple[Path, list[tuple[int, SliceRef]]]],
+    shape: tuple[int, int, int],
+    workers: int,
+) -> tuple[np.ndarray, dict[int, str]] | None:
+    """Decode ``items`` on a pool of ``workers`` processes, each writing its files' slices
+    into one array in shared memory (only file names and reasons travel between processes).
+
+    The pool is started on first use (``spawn``: a forked copy of a process that runs
+    PyTorch's threads is unsafe) and kept for the process's life, so only the first series
+    pays for its start. Returns None, and the caller decodes in its own process, where
+    processes cannot help or cannot run: in a daemonic process (a data loader's worker),
+    when shared memory (``/dev/shm``) has too little room for the volume, or when the pool
+    fails.
+    """
+    size = int(np.prod(shape)) * 4
+    if multiprocessing.current_process().daemon or not _room_in_shared_memory(size):
+        return None
+    try:
+        memory = shared_memory.SharedMemory(create=True, size=max(size, 1))
+    except OSError:
+        return None
+    try:
+        pool = _decode_pool(workers)
+        numbered = list(enumerate(items))
+        parts = [numbered[k::workers] for k in range(workers)]
+        futures = [pool.submit(_decode_part, memory.name, shape, part) for part in parts if part]
+        reasons = {number: why for future in futures for number, why in future.result()}
+        stack = np.ndarray(shape, dtype=np.float32, buffer=memory.buf).copy()
+    except (OSError, BrokenProcessPool) as exc:
+        log.debug("decoding in one process: the decoding pool failed (%s)", exc)
+        _drop_pool()
+        return None
+    finally:
+        memory.close()
+        memory.unlink()
+    return stack, reasons
+
+
+def _decode_part(
+    name: str, shape: tuple[int, int, int], part: list[tuple[int, tuple[Path, list]]]
+) -> list[tuple[int, str]]:
+    """In a pool's process: decode ``part`` into the shared array ``name``."""
+    memory = shared_memory.SharedMemory(name=name)
+    try:
+        stack = np.ndarray(shape, dtype=np.float32, buffer=memory.buf)
+        reasons = _decode([item for _, item in part], stack)
+        del stack  # before the memory it views is closed
+        return [(part[k][0], why) for k, why in reasons.items()]
+    finally:
+        memory.close()
+
+
+_POOL: tuple[int, ProcessPoolExecutor] | None = None
+
+
+def _decode_pool(workers: int) -> ProcessPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL[0] != workers:
+        _drop_pool()
+        context = multiprocessing.get_context("spawn")
+        _POOL = (workers, ProcessPoolExecutor(workers, mp_context=context))
+    return _POOL[1]
+
+
+def _drop_pool() -> None:
+    global _POOL
+    if _POOL is not None:
+        _POOL[1].shutdown(wait=False, cancel_futures=True)
+        _POOL = None
+
+
+def _room_in_shared_memory(size: int) -> bool:
+    """Whether ``/dev/shm`` (where shared memory lives on Linux) has room for ``size``
+    bytes and as much again; elsewhere, yes."""
+    folder = Path("/dev/shm")
+    if not folder.is_dir():
+        return True
+    return shutil.disk_usage(folder).free >= 2 * size
+
+
+def _read_file(path: Path, refs: list[tuple[int, SliceRef]], stack: np.ndarray) -> None:
+    rows, columns = stack.shape[1:]
+    try:  # (warnings are silenced by the caller, _decode)
+        ds = infer_transfer_syntax(pydicom.dcmread(path, force=True))
+        pixels = ds.pixel_array
+    except Exception as exc:
+        why = f"the pixel data cannot be decoded: {_why(exc)}"
+        raise UndecodableFile(path, why) from None
     for index, ref in refs:
         # pydicom returns a 2D array for a multi-frame file that holds one frame.
         frame = pixels if ref.frame is None or pixels.ndim == 2 else pixels[ref.frame]
-        if frame.shape != (volume.rows, volume.columns):
+        if frame.shape != (rows, columns):
             raise UndecodableFile(
                 path,
                 f"the image is {frame.shape[0]} x {frame.shape[1]} pixels, the header "
-                f"says {volume.rows} x {volume.columns}",
+                f"says {rows} x {columns}",
             )
         stack[index] = apply_modality_lut(frame, frame_rescale(ds, ref.frame))
 
