@@ -16,14 +16,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/medadapt demo --out demo
 
-# Every test: what CI runs (.ci/run).
+# Every test: what CI runs (.ci/run). Two workers (pytest-xdist), each file's tests on one;
+# `$(BIN)/python -m pytest` alone runs them in one process.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # The development loop: every module, without the tests that train a model, build a wheel or
 # run pip (marked slow; tests/conftest.py fails a test outside that mark that does any of it).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -299,6 +299,7 @@ def domain_classifier_auroc(x: np.ndarray, y: np.ndarray, groups: Sequence[str])
     probabilities. 0.5: indistinguishable; 1.0: always told apart. None with fewer than
     two patients per site.
     """
+    import sklearn
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold, cross_val_predict
@@ -312,9 +313,13 @@ def domain_classifier_auroc(x: np.ndarray, y: np.ndarray, groups: Sequence[str])
         return None
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     splitter = GroupKFold(n_splits=folds)
-    probabilities = cross_val_predict(
-        classifier, features, labels, groups=list(groups), cv=splitter, method="predict_proba"
-    )[:, 1]
+    # Groups are passed the classic way, which scikit-learn refuses while its metadata
+    # routing is on; a library in the same process may have switched it on (SKADA does
+    # when it is imported).
+    with sklearn.config_context(enable_metadata_routing=False):
+        probabilities = cross_val_predict(
+            classifier, features, labels, groups=list(groups), cv=splitter, method="predict_proba"
+        )[:, 1]
     return float(roc_auc_score(labels, probabilities))
 
 

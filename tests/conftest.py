@@ -569,3 +569,18 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     return (yield from _run_guarded(item))
+
+
+# --- two workers, each file on one ---------------------------------------------------------
+#
+# `make test` runs on two pytest-xdist workers with `--dist loadgroup`: tests of one group run
+# on one worker, one after another. Every test is in its file's group, so that a file's
+# module fixtures (a trained source model, the demo's run) are made once, unless it names a
+# group of its own: the benchmarks' quick runs do, one each, so they run side by side.
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))

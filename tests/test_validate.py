@@ -633,3 +633,20 @@ def test_an_attribute_with_one_value_is_said_once_not_repeated_as_a_subgroup(val
     section = page.split("<h2>Subgroups</h2>", 1)[1].split("<h2>", 1)[0]
     assert "<table>" not in section
     assert "Every test image has the same manufacturer" in html.unescape(section)
+
+
+def test_the_domain_classifier_works_where_a_library_switched_metadata_routing_on():
+    # SKADA turns scikit-learn's metadata routing on for the whole process when imported;
+    # with it on, cross_val_predict refused the patients as groups and the shift failed.
+    import numpy as np
+    import sklearn
+
+    from medadapt.engine.shift import domain_classifier_auroc
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 4)), rng.normal(2.0, size=(20, 4))
+    groups = [f"a/{i // 2}" for i in range(20)] + [f"b/{i // 2}" for i in range(20)]
+    with sklearn.config_context(enable_metadata_routing=True):
+        routed = domain_classifier_auroc(x, y, groups)
+    assert routed == domain_classifier_auroc(x, y, groups)
+    assert routed > 0.9
