@@ -60,7 +60,8 @@ def test_decoding_on_processes_gives_the_hu_of_one_process_in_the_same_order(
 ):
     from medadapt.plugins.dicom_ct import pixels
 
-    monkeypatch.setattr(pixels, "PARALLEL_MIN_FILES", 1)  # these series are a few files
+    monkeypatch.setattr(pixels, "PARALLEL_MIN_FILES", 1)  # these series are a few files,
+    monkeypatch.setattr(pixels, "costly_to_decode", lambda path: True)  # and uncompressed
     volume, _ = only_volume(pydicom_test_files / "dicomdirtests" / series, pseudonymizer)
     one = load_hu(volume, workers=1).hu
     shared = pixels._decode_in_processes  # the parallel path must really be taken
@@ -87,6 +88,7 @@ def test_a_long_series_is_decoded_on_processes_with_its_undecodable_slice_filled
     from medadapt.plugins.dicom_ct import pixels
 
     monkeypatch.setattr(pixels, "_decode_in_processes", spy := Spy(pixels._decode_in_processes))
+    monkeypatch.setattr(pixels, "costly_to_decode", lambda path: True)
     files, stored = ct.series("long", slices=pixels.PARALLEL_MIN_FILES + 9)
     random.Random(0).shuffle(files)
     broken = pydicom.dcmread(files[5])  # its header reads, its RLE frame is cut short
@@ -114,11 +116,38 @@ def test_a_series_is_decoded_in_its_own_process_where_shared_memory_has_no_room(
     from medadapt.plugins.dicom_ct import pixels
 
     monkeypatch.setattr(pixels, "_room_in_shared_memory", lambda size: False)
+    monkeypatch.setattr(pixels, "costly_to_decode", lambda path: True)
     monkeypatch.setattr(pixels, "_decode_in_processes", spy := Spy(pixels._decode_in_processes))
     ct.series("long", slices=pixels.PARALLEL_MIN_FILES)
     (volume,) = scan_folder(ct.root / "long", pseudonymizer).volumes
     np.testing.assert_array_equal(load_hu(volume, workers=2).hu, load_hu(volume, workers=1).hu)
     assert spy.returned == ["declined"]
+
+
+@pytest.mark.parametrize(
+    ("name", "costly"),
+    [
+        ("CT_small.dcm", False),  # uncompressed: faster decoded than handed on
+        ("MR_small_RLE.dcm", False),
+        ("MR_small_jp2klossless.dcm", True),
+        ("MR_small_jpeg_ls_lossless.dcm", True),
+        ("693_J2KI.dcm", True),
+    ],
+)
+def test_only_costly_codecs_are_decoded_on_processes(pydicom_test_files, name, costly):
+    from medadapt.plugins.dicom_ct.pixels import costly_to_decode
+
+    assert costly_to_decode(pydicom_test_files / name) is costly
+
+
+def test_an_uncompressed_series_is_decoded_in_its_own_process(ct, pseudonymizer, monkeypatch):
+    from medadapt.plugins.dicom_ct import pixels
+
+    monkeypatch.setattr(pixels, "_decode_in_processes", spy := Spy(pixels._decode_in_processes))
+    ct.series("plain", slices=pixels.PARALLEL_MIN_FILES)
+    (volume,) = scan_folder(ct.root / "plain", pseudonymizer).volumes
+    load_hu(volume, workers=2)
+    assert spy.returned == []
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 import scipy.ndimage
 from pydicom.pixels import apply_modality_lut
+from pydicom.uid import RLELossless
 
 from medadapt.engine import Image, InvalidInputError
 from medadapt.plugins.dicom_ct.headers import frame_rescale, infer_transfer_syntax
@@ -77,11 +78,14 @@ def load_hu(
 ) -> Image:
     """Decode every slice, apply its modality LUT and orient the stack (z, y, x).
 
-    A series of :data:`PARALLEL_MIN_FILES` files or more is decoded by ``workers`` processes
-    (default :func:`decode_workers`; see :func:`_decode_in_processes`), each file into its own
-    slices of one array, so the HU values and their order are those of decoding the files one
-    after another; a smaller series, or one met where processes cannot be started, is
-    decoded in this process.
+    A series of :data:`PARALLEL_MIN_FILES` files or more whose pixels are compressed with a
+    codec that costs more to decode than to move (JPEG, JPEG-LS, JPEG 2000: see
+    :func:`costly_to_decode`) is decoded by ``workers`` processes (default
+    :func:`decode_workers`; see :func:`_decode_in_processes`), each file into its own slices
+    of one array, so the HU values and their order are those of decoding the files one after
+    another. Any other series, or one met where processes cannot be started, is decoded in
+    this process: uncompressed or RLE pixels are decoded faster than they can be handed
+    between processes (benchmarks/dicom_loading.py measures both).
 
     HU values equal pydicom's ``apply_modality_lut`` on each slice, as float32. A series whose
     slices lie on no regular grid (a gap, uneven spacing) is resampled onto one along the
@@ -104,7 +108,7 @@ def load_hu(
     items = list(by_file.items())
     workers = decode_workers() if workers is None else workers
     decoded = None
-    if workers > 1 and len(items) >= PARALLEL_MIN_FILES:
+    if workers > 1 and len(items) >= PARALLEL_MIN_FILES and costly_to_decode(items[0][0]):
         decoded = _decode_in_processes(items, shape, workers)
     if decoded is None:
         stack = np.empty(shape, dtype=np.float32)
@@ -133,6 +137,24 @@ def load_hu(
         if flip:
             oriented = np.flip(oriented, axis=axis)
     return Image(hu=np.ascontiguousarray(oriented), spacing_mm=volume.spacing_mm)
+
+
+#: Compressed transfer syntaxes that decode faster than a pool could hand their pixels on.
+_CHEAP = {RLELossless}
+
+
+def costly_to_decode(path: Path) -> bool:
+    """Whether the file's pixel data are compressed with a codec worth decoding in parallel
+    (JPEG, JPEG-LS, JPEG 2000 and the like: 1.9 times faster on two processes in
+    benchmarks/dicom_loading.py), read from its header only; False when it cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's warnings may quote identifying values
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        syntax = ds.file_meta.TransferSyntaxUID
+    except Exception:
+        return False
+    return bool(syntax.is_compressed) and syntax not in _CHEAP
 
 
 def _decode(
