@@ -23,34 +23,11 @@ COMPUTING = ["train", "adapt", "validate", "shift", "batch", "demo"]
 
 
 @pytest.fixture
-def profile_path(tmp_path, monkeypatch):
+def profile_path(tmp_path, monkeypatch, phantom_site):
     """A small phantom profile that says it computes on a CUDA GPU."""
     monkeypatch.setenv("MEDADAPT_CACHE_DIR", str(tmp_path / "cache"))
-    document = {
-        "site": {"name": "Device Hospital"},
-        "intended_use": "tests",
-        "body_region": "chest",
-        "seed": 3,
-        "task": {
-            "classes": ["benign", "malignant"],
-            "positive_class": "malignant",
-            "label_depends_on": ["shape", "texture", "absolute-hu"],
-        },
-        "data": {
-            "source": "phantom",
-            "params": {"patients": 16, "seed": 3, "slices": 12, "size": 96},
-            "split": {"train": 0.5, "validation": 0.25, "test": 0.25},
-        },
-        "preprocessing": {
-            "window": {"level": -600, "width": 1500},
-            "spacing_mm": [2.0, 1.0, 1.0],
-            "patch_mode": "2d",
-            "patch_size": [24, 24],
-        },
-        "backbone": {"name": "small-cnn"},
-        "training": {"epochs": 1, "batch_size": 8, "device": "cuda"},
-        "acceptance": {"min_auroc": 0.8},
-    }
+    document = phantom_site("Device Hospital", seed=3, patients=16, epochs=1)
+    document["training"]["device"] = "cuda"
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
