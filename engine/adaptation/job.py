@@ -278,10 +278,11 @@ def _run_plan(
     runs = []
     for number, (name, seed) in enumerate(plan, start=1):
         folder = out_dir / "runs" / f"{name}-seed{seed}"
-        reused = CandidateRun.read(folder) is not None
+        finished = CandidateRun.read(folder)  # a run an earlier call finished is reused
         started = time.perf_counter()
-        runs.append(_run_candidate(name, seed, folder, inputs))
+        runs.append(finished or _run_candidate(name, seed, folder, inputs))
         took = time.perf_counter() - started
+        reused = finished is not None
         estimate.done(length(name), None if reused else took)
         if number < len(plan) and not inputs.quiet and inputs.world.is_main:
             how = "reused" if reused else duration_text(took)
@@ -298,11 +299,8 @@ def _run_plan(
 
 
 def _run_candidate(name: str, seed: int, folder: Path, inputs: _Inputs) -> CandidateRun:
-    """Run one method at one seed (or reuse the finished run in ``folder``), and write its
-    model to ``folder/model``."""
-    finished = CandidateRun.read(folder)
-    if finished is not None:
-        return finished
+    """Run one method at one seed (resuming from its checkpoint in ``folder``), and write
+    its model to ``folder/model``."""
     target, world = inputs.target, inputs.world
     choice = target.adaptation_settings
     cls = method_class(inputs.registry, name)
