@@ -436,7 +436,8 @@ def test_auto_says_after_each_run_how_long_the_rest_will_take(sites, tmp_path, c
         "adapt: 2 of 3 runs done",
     ]
     assert first[0].startswith(f"adapt: 1 of 3 runs done ({UNADAPTED}, seed 3: ")
-    assert all(re.search(r"; about [0-9].* left$", line) for line in first), first
+    # Nothing that trains was timed yet: a training epoch costs at least what a pass did.
+    assert all(re.search(r"; at least [0-9].* left$", line) for line in first), first
     # Run again, everything is reused: nothing was timed, so nothing is estimated.
     again = lines()
     assert all("reused); time left not known yet" in line for line in again), again

@@ -28,6 +28,18 @@ def test_units_reused_from_an_earlier_run_shorten_the_work_but_not_the_pace():
     assert estimate.seconds_left() == 0.0
 
 
+def test_a_training_epoch_counts_as_at_least_a_pass_until_one_is_timed():
+    # auto: the unadapted model and AdaBN train nothing (a pass each); two methods train.
+    estimate = Estimate({"epoch": 24, "pass": 2}, cheaper="pass")
+    estimate.done(1, seconds=3.0, kind="pass")
+    assert estimate.seconds_left() == pytest.approx(3.0 * (24 + 1))
+    assert estimate.text() == "at least 1 min 20 s left"  # 75 s, and an epoch costs more
+    estimate.done(1, seconds=5.0, kind="pass")
+    estimate.done(12, seconds=120.0, kind="epoch")  # 10 s an epoch
+    assert estimate.seconds_left() == pytest.approx(12 * 10.0)
+    assert estimate.text() == "about 2 min left"
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [

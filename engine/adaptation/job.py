@@ -267,14 +267,18 @@ def _selection(
 def _run_plan(
     plan: Sequence[tuple[str, int]], out_dir: Path, inputs: _Inputs
 ) -> list[CandidateRun]:
-    """Every candidate run in turn; after each, the estimated time the rest will take (by
-    epochs, at the pace of the runs timed so far), on the log."""
+    """Every candidate run in turn; after each, the estimated time the rest will take, on
+    the log: the training epochs and the passes (runs that train nothing) still to come,
+    each at the pace of its own kind so far (a training epoch is at least a pass until one
+    is timed; see :class:`~medadapt.engine.output.progress.Estimate`)."""
     epochs = inputs.target.training.epochs
 
-    def length(name: str) -> int:
-        return epochs if method_class(inputs.registry, name).trains else 1
+    def kind(name: str) -> str:  # a run that trains counts its epochs; one that does not, 1
+        return "epoch" if method_class(inputs.registry, name).trains else "pass"
 
-    estimate = Estimate(sum(length(name) for name, _ in plan))
+    units = {"epoch": epochs, "pass": 1}
+    totals = {k: float(sum(units[k] for n, _ in plan if kind(n) == k)) for k in units}
+    estimate = Estimate(totals, cheaper="pass")
     runs = []
     for number, (name, seed) in enumerate(plan, start=1):
         folder = out_dir / "runs" / f"{name}-seed{seed}"
@@ -283,7 +287,7 @@ def _run_plan(
         runs.append(finished or _run_candidate(name, seed, folder, inputs))
         took = time.perf_counter() - started
         reused = finished is not None
-        estimate.done(length(name), None if reused else took)
+        estimate.done(units[kind(name)], None if reused else took, kind(name))
         if number < len(plan) and not inputs.quiet and inputs.world.is_main:
             how = "reused" if reused else duration_text(took)
             log.info(

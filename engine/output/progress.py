@@ -64,9 +64,14 @@ def duration_text(seconds: float) -> str:
 
 
 class Estimate:
-    """The time left of work counted in units (epochs), from the pace of the units timed so
-    far; units done without being timed (reused from an earlier run) are not counted in
-    the pace.
+    """The time left of work counted in units of one or more kinds, each at the pace of its
+    own units timed so far; units done without being timed (reused from an earlier run) do
+    not count in the pace.
+
+    ``adapt`` counts training epochs and passes (a run that trains nothing: the unadapted
+    model, AdaBN), which differ in cost. Before any unit of a kind is timed, it is taken at
+    the pace of the other kind, and when that makes the estimate too low (a training epoch
+    at the pace of a pass, which is part of every epoch) the text says "at least".
 
     Example:
         >>> estimate = Estimate(total=12)
@@ -75,22 +80,45 @@ class Estimate:
         'about 7 min 20 s left'
     """
 
-    def __init__(self, total: float) -> None:
-        self.left = float(total)
-        self.timed = 0.0
-        self.seconds = 0.0
+    def __init__(self, total: float | dict[str, float], *, cheaper: str | None = None) -> None:
+        """``total``: the units (of one kind, or by kind); ``cheaper``: the kind whose pace
+        is a lower bound for the others'."""
+        totals = {"": float(total)} if isinstance(total, int | float) else dict(total)
+        self.left = {kind: float(units) for kind, units in totals.items()}
+        self.timed = dict.fromkeys(totals, 0.0)
+        self.seconds = dict.fromkeys(totals, 0.0)
+        self.cheaper = cheaper
 
-    def done(self, units: float, seconds: float | None = None) -> None:
-        """``units`` finished, in ``seconds`` (None: reused, not timed)."""
-        self.left = max(0.0, self.left - units)
+    def done(self, units: float, seconds: float | None = None, kind: str = "") -> None:
+        """``units`` of ``kind`` finished, in ``seconds`` (None: reused, not timed)."""
+        self.left[kind] = max(0.0, self.left[kind] - units)
         if seconds is not None:
-            self.timed += units
-            self.seconds += seconds
+            self.timed[kind] += units
+            self.seconds[kind] += seconds
+
+    def _left(self) -> tuple[float | None, bool]:
+        """Seconds left (None: nothing timed yet), and whether that is only a lower bound."""
+        paces = {k: self.seconds[k] / self.timed[k] for k in self.left if self.timed[k] > 0}
+        if not paces:
+            return None, False
+        total, bound = 0.0, False
+        for kind, units in self.left.items():
+            if units <= 0:
+                continue
+            if kind in paces:
+                total += paces[kind] * units
+                continue
+            borrowed = next(iter(paces))
+            total += paces[borrowed] * units
+            bound = bound or borrowed == self.cheaper
+        return total, bound
 
     def seconds_left(self) -> float | None:
-        return time_left(self.seconds, self.timed, self.left)
+        return self._left()[0]
 
     def text(self) -> str:
-        """``about 4 min left``, or ``time left not known yet``."""
-        left = self.seconds_left()
-        return "time left not known yet" if left is None else f"about {duration_text(left)} left"
+        """``about 4 min left``, ``at least 2 min left``, or ``time left not known yet``."""
+        left, bound = self._left()
+        if left is None:
+            return "time left not known yet"
+        return f"{'at least' if bound else 'about'} {duration_text(left)} left"
