@@ -584,3 +584,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.path.name))
+
+
+# --- one core's worth of threads per worker -------------------------------------------------
+#
+# Each worker's torch would start as many threads as the machine has cores, and so would the
+# processes a test starts (the demo, the CLI): on two workers that is twice as many busy
+# threads as cores, and torch's threads wait on each other. A worker gets its share of the
+# cores, and the processes it starts inherit it (OMP_NUM_THREADS); a value already set wins.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None or "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // max(int(workers), 1))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
