@@ -76,3 +76,47 @@ def test_a_fast_test_that_trains_or_installs_fails_and_says_to_mark_it_slow(pyte
 @pytest.mark.slow
 def test_a_slow_test_is_not_guarded():
     assert Trainer.fit.__qualname__ == "Trainer.fit"
+
+
+GROUPED_TESTS = """
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def made_once():
+    with open({log!r}, "a") as log:
+        log.write(f"{{__name__}} {{os.getpid()}}\\n")
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_uses_the_module_fixture(made_once, n):
+    pass
+
+
+@pytest.mark.xdist_group("shared")
+def test_in_a_group_across_files():
+    with open({log!r}, "a") as log:
+        log.write(f"shared {{os.getpid()}}\\n")
+"""
+
+
+@pytest.mark.slow
+def test_make_tests_workers_keep_each_files_tests_and_each_named_group_together(pytester):
+    # pytest-xdist's loadgroup once ignored every group without a word (under pytest 9.2):
+    # each file's module fixtures (the demo's run, a trained model) were then made on both
+    # workers, and make test took minutes longer.
+    log = pytester.path / "setups.txt"
+    pytester.makeconftest(Path(__file__).with_name("conftest.py").read_text())
+    pytester.makeini("[pytest]\nmarkers =\n    slow: slow\n")
+    for name in ("test_first", "test_second", "test_third"):
+        pytester.makepyfile(**{name: GROUPED_TESTS.format(log=str(log))})
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup"
+    )
+    result.assert_outcomes(passed=15)
+    lines = [line.split() for line in log.read_text().splitlines()]
+    made = [name for name, _ in lines if name != "shared"]
+    assert sorted(made) == ["test_first", "test_second", "test_third"]
+    assert len({pid for name, pid in lines if name == "shared"}) == 1
