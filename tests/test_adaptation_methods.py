@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from medadapt.engine import AdaptationMethod, ComponentKind
+from medadapt.engine import AdaptationMethod, ComponentKind, supervised_loss
 from medadapt.engine.adaptation import run_method
 from medadapt.engine.contracts.hookspecs import RunInfo
 from medadapt.engine.contracts.host import get_plugin_host
@@ -228,6 +228,29 @@ def test_shot_keeps_the_source_classifier_layer(source_model, tmp_path):
     model, _ = adapt(source_model, "shot", tmp_path, batch_norm_batches=0)
     torch.testing.assert_close(model.head.weight, source_model.head.weight)
     assert not torch.equal(model.features[0].weight, source_model.features[0].weight)
+
+
+@pytest.mark.parametrize(("name", "passes"), [("dann", [10]), ("coral", [6, 4]), ("mmd", [6, 4])])
+def test_dann_runs_both_sites_through_the_network_in_one_pass_coral_and_mmd_in_two(name, passes):
+    model = network()
+    seen = []
+    model.features.register_forward_hook(lambda _m, given, _out: seen.append(len(given[0])))
+    method = REGISTRY.create(ComponentKind.ADAPTATION_METHODS, name)
+    method.setup(model, 8, 2)
+    source = {"patches": SOURCE.tensors[0][:6], "labels": SOURCE.tensors[1][:6]}
+    target = {"patches": TARGET_TRAIN.tensors[0][:4], "labels": torch.full((4,), -1)}
+    # The 6 source and 4 target patches in one pass (DANN) or a pass each, chosen on the
+    # development seeds (docs/adaptation.md). In eval mode batch norm uses its running
+    # statistics, so the source rows must give what the source batch alone gives.
+    model.eval()
+    losses = method.update(source, target)
+    assert seen == passes
+    with torch.no_grad():
+        alone = supervised_loss(model(source["patches"]), source)
+    torch.testing.assert_close(losses["task"].detach(), alone)
+    assert losses["loss"].requires_grad
+    with pytest.raises(RuntimeError, match=f"{name} needs a source batch"):
+        method.update(None, target)
 
 
 @pytest.mark.slow

@@ -46,8 +46,10 @@ class DANN(AdaptationMethod):
 
     A small network learns to tell source from target features; the gradient reversal
     layer makes the feature extractor work against it, with a coefficient that rises from
-    0 as training progresses (the warm-up of the paper). Needs labelled source data; the
-    target site's labels are not used.
+    0 as training progresses (the warm-up of the paper). The source and target batches go
+    through the network in one pass, so batch norm normalises them together (as in SKADA
+    and the paper; chosen on the development seeds, docs/adaptation.md). Needs labelled
+    source data; the target site's labels are not used.
     """
 
     name = "dann"
@@ -78,7 +80,7 @@ class DANN(AdaptationMethod):
         self, source_batch: Mapping[str, Tensor] | None, target_batch: Mapping[str, Tensor]
     ) -> dict[str, Tensor]:
         task, source_features, target_features = source_task_and_features(
-            self.model, source_batch, target_batch
+            self.model, source_batch, target_batch, self.name
         )
         coefficient = warm_up(self.progress)
         features = torch.cat([source_features, target_features])

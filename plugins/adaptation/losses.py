@@ -30,11 +30,23 @@ def diversity(logits: Tensor) -> Tensor:
 
 
 def source_task_and_features(
-    model: nn.Module, source_batch: Mapping[str, Tensor] | None, target_batch: Mapping[str, Tensor]
+    model: nn.Module,
+    source_batch: Mapping[str, Tensor] | None,
+    target_batch: Mapping[str, Tensor],
+    method: str = "this method",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The supervised loss on the source batch, and both sites' feature vectors."""
+    """The supervised loss on the source batch, and both sites' feature vectors, from one
+    forward pass of the two batches together.
+
+    Batch norm then normalises each step's batch with both sites' statistics, as SKADA's
+    methods and the DANN paper do. DANN uses it: on the development seeds it raised DANN's
+    mean AUROC on both scanner pairs (docs/adaptation.md); CORAL and MMD did not gain on
+    both, and keep a pass per site (``FeatureAlignment``). One pass of 2n patches also costs
+    less than two of n.
+    """
     if source_batch is None:
-        raise RuntimeError("this method needs a source batch at every step")
-    source_features, source_logits = features_and_logits(model, source_batch["patches"])
-    target_features = model.features(target_batch["patches"])
-    return supervised(source_logits, source_batch), source_features, target_features
+        raise RuntimeError(f"{method} needs a source batch at every step")
+    source = source_batch["patches"]
+    features = model.features(torch.cat([source, target_batch["patches"]]))
+    source_features, target_features = features[: len(source)], features[len(source) :]
+    return supervised(model.head(source_features), source_batch), source_features, target_features
