@@ -279,8 +279,9 @@ def _claim(out: Path, fast: bool) -> bool:
     marker = out / "medadapt-demo.json"
     # "demo" counts the layouts of the folder: 2 since each job records its provenance, 3
     # since the simulated hospitals name their folders by case, not by PatientID, 4 since a
-    # profile's hash leaves out training.device (every recorded hash changed).
-    wanted = {"demo": 4, "fast": fast}
+    # profile's hash leaves out training.device (every recorded hash changed), 5 since DANN
+    # and SHOT changed what they compute (their finished runs are not this medadapt's).
+    wanted = {"demo": 5, "fast": fast}
     older = False
     if marker.is_file():
         found = read_json_file(marker, "a demo's marker")
