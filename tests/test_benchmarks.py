@@ -242,3 +242,23 @@ def test_the_augmentation_benchmark_runs_in_quick_mode(suite, tmp_path):
     rows = section.tables["augmentation_effect"]
     assert {row["experiment"] for row in rows} == {"small data", "scanner"}
     assert all(0.0 <= row["auroc"] <= 1.0 for row in rows)
+
+
+def test_the_method_study_tables_each_variant_over_the_development_seeds(
+    suite, tmp_path, monkeypatch
+):
+    import json
+
+    study = importlib.import_module("method_study")
+    monkeypatch.setattr(study, "OUT", tmp_path)
+    for seed, auroc in zip(study.DEVELOPMENT_SEEDS, (0.7, 0.8, 0.9), strict=True):
+        path = study._result("head", seed, "dann, one pass")
+        path.write_text(json.dumps({"selected": auroc, "last": auroc - 0.1}))
+    assert study._result("head", 1, "SKADA DANN, sigmoid discriminator").name == (
+        "head-seed1-SKADA_DANN_sigmoid_discriminator.json"
+    )
+    table = study.summary()
+    [row] = [line for line in table.splitlines() if line.startswith("| dann, one pass |")]
+    # Measured on the head pair only: its cell is the third.
+    assert row.split(" | ")[3].startswith("0.800 (0.700, 0.800, 0.900); last 0.700")
+    assert row.split(" | ")[1] == ""
