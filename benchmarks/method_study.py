@@ -44,9 +44,12 @@ EPOCHS = 12
 
 
 # The variants: name -> (method, a context manager that patches the step, its description).
-def _joint_features(model: Any, source: Any, target: Any) -> tuple[Any, Any]:
+def _features(model: Any, joint: bool, source: Any, target: Any) -> tuple[Any, Any]:
+    """Both sites' feature vectors: from one pass of the two batches, or a pass each."""
     import torch
 
+    if not joint:
+        return model.features(source), model.features(target)
     features = model.features(torch.cat([source, target]))
     return features[: len(source)], features[len(source) :]
 
@@ -70,13 +73,9 @@ def _alignment(joint: bool) -> Callable[[], Any]:
         def update(
             self: Any, source_batch: Mapping[str, Any], target_batch: Mapping[str, Any]
         ) -> dict[str, Any]:
-            if joint:
-                source, target = _joint_features(
-                    self.model, source_batch["patches"], target_batch["patches"]
-                )
-            else:
-                source = self.model.features(source_batch["patches"])
-                target = self.model.features(target_batch["patches"])
+            source, target = _features(
+                self.model, joint, source_batch["patches"], target_batch["patches"]
+            )
             task = alignment.supervised_loss(self.model.head(source), source_batch)
             distance = self.distance(source, target)
             return {"loss": task + self.params.weight * distance, "task": task, self.term: distance}
@@ -97,13 +96,9 @@ def _dann(joint: bool) -> Callable[[], Any]:
         from medadapt.plugins.adaptation import dann
 
         def update(self: Any, source_batch: Any, target_batch: Any) -> dict[str, Any]:
-            if joint:
-                source, target = _joint_features(
-                    self.model, source_batch["patches"], target_batch["patches"]
-                )
-            else:
-                source = self.model.features(source_batch["patches"])
-                target = self.model.features(target_batch["patches"])
+            source, target = _features(
+                self.model, joint, source_batch["patches"], target_batch["patches"]
+            )
             task = supervised_loss(self.model.head(source), source_batch)
             features = torch.cat([source, target])
             domains = torch.cat([torch.ones(len(source)), torch.zeros(len(target))])
