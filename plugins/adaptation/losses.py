@@ -41,8 +41,7 @@ def source_task_and_features(
     Batch norm then normalises each step's batch with both sites' statistics, as SKADA's
     methods and the DANN paper do. DANN uses it: on the development seeds it raised DANN's
     mean AUROC on both scanner pairs (docs/adaptation.md); CORAL and MMD did not gain on
-    both, and keep a pass per site (``FeatureAlignment``). One pass of 2n patches also costs
-    less than two of n.
+    both, and keep a pass per site (``FeatureAlignment``).
     """
     if source_batch is None:
         raise RuntimeError(f"{method} needs a source batch at every step")
