@@ -34,13 +34,15 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from adaptation import DEVELOPMENT_SEEDS, PAIRS, SOURCE, _split
+from adaptation import DEVELOPMENT_SEEDS, PAIRS, SOURCE, Settings, _split
 
 import suite
 from sites import site_profile
 
 OUT = suite.DEVELOPMENT_OUT / "method-study"
-EPOCHS = 12
+#: The adaptation benchmark's full sizes: its patients, splits and epochs.
+SIZES = Settings(quick=False)
+EPOCHS = SIZES.epochs
 
 
 # The variants: name -> (method, a context manager that patches the step, its description).
@@ -151,16 +153,22 @@ def _profiles(work: Path, pair: str, seed: int, method: str) -> tuple[Any, Any]:
     _, target_phantom, region = PAIRS[pair]
     folder = work / "profiles"
     common = {"seed": seed, "epochs": EPOCHS}
-    split = {"train": 0.4, "validation": 0.2, "test": 0.4}
-    source = site_profile(folder, f"{pair} source", patients=80, phantom=SOURCE, **common)
+    source = site_profile(
+        folder,
+        f"{pair} source",
+        patients=SIZES.source_patients,
+        phantom=SOURCE,
+        split=SIZES.source_split,
+        **common,
+    )
     target = site_profile(
         folder,
         f"{pair} target {method}",
-        patients=200,
+        patients=SIZES.target_patients,
         phantom={**SOURCE, **target_phantom},
         phantom_seed=23,
         region=region,
-        split=split,
+        split=SIZES.target_split,
         adaptation={"method": method},
         patience=None,
         **common,
@@ -234,7 +242,6 @@ def study(pair: str, seed: int, variants: list[str], peers_too: bool) -> None:
                     "selected": tested[run.best_epoch],
                     "best epoch": run.best_epoch,
                     "last": tested[last],
-                    "last three": statistics.mean(tested[e] for e in sorted(tested)[-3:]),
                     "per epoch": tested,
                     "seconds": time.perf_counter() - start,
                 }
