@@ -31,9 +31,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # Every benchmark, side by side on this machine; writes benchmarks/RESULTS.md and
-# benchmarks/results/ (about 8.5 hours on 2 cores, 7 of them the adaptation section's 15
-# pair-seeds and 1 the transfer section's 10, which an interrupted run resumes). bench-quick: every table in a few minutes,
-# written to build/bench-quick (its figures are a smoke check, not results).
+# benchmarks/results/, whose header says how long it took from nothing. The adaptation
+# section's 15 pair-seeds and the transfer section's 10 are kept as they finish, so an
+# interrupted run resumes. bench-quick: every table in a few minutes, written to
+# build/bench-quick (its figures are a smoke check, not results).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/suite.py
 

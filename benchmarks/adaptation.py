@@ -288,24 +288,14 @@ def run_pair(
     target_train, _ = peers.arrays(_split(target, "train", registry, cache))
     test, labels = peers.arrays(test_data)
     classifier = load_model(trained.model_dir, registry).model
+    data = (source_train, target_train, test)
     optimiser = target.training.optimizer
     # Kept between runs (build/bench-peers): SKADA runs again only where its inputs changed.
     cache = work / "peers" if settings.quick else peers.CACHE
     result["peers reused"] = []
     for method in peers.METHODS:
-        peer, reused = peers.run_skada_cached(
-            cache,
-            method,
-            classifier,
-            source_train,
-            target_train,
-            test,
-            suite.machine(),
-            epochs=settings.epochs,
-            batch_size=target.training.batch_size,
-            lr=optimiser.lr,
-            weight_decay=optimiser.weight_decay,
-            seed=seed,
+        peer, reused = peers.run_skada_like(
+            cache, method, classifier, data, target.training, suite.machine(), settings.epochs, seed
         )
         if reused:
             result["peers reused"].append(method)
@@ -490,6 +480,8 @@ def run(quick: bool, work: Path) -> Section:
         },
         command=".venv/bin/python benchmarks/adaptation.py",
         versions=[f"skada {skada.__version__}"],
+        kept_seconds=done.kept_seconds,
+        kept_untimed=done.kept_untimed,
     )
 
 

@@ -259,19 +259,9 @@ def study(pair: str, seed: int, variants: list[str], peers_too: bool) -> None:
         out = _result(pair, seed, f"SKADA {method}")
         if out.is_file():
             continue
-        run, _ = peers.run_skada_cached(
-            peers.CACHE,
-            method,
-            classifier,
-            source_train,
-            target_train,
-            test,
-            suite.machine(),
-            epochs=EPOCHS,
-            batch_size=target.training.batch_size,
-            lr=target.training.optimizer.lr,
-            weight_decay=target.training.optimizer.weight_decay,
-            seed=seed,
+        data = (source_train, target_train, test)
+        run, _ = peers.run_skada_like(
+            peers.CACHE, method, classifier, data, target.training, suite.machine(), EPOCHS, seed
         )
         auroc = float(roc_auc_score(test_labels == positive, run.probabilities[:, positive]))
         out.write_text(json.dumps({"last": auroc, "selected": auroc}))

@@ -242,6 +242,36 @@ def run_skada_cached(
     return run, False
 
 
+def run_skada_like(
+    cache: Path,
+    method: str,
+    classifier: nn.Module,
+    data: tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray],
+    training: Any,
+    machine: dict[str, Any],
+    epochs: int,
+    seed: int,
+) -> tuple[PeerRun, bool]:
+    """:func:`run_skada_cached` on ``data`` (the labelled source, the target and the test
+    images) with the batch size, learning rate and weight decay of a medadapt profile's
+    ``training`` settings, as every comparison with medadapt runs it."""
+    source, target, test = data
+    return run_skada_cached(
+        cache,
+        method,
+        classifier,
+        source,
+        target,
+        test,
+        machine,
+        epochs=epochs,
+        batch_size=training.batch_size,
+        lr=training.optimizer.lr,
+        weight_decay=training.optimizer.weight_decay,
+        seed=seed,
+    )
+
+
 def epoch_times(
     classifier: nn.Module,
     source: tuple[np.ndarray, np.ndarray],

@@ -412,6 +412,8 @@ def section(
         command=".venv/bin/python benchmarks/transfer.py",
         versions=_versions(),
         files={FIGURE: figure},
+        kept_seconds=done.kept_seconds,
+        kept_untimed=done.kept_untimed,
     )
 
 

@@ -48,6 +48,56 @@ def test_a_section_is_written_with_its_csv_and_dated(suite, tmp_path):
     assert rows == [{"a": "1", "b": "2", "c": ""}, {"a": "3", "b": "", "c": "4"}]
 
 
+def test_the_header_gives_the_duration_from_nothing_with_what_kept_pair_seeds_cost(suite, tmp_path):
+    suite.record("dicom_scan", suite.Section("Scan", ["text"]), tmp_path, False, seconds=600)
+    kept = suite.Section("Adaptation", ["text"], kept_seconds=5400.0, kept_untimed=1)
+    suite.record("adaptation", kept, tmp_path, quick=False, seconds=1800)
+    header = suite.render(tmp_path).read_text().split("Sections:")[0]
+    # 10 + 30 minutes measured in this run, 90 kept: 130 minutes.
+    assert "Duration from nothing: 2.2 hours for the sections shown (adaptation 2.0 h" in header
+    assert "1.5 of them by pair-seeds kept from an earlier run" in header
+    assert "1 kept pair-seeds whose time was not recorded are not counted" in header
+    assert "eight and a half" not in header
+
+
+def test_a_kept_pair_seed_keeps_what_measuring_it_cost(suite, tmp_path, monkeypatch):
+    monkeypatch.setattr(suite, "ROOT", tmp_path)
+    monkeypatch.setattr(suite, "HERE", tmp_path / "benchmarks")
+    for top in (*suite.Finished.SOURCES, "benchmarks"):
+        (tmp_path / top).mkdir()
+    (tmp_path / "benchmarks" / "suite.py").write_text("")
+    settings = type("Settings", (), {"development": False, "epochs": 3})()
+    done = suite.Finished(settings, False, "example", ())
+    assert done.get("sharp kernel", 7) is None
+    clock = iter([100.0, 142.5])
+    with monkeypatch.context() as timed:
+        timed.setattr(suite.time, "perf_counter", lambda: next(clock))
+        done.get("sharp kernel", 8)
+        done.put("sharp kernel", 8, {"auroc": 0.9})
+    again = suite.Finished(settings, False, "example", ())
+    assert again.get("sharp kernel", 8) == {"auroc": 0.9}
+    assert (again.kept_seconds, again.kept_untimed) == (42.5, 0)
+
+
+def test_the_commit_measured_ignores_the_benchmarks_own_outputs(suite, tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "a.csv").write_text("1\n")
+    (tmp_path / "benchmarks" / "RESULTS.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    monkeypatch.setattr(suite, "ROOT", tmp_path)
+    (tmp_path / "benchmarks" / "results" / "a.csv").write_text("2\n")
+    (tmp_path / "benchmarks" / "RESULTS.md").write_text("new\n")
+    assert "+changes" not in suite.commit()
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert suite.commit().endswith(" +changes")
+
+
 def test_quick_results_say_they_are_not_results(suite, tmp_path):
     section = suite.Section(heading="Example", lines=["text"], command="x")
     suite.record("dicom_scan", section, tmp_path, quick=True, seconds=1)
