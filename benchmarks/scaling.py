@@ -1,10 +1,10 @@
 """Time and peak memory of scan, train and adapt at 1x, 2x and 4x the patients.
 
-Two simulated hospitals written as DICOM with labels.csv at each size (Siemens B30f at
-12 mGy, and GE's sharp LUNG kernel at 1.5 mGy), read through the dicom-ct source as a real
-export would be. Each job is the command a user runs, in its own process, from an empty
-cache; its wall time and the peak resident memory of its own address space (VmHWM) are
-measured (``suite.measured``):
+Two simulated hospitals (16 slices a patient; 8 in quick mode) written as DICOM with
+labels.csv at each size (Siemens B30f at 12 mGy, and GE's sharp LUNG kernel at 1.5 mGy),
+read through the dicom-ct source as a real export would be. Each job is the command a user
+runs, in its own process, from an empty cache; its wall time and the peak resident memory
+of its own address space (VmHWM) are measured (``suite.measured``):
 
 - scan: ``medadapt inspect FOLDER --json`` (every file's header, series assembly);
 - train: ``medadapt train`` at the first site (decoding, resampling and caching every
@@ -56,13 +56,14 @@ def run(quick: bool, work: Path) -> Section:
     # Large enough that the work per patient, not the start-up of a process (about 5 s of
     # imports), decides how the time grows.
     base, epochs = (6, 1) if quick else (60, 4)
+    slices = 8 if quick else 16
     medadapt = ["-m", "medadapt.engine", "--quiet"]
     rows: list[dict[str, Any]] = []
     for factor in FACTORS:
         patients = base * factor
         hospitals = {}
         for site, scanner in SCANNERS.items():
-            spec = HospitalSpec(scanner=scanner, patients=patients, slices=16, seed=31)
+            spec = HospitalSpec(scanner=scanner, patients=patients, slices=slices, seed=31)
             hospitals[site] = work / f"{site}-{factor}x"
             write_hospital(spec, hospitals[site], workers=os.cpu_count() or 1)
         first = _profile(work / f"{factor}x", "first", hospitals["first"], epochs)
@@ -102,9 +103,9 @@ def run(quick: bool, work: Path) -> Section:
             )
             print(rows[-1], flush=True)
     lines = [
-        f"Two simulated hospitals of {base}, {2 * base} and {4 * base} patients (16 slices of "
-        "256 x 256 each, DICOM with labels.csv), read through the dicom-ct source. Each job "
-        "is the `medadapt` command, run in its own process from an empty cache: scan = "
+        f"Two simulated hospitals of {base}, {2 * base} and {4 * base} patients ({slices} "
+        "slices of 256 x 256 each, DICOM with labels.csv), read through the dicom-ct source. "
+        "Each job is the `medadapt` command, run in its own process from an empty cache: scan = "
         "`medadapt inspect FOLDER` (first site); train = `medadapt train` at the first site "
         f"({epochs} epochs, no early stopping; the first epoch decodes and caches every "
         "patch); adapt = `medadapt adapt --method coral --source-profile` to the second site "

@@ -278,3 +278,22 @@ def test_load_plugins_variable_applies_to_the_command_line(run_medadapt):
     checked = run_medadapt("profile", "check", str(TEMPLATE), env=env)
     assert checked.returncode == ExitCode.INVALID_INPUT
     assert "no installed plugin provides any selection score" in checked.stdout
+
+
+def test_starting_a_command_imports_neither_scipy_stats_nor_scikit_learn():
+    # Together about a second of every command's start-up (``medadapt --help`` too), through
+    # the decision-rule plugins' import of the metrics module; the metrics import them when
+    # they compute.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from medadapt.engine.cli import cli\n"
+        "from medadapt.engine.contracts.host import get_plugin_host\n"
+        "get_plugin_host().add_commands(cli)\n"
+        "print(sorted(m for m in ('scipy.stats', 'sklearn') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse
-import scipy.stats
-from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+# SciPy's and scikit-learn's modules are imported where they are used: the decision-rule
+# plugins import this module when any command starts (``medadapt --help`` too), and the two
+# cost about a second of imports that most commands never use.
 
 #: Resamples per interval. 2,000 keeps the bounds of a 95% interval stable to about 0.005
 #: AUROC for the test splits of a few dozen patients the report is meant for.
@@ -43,6 +44,8 @@ class Estimate:
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Area under the ROC curve; None when ``labels`` hold one class only."""
+    from sklearn.metrics import roc_auc_score
+
     if 0 < labels.sum() < len(labels):
         return float(roc_auc_score(labels, scores))
     return None
@@ -60,6 +63,8 @@ def rank_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     negatives = len(labels) - positives
     if not positives or not negatives:
         return None
+    import scipy.stats
+
     ranks = scipy.stats.rankdata(scores)
     u = ranks[labels == 1].sum() - positives * (positives + 1) / 2
     return float(u / (positives * negatives))
@@ -80,6 +85,8 @@ def resampled_auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray)
         >>> resampled_auroc(labels, scores, np.array([[1, 1, 1, 1], [2, 0, 1, 1], [1, 1, 0, 0]]))
         array([0.875, 1.   ,   nan])
     """
+    import scipy.sparse
+
     positive = labels == 1
     _, level = np.unique(scores, return_inverse=True)
     level = level.ravel()
@@ -125,6 +132,8 @@ def rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str,
 
 def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, int]:
     """The confusion matrix at ``threshold`` as named counts (scikit-learn's)."""
+    from sklearn.metrics import confusion_matrix
+
     tn, fp, fn, tp = confusion_matrix(labels, scores >= threshold, labels=[0, 1]).ravel()
     return {
         "true_positive": int(tp),
@@ -175,6 +184,8 @@ def reliability(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> list[
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:
     """The ROC curve (scikit-learn's), for the figure and the JSON."""
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, thresholds = roc_curve(labels, scores)
     return {
         "false_positive_rate": [float(v) for v in fpr],
