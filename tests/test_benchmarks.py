@@ -312,3 +312,28 @@ def test_the_method_study_tables_each_variant_over_the_development_seeds(
     # Measured on the head pair only: its cell is the third.
     assert row.split(" | ")[3].startswith("0.800 (0.700, 0.800, 0.900); last 0.700")
     assert row.split(" | ")[1] == ""
+
+
+@pytest.mark.parametrize(("size", "every", "dropped"), [(70, 3, 2), (64, 2, 2), (20, 1, 1)])
+def test_the_method_studys_target_batches_drop_the_incomplete_one_only_when_asked(
+    suite, size, every, dropped
+):
+    from types import SimpleNamespace
+
+    from medadapt.engine.training import loop
+
+    study = importlib.import_module("method_study")
+    trainer = SimpleNamespace(
+        seed=1,
+        world=SimpleNamespace(distributed=False),
+        training=SimpleNamespace(batch_size=32, workers=0),
+        on_gpu=False,
+    )
+    data = list(range(size))
+    for patch, steps in ((study._EVERY, every), (study._DROPPED, dropped)):
+        with patch():
+            training = loop.Trainer._loader(trainer, data, 1, shuffle=True)
+            validation = loop.Trainer._loader(trainer, data, 0, shuffle=False)
+        assert len(training) == steps
+        assert sum(len(batch) for batch in validation) == size  # validation sees every sample
+    assert loop.Trainer._loader.__name__ == "_loader"  # put back
