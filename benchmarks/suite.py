@@ -334,23 +334,29 @@ def render(out: Path) -> Path:
 
 
 def duration(metas: list[dict[str, Any]]) -> str:
-    """How long the sections shown took to measure, and so what ``make bench`` costs from
-    nothing: each section's own minutes plus what the pair-seeds it kept from an earlier run
-    cost when they were measured."""
-    ran = sum(meta["minutes"] for meta in metas)
-    kept = sum(meta.get("kept minutes", 0.0) for meta in metas)
-    untimed = sum(meta.get("kept untimed", 0) for meta in metas)
-    slowest = sorted(metas, key=lambda m: m["minutes"] + m.get("kept minutes", 0.0))[-2:]
-    parts = ", ".join(
-        f"{meta['name']} {(meta['minutes'] + meta.get('kept minutes', 0.0)) / 60:.1f} h"
-        for meta in reversed(slowest)
-    )
-    text = f"Duration from nothing: {(ran + kept) / 60:.1f} hours for the sections shown ({parts})"
+    """What ``make bench`` costs from nothing, as its sections were last measured: each
+    section's own minutes plus what the pair-seeds it kept from an earlier run cost when
+    they were measured (sections ``make bench`` does not run, ``OPTIONAL``, aside)."""
+    own = [meta for meta in metas if meta["name"] in BENCHMARKS]
+
+    def hours(meta: dict[str, Any]) -> float:
+        return (meta["minutes"] + meta.get("kept minutes", 0.0)) / 60
+
+    total = sum(hours(meta) for meta in own)
+    kept = sum(meta.get("kept minutes", 0.0) for meta in own) / 60
+    untimed = sum(meta.get("kept untimed", 0) for meta in own)
+    slowest = sorted(own, key=hours, reverse=True)[:2]
+    parts = ", ".join(f"{meta['name']} {hours(meta):.1f} h" for meta in slowest)
+    text = f"`make bench` from nothing, as its sections were last measured: {total:.1f} hours"
+    text += f" ({parts}"
     if kept:
-        text += f"; {kept / 60:.1f} of them by pair-seeds kept from an earlier run of this code"
+        text += f"; {kept:.1f} h of it by pair-seeds kept from an earlier run of the same code"
     if untimed:
-        text += f", and {untimed} kept pair-seeds whose time was not recorded are not counted"
-    return text + "."
+        text += f"; {untimed} kept pair-seeds whose time was not recorded are not counted"
+    missing = [name for name in BENCHMARKS if name not in {meta["name"] for meta in own}]
+    if missing:
+        text += f"; not counted, not measured yet: {', '.join(missing)}"
+    return text + ")."
 
 
 def _anchor(heading: str) -> str:

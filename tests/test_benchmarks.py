@@ -52,11 +52,16 @@ def test_the_header_gives_the_duration_from_nothing_with_what_kept_pair_seeds_co
     suite.record("dicom_scan", suite.Section("Scan", ["text"]), tmp_path, False, seconds=600)
     kept = suite.Section("Adaptation", ["text"], kept_seconds=5400.0, kept_untimed=1)
     suite.record("adaptation", kept, tmp_path, quick=False, seconds=1800)
+    # Not part of make bench: not counted.
+    optional = suite.Section("Augmentation", ["text"])
+    suite.record("augmentation_effect", optional, tmp_path, quick=False, seconds=3600)
     header = suite.render(tmp_path).read_text().split("Sections:")[0]
     # 10 + 30 minutes measured in this run, 90 kept: 130 minutes.
-    assert "Duration from nothing: 2.2 hours for the sections shown (adaptation 2.0 h" in header
-    assert "1.5 of them by pair-seeds kept from an earlier run" in header
+    assert "`make bench` from nothing, as its sections were last measured: 2.2 hours" in header
+    assert "(adaptation 2.0 h, dicom_scan 0.2 h;" in header
+    assert "1.5 h of it by pair-seeds kept from an earlier run of the same code" in header
     assert "1 kept pair-seeds whose time was not recorded are not counted" in header
+    assert "not measured yet: dicom_loading," in header
     assert "eight and a half" not in header
 
 
