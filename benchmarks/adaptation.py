@@ -138,7 +138,7 @@ def run_pair(
     from medadapt.engine.adaptation import UNADAPTED, adapt, target_split
     from medadapt.engine.data.samples import open_site_data
     from medadapt.engine.models.model import load_model
-    from medadapt.engine.training.loop import validation_predictions
+    from medadapt.engine.training.checkpoints import validation_predictions
     from medadapt.engine.validation.evaluate import predict
 
     host = get_plugin_host()

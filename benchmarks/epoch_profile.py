@@ -133,7 +133,15 @@ def _instrument() -> dict[str, float]:
         "batch-norm pass", loop.Trainer._recompute_batch_norm
     )
     loop.Trainer._validate = timed("validation", loop.Trainer._validate)
-    loop.Trainer._write_epoch = timed("checkpoint", loop.Trainer._write_epoch)
+    # (a _write_epoch after every epoch until the checkpoint interval; since, the snapshot
+    # each epoch, and the write when one is due: engine/training/checkpoints.py)
+    if hasattr(loop.Trainer, "_write_epoch"):
+        loop.Trainer._write_epoch = timed("checkpoint", loop.Trainer._write_epoch)
+    else:
+        import medadapt.engine.training.checkpoints as checkpoints
+
+        loop.Trainer._snapshot = timed("checkpoint", loop.Trainer._snapshot)
+        checkpoints.Checkpoints.write = timed("checkpoint", checkpoints.Checkpoints.write)
     # (the writer moved from the loop's module to output/atomic.py after b5bdfea)
     writer = getattr(loop, "_BackgroundWriter", None) or atomic.BackgroundWriter
     writer.wait = timed("checkpoint", writer.wait)

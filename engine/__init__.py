@@ -70,7 +70,7 @@ _LAZY = {
     "torch_bytes": "medadapt.engine.models.model",
     # the jobs, as the command line runs them
     "AdaptResult": "medadapt.engine.adaptation",
-    "CHECKPOINT": "medadapt.engine.training.loop",
+    "CHECKPOINT": "medadapt.engine.training.checkpoints",
     "Profile": "medadapt.engine.profile",
     "ProfileError": "medadapt.engine.profile",
     "TrainResult": "medadapt.engine.training.job",
@@ -104,8 +104,8 @@ if TYPE_CHECKING:
     from medadapt.engine.profile import Profile, ProfileError, load_profile
     from medadapt.engine.shift import analyse_shift
     from medadapt.engine.training.batchnorm import batch_norm_layers, recompute_batch_norm
+    from medadapt.engine.training.checkpoints import CHECKPOINT
     from medadapt.engine.training.job import TrainResult, train
-    from medadapt.engine.training.loop import CHECKPOINT
     from medadapt.engine.validation.acceptance import FAIL, NO_VERDICT, PASS, criterion_text
     from medadapt.engine.validation.job import ValidationResult, validate
     from medadapt.engine.validation.metrics import (

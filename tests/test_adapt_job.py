@@ -392,7 +392,7 @@ def test_a_decision_rule_that_needs_labels_is_refused_without_them(tmp_path):
 
 @pytest.mark.slow
 def test_every_epoch_is_kept_and_shown_to_an_observer(sites, tmp_path):
-    from medadapt.engine.training.loop import validation_predictions
+    from medadapt.engine.training.checkpoints import validation_predictions
 
     seen: list[tuple[str, int, int, int]] = []
 

@@ -96,7 +96,7 @@ def test_a_broken_profile_fails_with_its_reason_and_the_others_finish(batch, tmp
     assert log.count("attempt on") == 1
 
 
-def test_a_killed_worker_loses_nothing_the_job_resumes_from_its_checkpoint(batch, tmp_path):
+def test_a_killed_workers_job_is_run_again_and_resumes_from_its_checkpoint(batch, tmp_path):
     from distributed import Client, LocalCluster
 
     jobs = read_jobs_file(batch(epochs=14))

@@ -30,8 +30,8 @@ from medadapt.engine.models.model import WEIGHTS, build_classifier, load_model
 from medadapt.engine.models.runfolder import LOCK
 from medadapt.engine.models.weights import hub_cache_file, load_imagenet_weights, load_weights_file
 from medadapt.engine.profile import ProfileError, load_profile
+from medadapt.engine.training.checkpoints import CHECKPOINT
 from medadapt.engine.training.job import train
-from medadapt.engine.training.loop import CHECKPOINT
 
 QUICK = {
     "site": {"name": "Quick Hospital"},

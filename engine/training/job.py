@@ -34,16 +34,10 @@ from medadapt.engine.models.model import (
 from medadapt.engine.models.runfolder import Provenance, claim_folder, profile_reads, remove_outputs
 from medadapt.engine.models.weights import load_imagenet_weights, load_weights_file
 from medadapt.engine.profile import Profile
+from medadapt.engine.training.checkpoints import BEST, CHECKPOINT, VALIDATION_PREDICTIONS
 from medadapt.engine.training.diagnostics import diagnose
 from medadapt.engine.training.distributed import World, join_world, leave_world
-from medadapt.engine.training.loop import (
-    BEST,
-    CHECKPOINT,
-    VALIDATION_PREDICTIONS,
-    FitResult,
-    Trainer,
-    seed_everything,
-)
+from medadapt.engine.training.loop import FitResult, Trainer, seed_everything
 from medadapt.engine.training.objective import EpochJudge, Supervised
 
 RUN = "run.json"

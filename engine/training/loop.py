@@ -30,22 +30,16 @@ from medadapt.engine.contracts.errors import InvalidInputError
 from medadapt.engine.contracts.hookspecs import RunInfo
 from medadapt.engine.contracts.host import PluginHost
 from medadapt.engine.models.inference import infer
-from medadapt.engine.models.model import atomic_file, save_weights, state_to_cpu, torch_bytes
-from medadapt.engine.models.weights import torch_load_weights_only, unsafe_contents
-from medadapt.engine.output.atomic import BackgroundWriter
+from medadapt.engine.models.model import state_to_cpu
 from medadapt.engine.output.progress import Estimate, duration_text, progress_bar
 from medadapt.engine.profile import Training
 from medadapt.engine.training.batchnorm import recompute_batch_norm, stale_fraction
+from medadapt.engine.training.checkpoints import BEST, CHECKPOINT, CHECKPOINT_SECONDS, Checkpoints
 from medadapt.engine.training.distributed import World
 from medadapt.engine.training.objective import Devices, EpochMeasures, Objective, ValidationOutputs
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.safetensors"
-#: Each epoch's predicted probabilities on the validation split, one file per epoch
-#: (``epoch-001.npy``, ...), in the validation data's order: numbers only.
-VALIDATION_PREDICTIONS = "validation"
 #: The most memory an epoch's input batches may take to be kept for the batch-norm pass
 #: after it (beyond it, the pass reads the training data again).
 KEPT_BATCH_BYTES = 512 * 2**20
@@ -77,7 +71,7 @@ class EpochResult:
     lr: float
     val_score: float | None = None
     #: Wall-clock seconds of the epoch: training, batch-norm pass and validation (not the
-    #: checkpoint, written beside the next epoch); and of its training alone (an adaptation
+    #: checkpoint, written beside a later epoch); and of its training alone (an adaptation
     #: method's epoch start and the steps).
     seconds: float | None = None
     train_seconds: float | None = None
@@ -123,6 +117,8 @@ class Trainer:
             where the training batches may mix sites) after every epoch.
         announce: log each epoch's time and the estimated time left (the ``train`` job; the
             progress bar shows the estimate either way).
+        checkpoint_seconds: the longest time between two checkpoints (see
+            engine/training/checkpoints.py); 0: after every epoch.
     """
 
     def __init__(
@@ -140,6 +136,7 @@ class Trainer:
         quiet: bool = False,
         batch_norm_pass: Literal["when-stale", "always"] = "when-stale",
         announce: bool = False,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
     ) -> None:
         self.training = training
         self.announce = announce
@@ -179,7 +176,7 @@ class Trainer:
         self.val_data = val_data
         self.label = f"{objective.label}  " if objective.label else ""
         self.batch_norm_pass = batch_norm_pass
-        self._writer = BackgroundWriter()
+        self.checkpoints = Checkpoints(self.out_dir, self.label, checkpoint_seconds)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -207,11 +204,11 @@ class Trainer:
         worker threads then release their last tensors while Python is finalising, and a rank
         can abort with "terminate called without an active exception".
         """
-        self._writer.close()
+        self.checkpoints.close()
         self.wrapped = self.model
 
     def _fit(self, resume: bool) -> FitResult:
-        checkpoint_file = self.out_dir / CHECKPOINT
+        checkpoint_file = self.checkpoints.path
         state: dict[str, Any] = {
             "epoch": 0,
             "history": [],
@@ -224,7 +221,7 @@ class Trainer:
                 raise InvalidInputError(
                     f"{self.out_dir}: nothing to resume ({CHECKPOINT} is missing)"
                 )
-            state = self._restore(checkpoint_file)
+            state = self._restore()
             log.info(
                 "%sresumed from the checkpoint of epoch %d in %s",
                 self.label,
@@ -238,6 +235,16 @@ class Trainer:
             )
         else:
             seed_everything(self.seed)
+        try:
+            return self._epochs(state)
+        except OSError:
+            raise  # the disk or the folder refused a write: another would fail as well
+        except BaseException:
+            if self.world.is_main:
+                self.checkpoints.write()  # Ctrl-C, SIGTERM, an error: keep the epochs done
+            raise
+
+    def _epochs(self, state: dict[str, Any]) -> FitResult:
         stopped: str | None = state.get("stopped")
         estimate = Estimate(self.training.epochs - state["epoch"])
         announced = -math.inf
@@ -281,15 +288,17 @@ class Trainer:
                 patience = self.training.early_stopping_patience
                 if patience is not None and state["bad_epochs"] >= patience:
                     stopped = f"no improvement in {patience} epochs"
-                # The previous epoch's files are complete before any plugin runs (one may
+                # The files submitted so far are complete before any plugin runs (one may
                 # end the process) and before this epoch's are started.
-                self._writer.wait()
+                self.checkpoints.wait()
                 asked = self.host.epoch_end(self.run, epoch, _numbers(result.as_dict()))
                 if self.world.broadcast(asked):
                     stopped = stopped or "a plugin asked to stop"
                 state["epoch"], state["stopped"] = epoch, stopped
                 if self.world.is_main:
-                    self._write_epoch(checkpoint_file, state, improved, probabilities)
+                    self.checkpoints.keep(self._snapshot(state), probabilities, improved)
+                    if self.checkpoints.due(bool(stopped) or epoch == self.training.epochs):
+                        self.checkpoints.write(background=True)
                 self.world.barrier()
                 took = time.perf_counter() - started
                 estimate.done(1, took)
@@ -310,7 +319,7 @@ class Trainer:
                         duration_text(took),
                         left,
                     )
-        self._writer.wait()
+        self.checkpoints.wait()
         self.world.barrier()
         return FitResult(
             history=state["history"],
@@ -475,18 +484,13 @@ class Trainer:
     def _progress(self) -> Progress:
         return progress_bar(self.quiet, transient=False)
 
-    def _write_epoch(
-        self, path: Path, state: dict[str, Any], improved: bool, probabilities: np.ndarray
-    ) -> None:
-        """Snapshot this epoch's state, then write it while the next epoch trains.
-
-        The epoch's validation predictions are written before its checkpoint, so a resumed
-        run has them for every epoch it does not repeat.
-        """
-        model = state_to_cpu(self.model.state_dict(), copy=True)
-        payload = {
+    def _snapshot(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This epoch's checkpoint: the loop's state and copies of every module's, the
+        optimiser's, the schedule's and the random state (training goes on changing them
+        while it is written)."""
+        return {
             **copy.deepcopy(state),
-            "model": model,
+            "model": state_to_cpu(self.model.state_dict(), copy=True),
             "extra": {
                 name: state_to_cpu(module.state_dict(), copy=True)
                 for name, module in self.extra_modules.items()
@@ -497,29 +501,8 @@ class Trainer:
             "rng": torch.get_rng_state(),
         }
 
-        predictions = self.out_dir / VALIDATION_PREDICTIONS
-        epoch = state["epoch"]
-
-        def write() -> None:
-            predictions.mkdir(exist_ok=True)
-            np.save(predictions / f"epoch-{epoch:03d}.npy", probabilities.astype(np.float32))
-            if improved:
-                save_weights(model, self.out_dir / BEST)
-            data = torch_bytes(payload)
-            with atomic_file(path) as temporary:
-                temporary.write_bytes(data)
-
-        self._writer.submit(write)
-
-    def _restore(self, path: Path) -> dict[str, Any]:
-        try:
-            payload = torch_load_weights_only(path)
-        except Exception:
-            raise InvalidInputError(
-                f"{path}: the checkpoint cannot be read: {unsafe_contents(path)}. It was not "
-                "written by medadapt as it is; remove it (and the run folder's other files) "
-                "to train from the start"
-            ) from None
+    def _restore(self) -> dict[str, Any]:
+        payload = self.checkpoints.read()
         self.model.load_state_dict(payload["model"])
         for name, module in self.extra_modules.items():
             module.load_state_dict(payload["extra"][name])
@@ -564,12 +547,3 @@ def _describe(result: EpochResult) -> str:
     if result.val_score is not None:
         text += f"  val score {result.val_score:.3f}"
     return text
-
-
-def validation_predictions(run_dir: Path) -> dict[int, np.ndarray]:
-    """Every epoch's validation probabilities a run kept, by epoch (from 1)."""
-    folder = run_dir / VALIDATION_PREDICTIONS
-    return {
-        int(path.stem.removeprefix("epoch-")): np.load(path)
-        for path in sorted(folder.glob("epoch-*.npy"))
-    }
