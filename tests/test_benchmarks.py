@@ -226,6 +226,8 @@ SHOWS = {
     ],
     "epoch_profile": ["| part of a DANN epoch |", "bare PyTorch", "SKADA DANN"],
     "dicom_loading": ["the limit with every core", "medadapt load_hu, one process"],
+    # The machine's limit, measured beside the Dask runs.
+    "batch_throughput": ["(the machine's limit) |", "Against the machine's limit measured"],
 }
 #: Benchmarks quick enough to share one test (and one worker); the others have one each.
 LIGHT = ["dicom_loading", "dicom_scan", "phantom_generation", "training_loop", "source_model"]
