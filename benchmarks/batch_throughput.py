@@ -8,8 +8,8 @@ warm cache. One after another: ``run_job`` four times in this process with every
 processes of one thread each, its start-up included, and with one worker (all cores).
 One job alone with one thread and with every core shows how much a job already gains from
 the second core. The machine's limit, measured in the same run: the same jobs on as many
-worker processes of one thread as there are cores, without Dask, the processes started and
-their imports done before the clock starts. Targets: at most 0.6x the sequential time on 2
+processes of one thread as the Dask run has workers, without Dask, the processes started
+and their imports done before the clock starts. Targets: at most 0.6x the sequential time on 2
 cores, and Dask within 1.10x of the limit.
 
     .venv/bin/python benchmarks/batch_throughput.py [--quick]     (or: make bench)
@@ -29,8 +29,10 @@ from suite import Section, verdict
 
 SEQUENTIAL = "one after another (1 process, all cores)"
 ONE_WORKER = "Dask, 1 worker (all cores; start-up included)"
-TWO_WORKERS = "Dask, 2 workers of 1 thread (start-up included)"
-LIMIT = "2 processes of 1 thread, no Dask, started beforehand (the machine's limit)"
+#: Workers of the Dask run, and processes of the limit measured beside it.
+WORKERS = 2
+TWO_WORKERS = f"Dask, {WORKERS} workers of 1 thread (start-up included)"
+LIMIT = f"{WORKERS} processes of 1 thread, no Dask, started beforehand (the machine's limit)"
 SITE_PATIENTS, SITE_EPOCHS = 120, 10
 #: The four target sites: scanners and doses that differ from the source's.
 SITES = [
@@ -64,9 +66,8 @@ def _finished(outcomes: list[Any]) -> None:
 
 
 def _on_warm_processes(jobs: list[Any], out: Path, processes: int) -> float:
-    """Seconds for the jobs on ``processes`` spawned processes of one torch thread each (as
-    many as the Dask run has workers), started and medadapt imported in them before the
-    clock starts."""
+    """Seconds for the jobs on ``processes`` spawned processes of one torch thread each,
+    started and medadapt imported in them before the clock starts."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -133,8 +134,8 @@ def run(quick: bool, work: Path) -> Section:
     seconds = {
         SEQUENTIAL: timed(lambda: [run_job(job, work / "sequential") for job in jobs]),
         ONE_WORKER: timed(lambda: _finished(run_batch(jobs, work / "dask-1", workers=1))),
-        TWO_WORKERS: timed(lambda: _finished(run_batch(jobs, work / "dask-2", workers=2))),
-        LIMIT: _on_warm_processes(jobs, work / "processes", 2),
+        TWO_WORKERS: timed(lambda: _finished(run_batch(jobs, work / "dask-2", workers=WORKERS))),
+        LIMIT: _on_warm_processes(jobs, work / "processes", WORKERS),
     }
     sequential, parallel = seconds[SEQUENTIAL], seconds[TWO_WORKERS]
     ratio = parallel / sequential
@@ -173,7 +174,7 @@ def run(quick: bool, work: Path) -> Section:
         f"{1 - parallel / seconds[ONE_WORKER]:.0%}.",
         f"- Against the machine's limit measured in this run ({seconds[LIMIT] / sequential:.2f}x "
         f"the sequential time, against {ceiling:.2f}x computed from one job alone): Dask with "
-        f"{cores} workers takes {parallel / seconds[LIMIT]:.2f}x it (target within 1.10x): "
+        f"{WORKERS} workers takes {parallel / seconds[LIMIT]:.2f}x it (target within 1.10x): "
         f"{verdict(parallel / seconds[LIMIT] <= 1.10)}.",
     ]
     return Section(
