@@ -16,8 +16,10 @@ the head pair. A change made for speed (the target's incomplete last batch dropp
 drops it) has its own rule: it becomes the default where it takes less time and its mean
 AUROC is lower by no more than 0.01 on either scanner pair (the issue's margin against
 SKADA) and 0.05 on the head pair. Chosen (docs/adaptation.md): DANN in one pass; SHOT's
-features at a tenth of the learning rate. Not chosen: one pass for CORAL (lower on ultra-low
-dose) and MMD (lower on sharp kernel and on the head pair by 0.165).
+features at a tenth of the learning rate; the target's incomplete batch dropped for DANN,
+CORAL and SHOT. Not chosen: one pass for CORAL (lower on ultra-low dose) and MMD (lower on
+sharp kernel and on the head pair by 0.165); the incomplete batch dropped for MMD and TENT
+(lower on the sharp kernel by 0.014 and 0.018).
 
     .venv/bin/python benchmarks/method_study.py [--only VARIANT ...]
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import statistics
 import sys
@@ -133,37 +136,24 @@ def _shot(lr_factor: float) -> Callable[[], Any]:
     return patch
 
 
-def _target_batches(drop_incomplete: bool) -> Callable[[], Any]:
-    """The target's training batches with or without the epoch's last incomplete one, as
-    SKADA and the source's batches (``runs.forever``) drop it; never when the target holds
-    less than one batch."""
+def _target_batches(method: str, drop_incomplete: bool) -> Callable[[], Any]:
+    """``method``'s epochs with or without the target's last incomplete batch (its
+    ``drop_incomplete_batch``, which sets both the training batches and the steps a run
+    counts for its warm-up), whatever its default; never dropped when the target holds less
+    than one batch (engine/training/loop.py, ``steps_per_epoch``)."""
 
     def patch() -> contextlib.AbstractContextManager[None]:
-        from torch.utils.data import DataLoader
+        from medadapt.engine import AdaptationMethod
 
-        from medadapt.engine.training import loop
-
-        original = loop.Trainer._loader
-
-        def loader(
-            self: Any, data: Any, epoch: int, shuffle: bool, distributed: bool = True
-        ) -> Any:
-            made = original(self, data, epoch, shuffle, distributed)
-            drop = drop_incomplete and shuffle and len(data) >= made.batch_size
-            if drop == made.drop_last:
-                return made
-            return DataLoader(
-                data,
-                batch_size=made.batch_size,
-                sampler=made.sampler,
-                num_workers=made.num_workers,
-                worker_init_fn=made.worker_init_fn,
-                generator=made.generator,
-                pin_memory=made.pin_memory,
-                drop_last=drop,
-            )
-
-        return _patched(loop.Trainer, "_loader", loader)
+        module = importlib.import_module(f"medadapt.plugins.adaptation.{method}")
+        [owner] = [
+            value
+            for value in vars(module).values()
+            if isinstance(value, type)
+            and issubclass(value, AdaptationMethod)
+            and getattr(value, "name", None) == method
+        ]
+        return _patched(owner, "drop_incomplete_batch", drop_incomplete)
 
     return patch
 
@@ -181,43 +171,69 @@ def _together(*patches: Callable[[], Any]) -> Callable[[], Any]:
     return patch
 
 
-_EVERY, _DROPPED = _target_batches(False), _target_batches(True)
+def _every(method: str) -> Callable[[], Any]:
+    return _target_batches(method, False)
+
+
+def _dropped(method: str) -> Callable[[], Any]:
+    return _target_batches(method, True)
+
 
 #: Each variant sets what it varies itself, whatever the engine's default, so that the study
-#: means the same at any commit. The "incomplete target batch" pairs are a change for speed
+#: means the same at any commit. The "incomplete target batch" ones are a change for speed
 #: (an epoch of fewer steps, as SKADA's), judged by the rule for speed (module docstring).
 VARIANTS: dict[str, tuple[str, Callable[[], Any], str]] = {
-    "dann, a pass per site": ("dann", _together(_dann(False), _EVERY), "the default before 33"),
-    "dann, one pass": ("dann", _together(_dann(True), _EVERY), "source and target together"),
-    "coral, a pass per site": ("coral", _together(_alignment(False), _EVERY), "the default"),
-    "coral, one pass": ("coral", _together(_alignment(True), _EVERY), "both together"),
-    "mmd, a pass per site": ("mmd", _together(_alignment(False), _EVERY), "the default"),
-    "mmd, one pass": ("mmd", _together(_alignment(True), _EVERY), "both together"),
-    "shot, features at lr": ("shot", _together(_shot(1.0), _EVERY), "the default before 33"),
-    "shot, features at lr x 0.1": ("shot", _together(_shot(0.1), _EVERY), "the SHOT paper's"),
-    "tent": ("tent", _EVERY, "the default"),
+    "dann, a pass per site": (
+        "dann",
+        _together(_dann(False), _every("dann")),
+        "the default before 33",
+    ),
+    "dann, one pass": (
+        "dann",
+        _together(_dann(True), _every("dann")),
+        "source and target together",
+    ),
+    "coral, a pass per site": (
+        "coral",
+        _together(_alignment(False), _every("coral")),
+        "the default before 33",
+    ),
+    "coral, one pass": ("coral", _together(_alignment(True), _every("coral")), "both together"),
+    "mmd, a pass per site": ("mmd", _together(_alignment(False), _every("mmd")), "the default"),
+    "mmd, one pass": ("mmd", _together(_alignment(True), _every("mmd")), "both together"),
+    "shot, features at lr": (
+        "shot",
+        _together(_shot(1.0), _every("shot")),
+        "the default before 33",
+    ),
+    "shot, features at lr x 0.1": (
+        "shot",
+        _together(_shot(0.1), _every("shot")),
+        "the SHOT paper's",
+    ),
+    "tent": ("tent", _every("tent"), "the default"),
     # For speed: each method's default as above, the target's incomplete batch dropped.
     "dann, one pass, incomplete target batch dropped": (
         "dann",
-        _together(_dann(True), _DROPPED),
-        "as SKADA",
+        _together(_dann(True), _dropped("dann")),
+        "as SKADA; the default since 33",
     ),
     "coral, incomplete target batch dropped": (
         "coral",
-        _together(_alignment(False), _DROPPED),
-        "as SKADA",
+        _together(_alignment(False), _dropped("coral")),
+        "as SKADA; the default since 33",
     ),
     "mmd, incomplete target batch dropped": (
         "mmd",
-        _together(_alignment(False), _DROPPED),
+        _together(_alignment(False), _dropped("mmd")),
         "as SKADA",
     ),
     "shot, incomplete target batch dropped": (
         "shot",
-        _together(_shot(0.1), _DROPPED),
-        "as SKADA",
+        _together(_shot(0.1), _dropped("shot")),
+        "as SKADA; the default since 33",
     ),
-    "tent, incomplete target batch dropped": ("tent", _DROPPED, "as SKADA"),
+    "tent, incomplete target batch dropped": ("tent", _dropped("tent"), "as SKADA"),
 }
 SOURCE_ONLY = "source only"
 PEERS = ["DANN", "DANN, sigmoid discriminator", "DeepCoral"]

@@ -321,26 +321,16 @@ def test_the_method_study_tables_each_variant_over_the_development_seeds(
     assert row.split(" | ")[1] == ""
 
 
-@pytest.mark.parametrize(("size", "every", "dropped"), [(70, 3, 2), (64, 2, 2), (20, 1, 1)])
-def test_the_method_studys_target_batches_drop_the_incomplete_one_only_when_asked(
-    suite, size, every, dropped
-):
-    from types import SimpleNamespace
-
-    from medadapt.engine.training import loop
+@pytest.mark.parametrize("method", ["dann", "coral", "mmd", "shot", "tent"])
+def test_the_method_studys_variants_set_the_incomplete_batch_whatever_the_default(suite, method):
+    from medadapt.engine import ComponentKind, get_plugin_host
 
     study = importlib.import_module("method_study")
-    trainer = SimpleNamespace(
-        seed=1,
-        world=SimpleNamespace(distributed=False),
-        training=SimpleNamespace(batch_size=32, workers=0),
-        on_gpu=False,
-    )
-    data = list(range(size))
-    for patch, steps in ((study._EVERY, every), (study._DROPPED, dropped)):
+    cls = get_plugin_host().registry().get(ComponentKind.ADAPTATION_METHODS, method)
+    default = cls.drop_incomplete_batch
+    for patch, drop in ((study._every(method), False), (study._dropped(method), True)):
         with patch():
-            training = loop.Trainer._loader(trainer, data, 1, shuffle=True)
-            validation = loop.Trainer._loader(trainer, data, 0, shuffle=False)
-        assert len(training) == steps
-        assert sum(len(batch) for batch in validation) == size  # validation sees every sample
-    assert loop.Trainer._loader.__name__ == "_loader"  # put back
+            assert cls.drop_incomplete_batch is drop
+        assert cls.drop_incomplete_batch is default  # put back
+    named = [n for n, (m, _, _) in study.VARIANTS.items() if m == method and "dropped" in n]
+    assert len(named) == 1

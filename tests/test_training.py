@@ -624,3 +624,28 @@ def test_data_loader_worker_processes_give_the_same_model(quick_profile, tmp_pat
     a = load_file(str(alone.model_dir / WEIGHTS))
     b = load_file(str(workers.model_dir / WEIGHTS))
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.parametrize("size", [20, 64, 70, 123])
+@pytest.mark.parametrize("drop", [False, True])
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_an_epochs_training_batches_are_the_steps_it_counts(size, drop, replicas):
+    # The adaptation run's warm-up counts steps_per_epoch; the loader must make that many.
+    from types import SimpleNamespace
+
+    from medadapt.engine.training import loop
+
+    trainer = SimpleNamespace(
+        seed=1,
+        world=SimpleNamespace(distributed=replicas > 1, size=replicas, rank=replicas - 1),
+        training=SimpleNamespace(batch_size=32, workers=0),
+        on_gpu=False,
+        drop_incomplete=drop,
+    )
+    data = list(range(size))
+    training = loop.Trainer._loader(trainer, data, 1, shuffle=True)
+    assert len(list(training)) == loop.steps_per_epoch(size, 32, drop, replicas)
+    validation = loop.Trainer._loader(trainer, data, 0, shuffle=False, distributed=False)
+    assert sum(len(batch) for batch in validation) == size  # validation sees every sample
+    if replicas == 1 and not drop:
+        assert sum(len(batch) for batch in training) == size  # every sample, every epoch

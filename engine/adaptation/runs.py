@@ -26,7 +26,7 @@ from medadapt.engine.models.model import Classifier, build_from_card
 from medadapt.engine.output.text import read_json_file
 from medadapt.engine.profile import Training
 from medadapt.engine.training.distributed import World
-from medadapt.engine.training.loop import FitResult, Trainer
+from medadapt.engine.training.loop import FitResult, Trainer, steps_per_epoch
 from medadapt.engine.training.objective import EpochJudge, Objective, Predict, ScoreJudge
 
 #: A run's predictions on the target validation split at its best epoch (numbers only).
@@ -217,13 +217,16 @@ def run_method(
         else ScoreJudge(selection, positive_index, source_validation)
     )
     options = training.optimizer
+    drop = method.drop_incomplete_batch
+    replicas = world.size if world.distributed else 1
+    steps = steps_per_epoch(len(train), training.batch_size, drop, replicas)  # type: ignore[arg-type]
     objective = MethodObjective(
         method,
         judge,
         plain=plain if plain is not None else train,
         source_train=source_train,
         batch_size=training.batch_size,
-        total_steps=epochs * -(-len(train) // training.batch_size),  # type: ignore[arg-type]
+        total_steps=epochs * steps,
         seed=run.seed,
         lr=options.lr,
         backbone_lr=options.lr * options.backbone_lr_factor,
@@ -243,6 +246,7 @@ def run_method(
         frozen=frozen,
         quiet=quiet,
         batch_norm_pass="always",
+        drop_incomplete=drop,
     )
     fit = trainer.fit(resume=(run.output_dir / "checkpoint.pt").is_file())
     model.load_state_dict(load_file(str(fit.best_weights)))

@@ -379,8 +379,14 @@ class AdaptationMethod(Component):
     #: False for a method that takes no gradient step (``adabn``): the engine runs one
     #: epoch start and no training.
     trains: ClassVar[bool] = True
-    #: How far training is, from 0 at the first step to 1 at the last; the engine sets it
-    #: before every step (DANN's warm-up reads it).
+    #: Whether an epoch leaves out the target's last incomplete training batch (as SKADA
+    #: does, and as the source's batches always do): an epoch of fewer steps. Never when
+    #: the target holds less than one batch. Set per method where the development seeds
+    #: showed it costs no accuracy (docs/adaptation.md); False: every target patch is seen
+    #: every epoch.
+    drop_incomplete_batch: ClassVar[bool] = False
+    #: How far training is: the steps already taken over the run's steps, 0 at the first
+    #: step; the engine sets it before every step (DANN's warm-up reads it).
     progress: float = 0.0
 
     def setup(self, model: nn.Module, feature_dim: int, num_classes: int) -> None:

@@ -92,6 +92,27 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def steps_per_epoch(size: int, batch_size: int, drop_incomplete: bool, replicas: int = 1) -> int:
+    """Training steps in one epoch of ``size`` samples split over ``replicas`` processes.
+
+    With ``drop_incomplete``, the last incomplete batch is left out, unless a process's
+    share is smaller than one batch: then its epoch is that one smaller batch.
+
+    >>> steps_per_epoch(123, 32, drop_incomplete=False), steps_per_epoch(123, 32, True)
+    (4, 3)
+    >>> steps_per_epoch(20, 32, drop_incomplete=True)
+    1
+    """
+    share = -(-size // replicas)  # DistributedSampler pads every share to the same size
+    if drop_incomplete and share >= batch_size:
+        return share // batch_size
+    return max(1, -(-share // batch_size))
+
+
+def _per_replica(sampler: Any, data: Dataset) -> int:
+    return len(sampler) if sampler is not None else len(data)  # type: ignore[arg-type]
+
+
 class Trainer:
     """Trains a model towards an objective with the profile's training settings.
 
@@ -119,6 +140,9 @@ class Trainer:
             progress bar shows the estimate either way).
         checkpoint_seconds: the longest time between two checkpoints (see
             engine/training/checkpoints.py); 0: after every epoch.
+        drop_incomplete: leave out each epoch's last incomplete training batch (see
+            :func:`steps_per_epoch`); validation sees every sample, the batch-norm pass the
+            epoch's own batches.
     """
 
     def __init__(
@@ -137,8 +161,10 @@ class Trainer:
         batch_norm_pass: Literal["when-stale", "always"] = "when-stale",
         announce: bool = False,
         checkpoint_seconds: float = CHECKPOINT_SECONDS,
+        drop_incomplete: bool = False,
     ) -> None:
         self.training = training
+        self.drop_incomplete = drop_incomplete
         self.announce = announce
         self.out_dir = run.output_dir
         self.seed = run.seed
@@ -461,15 +487,20 @@ class Trainer:
         else:
             sampler = None
         workers = self.training.workers
+        batch_size = self.training.batch_size
         return DataLoader(
             data,
-            batch_size=self.training.batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             num_workers=workers,
             worker_init_fn=_seed_worker if workers else None,
             generator=generator,
             pin_memory=self.on_gpu,
             persistent_workers=False,
+            # Only training batches, and never the one batch of a set smaller than a batch.
+            drop_last=shuffle
+            and self.drop_incomplete
+            and _per_replica(sampler, data) >= batch_size,
         )
 
     def _to_device(self, patches: Tensor) -> Tensor:

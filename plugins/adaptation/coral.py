@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 
 from medadapt.engine import FeatureAlignment
@@ -26,6 +28,8 @@ class Coral(FeatureAlignment):
 
     name = "coral"
     term = "coral"
+    #: Chosen on the development seeds for speed (docs/adaptation.md, benchmarks/method_study.py).
+    drop_incomplete_batch: ClassVar[bool] = True
 
     def distance(self, source: Tensor, target: Tensor) -> Tensor:
         return coral_distance(source, target)

@@ -55,6 +55,8 @@ class DANN(AdaptationMethod):
     name = "dann"
     needs_source_data: ClassVar[bool] = True
     needs_target_labels: ClassVar[bool] = False
+    #: Chosen on the development seeds for speed (docs/adaptation.md, benchmarks/method_study.py).
+    drop_incomplete_batch: ClassVar[bool] = True
 
     class Params(NoParams):
         weight: float = Field(default=1.0, ge=0.0, description="weight of the domain loss")

@@ -30,6 +30,8 @@ class SHOT(AdaptationMethod):
     name = "shot"
     needs_source_data: ClassVar[bool] = False
     needs_target_labels: ClassVar[bool] = False
+    #: Chosen on the development seeds for speed (docs/adaptation.md, benchmarks/method_study.py).
+    drop_incomplete_batch: ClassVar[bool] = True
 
     class Params(NoParams):
         pseudo_label_weight: float = Field(
