@@ -20,8 +20,10 @@ def local_cluster(workers: int) -> tuple[SpecCluster, Security]:
     submit work, read results or join as a worker. None of them serves HTTP: Dask's
     dashboard and its worker pages (``/health``, ``/info/call-stacks``, which shows the
     running jobs' code) would answer anyone on the machine without a login, and Dask
-    starts them even with ``dashboard_address=None``.
+    starts them even with ``dashboard_address=None``. Nor do the workers run Dask's
+    statistical profiler, whose only reader is that dashboard.
     """
+    import dask
     from distributed import Nanny, SpecCluster
     from distributed.security import Security
 
@@ -41,13 +43,18 @@ def local_cluster(workers: int) -> tuple[SpecCluster, Security]:
             "silence_logs": logging.ERROR,
         },
     }
-    cluster = SpecCluster(
-        workers={i: worker for i in range(workers)},
-        scheduler=scheduler,
-        security=security,
-        silence_logs=logging.ERROR,
-        name="medadapt-batch",
-    )
+    # Each nanny keeps the configuration it was made with (here, as the cluster starts) for
+    # every worker process it starts. Dask's statistical profiler samples every thread's
+    # stack every 10 ms, under the GIL, for a dashboard this cluster does not serve: a
+    # batch took 1.05 times as long with it (docs/operations.md).
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = SpecCluster(
+            workers={i: worker for i in range(workers)},
+            scheduler=scheduler,
+            security=security,
+            silence_logs=logging.ERROR,
+            name="medadapt-batch",
+        )
     return cluster, security
 
 

@@ -183,6 +183,9 @@ def test_the_local_cluster_speaks_tls_and_turns_away_a_client_without_its_certif
         assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
         with Client(cluster, security=security) as client:
             assert client.submit(sum, [1, 2]).result(timeout=60) == 3
+            # Dask's profiler (every thread's stack every 10 ms) is off in the workers.
+            profiling = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
+            assert list(profiling.values()) == [False]
         with pytest.raises((OSError, TimeoutError)):
             Client(cluster.scheduler_address.replace("tls://", "tcp://"), timeout=5)
         stranger = Security.temporary()  # TLS, with a certificate of its own
