@@ -171,69 +171,37 @@ def _together(*patches: Callable[[], Any]) -> Callable[[], Any]:
     return patch
 
 
-def _every(method: str) -> Callable[[], Any]:
-    return _target_batches(method, False)
-
-
-def _dropped(method: str) -> Callable[[], Any]:
-    return _target_batches(method, True)
+def _variant(
+    method: str, step: Callable[[], Any] | None, drop: bool, text: str
+) -> tuple[str, Callable[[], Any], str]:
+    """A variant of ``method``: its ``step`` patched (None: as the engine has it) and the
+    target's incomplete batch dropped or not, whatever the method's default."""
+    batches = _target_batches(method, drop)
+    return method, _together(step, batches) if step is not None else batches, text
 
 
 #: Each variant sets what it varies itself, whatever the engine's default, so that the study
 #: means the same at any commit. The "incomplete target batch" ones are a change for speed
 #: (an epoch of fewer steps, as SKADA's), judged by the rule for speed (module docstring).
+_SINCE_33 = "as SKADA; the default since 33"
 VARIANTS: dict[str, tuple[str, Callable[[], Any], str]] = {
-    "dann, a pass per site": (
-        "dann",
-        _together(_dann(False), _every("dann")),
-        "the default before 33",
-    ),
-    "dann, one pass": (
-        "dann",
-        _together(_dann(True), _every("dann")),
-        "source and target together",
-    ),
-    "coral, a pass per site": (
-        "coral",
-        _together(_alignment(False), _every("coral")),
-        "the default before 33",
-    ),
-    "coral, one pass": ("coral", _together(_alignment(True), _every("coral")), "both together"),
-    "mmd, a pass per site": ("mmd", _together(_alignment(False), _every("mmd")), "the default"),
-    "mmd, one pass": ("mmd", _together(_alignment(True), _every("mmd")), "both together"),
-    "shot, features at lr": (
-        "shot",
-        _together(_shot(1.0), _every("shot")),
-        "the default before 33",
-    ),
-    "shot, features at lr x 0.1": (
-        "shot",
-        _together(_shot(0.1), _every("shot")),
-        "the SHOT paper's",
-    ),
-    "tent": ("tent", _every("tent"), "the default"),
+    "dann, a pass per site": _variant("dann", _dann(False), False, "the default before 33"),
+    "dann, one pass": _variant("dann", _dann(True), False, "source and target together"),
+    "coral, a pass per site": _variant("coral", _alignment(False), False, "the default"),
+    "coral, one pass": _variant("coral", _alignment(True), False, "both together"),
+    "mmd, a pass per site": _variant("mmd", _alignment(False), False, "the default"),
+    "mmd, one pass": _variant("mmd", _alignment(True), False, "both together"),
+    "shot, features at lr": _variant("shot", _shot(1.0), False, "the default before 33"),
+    "shot, features at lr x 0.1": _variant("shot", _shot(0.1), False, "the SHOT paper's"),
+    "tent": _variant("tent", None, False, "the default"),
     # For speed: each method's default as above, the target's incomplete batch dropped.
-    "dann, one pass, incomplete target batch dropped": (
-        "dann",
-        _together(_dann(True), _dropped("dann")),
-        "as SKADA; the default since 33",
+    "dann, one pass, incomplete target batch dropped": _variant(
+        "dann", _dann(True), True, _SINCE_33
     ),
-    "coral, incomplete target batch dropped": (
-        "coral",
-        _together(_alignment(False), _dropped("coral")),
-        "as SKADA; the default since 33",
-    ),
-    "mmd, incomplete target batch dropped": (
-        "mmd",
-        _together(_alignment(False), _dropped("mmd")),
-        "as SKADA",
-    ),
-    "shot, incomplete target batch dropped": (
-        "shot",
-        _together(_shot(0.1), _dropped("shot")),
-        "as SKADA; the default since 33",
-    ),
-    "tent, incomplete target batch dropped": ("tent", _dropped("tent"), "as SKADA"),
+    "coral, incomplete target batch dropped": _variant("coral", _alignment(False), True, _SINCE_33),
+    "mmd, incomplete target batch dropped": _variant("mmd", _alignment(False), True, "as SKADA"),
+    "shot, incomplete target batch dropped": _variant("shot", _shot(0.1), True, _SINCE_33),
+    "tent, incomplete target batch dropped": _variant("tent", None, True, "as SKADA"),
 }
 SOURCE_ONLY = "source only"
 PEERS = ["DANN", "DANN, sigmoid discriminator", "DeepCoral"]

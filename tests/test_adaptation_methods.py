@@ -116,9 +116,12 @@ def source_model(tmp_path_factory) -> Classifier:
 
 
 def adapt(source_model, name, folder: Path, labelled_val=False, target=None, **options):
-    """Adapt a copy of the source model; without target labels unless ``target`` has them."""
+    """Adapt a copy of the source model with the method ``name`` (or a method object);
+    without target labels unless ``target`` has them."""
     model = copy.deepcopy(source_model)
-    method = REGISTRY.create(ComponentKind.ADAPTATION_METHODS, name)
+    method = (
+        REGISTRY.create(ComponentKind.ADAPTATION_METHODS, name) if isinstance(name, str) else name
+    )
     selection = (
         None
         if labelled_val
@@ -381,18 +384,7 @@ def test_a_method_that_drops_the_incomplete_target_batch_warms_up_to_its_last_st
     # (counted as every batch, a dropped one left the warm-up three quarters done).
     method = type("Recording", (_Recording,), {"drop_incomplete_batch": drop})()
     target = unlabelled(TensorDataset(*(tensor[:70] for tensor in TARGET_TRAIN.tensors)))
-    run_method(
-        copy.deepcopy(source_model),
-        method,
-        target,
-        unlabelled(TARGET_VAL),
-        training(epochs=2),
-        RunInfo("adapt", "target", tmp_path, 0),
-        WORLD,
-        HOST,
-        positive_index=1,
-        selection=REGISTRY.create(ComponentKind.SELECTION_SCORES, "information-maximization"),
-    )
+    adapt(source_model, method, tmp_path, target=target, epochs=2)
     assert [size for size, _ in method.seen] == sizes * 2
     steps = 2 * len(sizes)
     assert [progress for _, progress in method.seen] == pytest.approx(

@@ -328,9 +328,14 @@ def test_the_method_studys_variants_set_the_incomplete_batch_whatever_the_defaul
     study = importlib.import_module("method_study")
     cls = get_plugin_host().registry().get(ComponentKind.ADAPTATION_METHODS, method)
     default = cls.drop_incomplete_batch
-    for patch, drop in ((study._every(method), False), (study._dropped(method), True)):
+    for drop in (False, True):
+        patch = study._target_batches(method, drop)
         with patch():
             assert cls.drop_incomplete_batch is drop
         assert cls.drop_incomplete_batch is default  # put back
-    named = [n for n, (m, _, _) in study.VARIANTS.items() if m == method and "dropped" in n]
-    assert len(named) == 1
+    variants = {n: patch for n, (m, patch, _) in study.VARIANTS.items() if m == method}
+    assert sum("dropped" in name for name in variants) == 1
+    for name, patch in variants.items():
+        with patch():
+            assert cls.drop_incomplete_batch is ("dropped" in name), name
+        assert cls.drop_incomplete_batch is default
