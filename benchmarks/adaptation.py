@@ -575,9 +575,10 @@ def _timing(rows: list[dict[str, Any]], settings: Settings) -> list[str]:
         f"DANN's time per epoch like for like ({PAIRS_FIRST} pair, seed {settings.seeds[0]}): the "
         "same in-memory patches without augmentation, the same source model, optimiser and "
         f"batch size; {settings.timing_epochs} epoch(s) per run, best of "
-        f"{settings.timing_repeats} runs taking turns. medadapt's epoch visits every target "
-        "sample once with a source batch each step; SKADA's draws as many pairs as the larger "
-        "site has full batches.",
+        f"{settings.timing_repeats} runs taking turns. medadapt's DANN epoch visits the "
+        "target's full batches once (the incomplete one left out, as SKADA does) with a "
+        "source batch each step; SKADA's draws as many pairs as the larger site has full "
+        "batches.",
         "",
         "| run | seconds per epoch | samples per epoch | ms per sample | vs SKADA per sample |",
         "|---|---:|---:|---:|---:|",

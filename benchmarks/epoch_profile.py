@@ -241,6 +241,7 @@ def limit(work: Path, epochs: int, quick: bool) -> dict[str, Any]:
     import peers
     from medadapt.engine import ComponentKind, get_plugin_host
     from medadapt.engine.models.model import load_model
+    from medadapt.engine.training.loop import steps_per_epoch
 
     registry = get_plugin_host().registry()
     source, target = _profiles(work, epochs, 1, quick)
@@ -252,7 +253,9 @@ def limit(work: Path, epochs: int, quick: bool) -> dict[str, Any]:
     method = registry.create(ComponentKind.ADAPTATION_METHODS, "dann")
     batch = target.training.batch_size
     options = target.training.optimizer
-    steps = -(-len(target_x) // batch)
+    # As many steps as medadapt's DANN takes (it leaves out the incomplete batch since
+    # 1adbb50, as SKADA does), so that the limit does the same work.
+    steps = steps_per_epoch(len(target_x), batch, method.drop_incomplete_batch)
 
     model = copy.deepcopy(classifier)
     method.setup(model, model.head.in_features, model.head.out_features)
@@ -440,8 +443,10 @@ def _section(
     now_total = seconds("now", "dann", "whole epoch")
     lines = [
         f"The adaptation benchmark's {PAIR} pair at development seed {SEED}: "
-        f"{floor['target samples']} target training samples, batch 32 "
-        f"({floor['bare steps']} steps an epoch). Every method runs {epochs} epochs with "
+        f"{floor['target samples']} target training samples, batch 32 (medadapt's DANN "
+        f"takes {floor['bare steps']} steps an epoch, and so does the bare loop; "
+        f"{-(-floor['target samples'] // 32)} before 1adbb50, which left out no incomplete "
+        f"batch). Every method runs {epochs} epochs with "
         "`adapt` (the unadapted model's candidate run is not timed); seconds are the mean "
         f"per epoch of the fastest of {repeats} run(s), the trees taking turns, each in its own "
         "process. The parts are the engine's own functions, timed from outside "

@@ -290,9 +290,10 @@ def epoch_times(
     Both train on the same in-memory patches without augmentation, from the same source
     model, with the same optimiser and batch size. medadapt's epoch is timed whole (its
     steps, the batch-norm pass and the validation it uses to choose an epoch) and for its
-    steps alone; SKADA's epoch is its steps. Epochs differ in length (medadapt visits every
-    target sample once, with a source batch each step; SKADA draws as many pairs as the
-    larger site has full batches), so milliseconds per training sample compare the steps.
+    steps alone; SKADA's epoch is its steps. Epochs differ in length (medadapt's DANN
+    visits the target's full batches once, with a source batch each step; SKADA draws as
+    many pairs as the larger site has full batches), so milliseconds per training sample
+    compare the steps.
     """
     from torch.utils.data import TensorDataset
 
@@ -300,6 +301,7 @@ def epoch_times(
     from medadapt.engine.adaptation import run_method
     from medadapt.engine.profile import Training
     from medadapt.engine.training.distributed import World
+    from medadapt.engine.training.loop import steps_per_epoch
 
     host = get_plugin_host()
     training = Training.model_validate(
@@ -315,8 +317,12 @@ def epoch_times(
     source_data = TensorDataset(torch.from_numpy(source_x), torch.from_numpy(source_y))
     target_data = TensorDataset(torch.from_numpy(target), torch.full((len(target),), -1))
     validation_data = TensorDataset(*(torch.from_numpy(a) for a in validation))
-    steps = -(-len(target) // batch_size)
-    medadapt_samples = len(target) + steps * min(batch_size, len(source_x))
+    # The samples medadapt's DANN trains on in an epoch: its target batches (the last
+    # incomplete one left out, as SKADA does, since 1adbb50) and a source batch each step.
+    dann = host.registry().get(ComponentKind.ADAPTATION_METHODS, "dann")
+    steps = steps_per_epoch(len(target), batch_size, dann.drop_incomplete_batch)
+    target_samples = min(len(target), steps * batch_size)
+    medadapt_samples = target_samples + steps * min(batch_size, len(source_x))
     full = max(len(source_x) // batch_size, len(target) // batch_size) * batch_size
     skada_samples = 2 * full
     rows: list[dict[str, Any]] = []
