@@ -3,8 +3,10 @@ probabilities."""
 
 from __future__ import annotations
 
+import copy
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +21,18 @@ from medadapt.engine.contracts.host import get_plugin_host
 from medadapt.engine.data.datasets import PatchDataset
 from medadapt.engine.data.samples import PatchLoader, open_site_data
 from medadapt.engine.data.splits import site_split
-from medadapt.engine.models.export import ExportDisagrees, Probabilities, export_model
+from medadapt.engine.models.export import (
+    PROBES,
+    TOLERANCE,
+    ExportDisagrees,
+    Probabilities,
+    UninformativeCheck,
+    export_model,
+    informative_probes,
+    validation_patches,
+)
 from medadapt.engine.models.importing import import_model
-from medadapt.engine.models.model import load_model
+from medadapt.engine.models.model import load_model, save_model
 from medadapt.engine.profile import load_profile
 from medadapt.engine.validation.evaluate import predict_records
 from medadapt.plugins.export import onnx as onnx_export
@@ -230,7 +241,9 @@ def test_the_command_exports_and_says_how_it_checked(tmp_path, small_model):
         ],
     )
     assert done.exit_code == 0, done.output
-    assert "agrees with medadapt on 32 probe patches: largest difference" in done.stdout
+    assert "agrees with medadapt on 32 probe patches, 32 of them with probabilities within" in (
+        done.stdout
+    )
     refused = CliRunner().invoke(
         cli,
         [
@@ -334,3 +347,110 @@ def test_an_unknown_format_and_a_report_for_a_format_without_metadata_are_refuse
     with pytest.raises(InvalidInputError, match="--report goes into the metadata of monai-bundle"):
         export_model(small_model, registry, "torchscript", tmp_path / "m.ts", report=tmp_path)
     assert list(tmp_path.glob("m.ts*")) == []
+
+
+@pytest.fixture
+def sure_model(tmp_path, registry, small_model) -> Path:
+    """``small_model`` made as sure of itself as an adapted model is on uniform noise: its
+    probabilities on the old probes (noise in [0, 1]) are 0 and 1 to within 1e-7."""
+    loaded = load_model(small_model, registry)
+    model = loaded.model.eval()
+    with torch.no_grad():
+        logits = model(probe_patches(loaded.card))
+        centre = float((logits[:, 1] - logits[:, 0]).mean())
+        model.head.weight.mul_(1000)
+        model.head.bias.mul_(1000)
+        model.head.bias[1] += -1000 * centre + 20
+    return save_model(tmp_path / "sure", model, loaded.card)
+
+
+def _probabilities_of(model_dir, registry, patches) -> np.ndarray:
+    return probabilities(model_dir, registry, patches)[:, 1]
+
+
+def test_the_probes_spread_where_uniform_noise_saturates(tmp_path, registry, sure_model):
+    card = load_model(sure_model, registry).card
+    on_noise = _probabilities_of(sure_model, registry, probe_patches(card))
+    assert on_noise.min() > 1 - 1e-7  # the check the issue found: 0 against 0
+    probes = informative_probes(load_model(sure_model, registry).model, card)
+    assert probes.shape == (PROBES, 1, 24, 24)
+    assert float(probes.min()) >= 0.0  # windowed patches' range
+    assert float(probes.max()) <= 1.0
+    spread = np.sort(_probabilities_of(sure_model, registry, probes))
+    assert spread[0] < 0.2, spread
+    assert spread[-1] > 0.8, spread
+    assert ((spread > 0.01) & (spread < 0.99)).all(), spread
+    result = export_model(sure_model, registry, "torchscript", tmp_path / "model.ts")
+    assert result.agreement.informative == PROBES
+    # The same probes every time: an export is checked the same way on every machine.
+    again = informative_probes(load_model(sure_model, registry).model, card)
+    torch.testing.assert_close(again, probes)
+
+
+def _perturbed(exporter, monkeypatch, shift: float) -> None:
+    """The exporter's file computes the network with its positive logit moved by ``shift``
+    (for a probability p, a difference of about p (1 - p) shift)."""
+    write = exporter.write
+
+    def perturbed_write(self, network, card, out, figures):
+        wrong = copy.deepcopy(network)
+        with torch.no_grad():
+            wrong.classifier.head.bias[1] += shift
+        return write(self, wrong, card, out, figures)
+
+    monkeypatch.setattr(exporter, "write", perturbed_write)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=pytest.mark.slow)])
+def test_an_export_perturbed_by_1e_4_is_caught_where_noise_would_let_it_through(
+    tmp_path, registry, sure_model, monkeypatch, fmt
+):
+    exporter = {"torchscript": torchscript.TorchScript, "onnx": onnx_export.Onnx}[fmt]
+    _perturbed(exporter, monkeypatch, 1e-4)
+    out = tmp_path / f"model.{fmt}"
+    # On the old probes, uniform noise, the perturbed file agrees to the last bit.
+    noise = probe_patches(load_model(sure_model, registry).card)
+    with pytest.raises(UninformativeCheck, match=r"saturated .* on 32 of the 32 probe patches"):
+        export_model(sure_model, registry, fmt, out, probes=noise)
+    assert not out.exists()
+    with pytest.raises(ExportDisagrees, match=r"differ from medadapt's by up to 2.\de-05"):
+        export_model(sure_model, registry, fmt, out)
+    assert list(tmp_path.glob("model.*")) == list(tmp_path.glob(".model.*")) == []
+    monkeypatch.undo()
+    result = export_model(sure_model, registry, fmt, out)
+    assert result.agreement.max_difference <= TOLERANCE
+
+
+def test_the_sites_validation_patches_join_the_probes_and_never_its_test_patches(
+    tmp_path, registry, small_model, phantom_site, monkeypatch
+):
+    site = phantom_site("Export Hospital", seed=5, patients=24, split=(0.5, 0.25, 0.25))
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+    profile = load_profile(tmp_path / "site.yaml", registry)
+    card = load_model(small_model, registry).card
+    seen = []
+    original = PatchDataset.__init__
+
+    def recording(self, loader, records, classes, *args, **kwargs):
+        seen.extend(records)
+        original(self, loader, records, classes, *args, **kwargs)
+
+    monkeypatch.setattr(PatchDataset, "__init__", recording)
+    patches = validation_patches(profile, registry, card)
+    splits = {r.split for r in site_split(open_site_data(profile, registry).records, profile)}
+    assert Split.TEST in splits
+    assert seen
+    assert {r.split for r in seen} == {Split.VALIDATION}
+    assert patches.shape == (len(seen), 1, 24, 24)
+    count = len(seen)
+    result = export_model(small_model, registry, "torchscript", tmp_path / "m.ts", profile=profile)
+    assert result.agreement.patches == count + PROBES
+    done = CliRunner().invoke(
+        cli,
+        ["model", "export", str(small_model), "--format", "torchscript", "--out",
+         str(tmp_path / "m2.ts"), "-p", str(tmp_path / "site.yaml"), "--json"],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    checked = json.loads(done.stdout)["checked"]
+    assert checked["patches"] == count + PROBES
+    assert checked["tolerance"] == TOLERANCE

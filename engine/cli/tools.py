@@ -219,30 +219,55 @@ def model_import_command(
     help="The report.json (or its folder) of `validate` on this model: its figures go into "
     "the bundle's metadata.",
 )
+@click.option(
+    "-p",
+    "--profile",
+    "profile_path",
+    type=click.Path(path_type=Path),
+    help="A hospital profile with data: its validation patients' patches (never the test "
+    "split's) join the probe patches the export is checked on.",
+)
 @overwrite_option("the file or bundle there is replaced")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def model_export_command(
-    model_dir: Path, fmt: str, out: Path, report: Path | None, overwrite: bool, as_json: bool
+    model_dir: Path,
+    fmt: str,
+    out: Path,
+    report: Path | None,
+    profile_path: Path | None,
+    overwrite: bool,
+    as_json: bool,
 ) -> None:
     """Write a model for deployment, checked against medadapt's own probabilities.
 
     The export takes patches prepared as the model card says (centred on the lesion,
     resampled, windowed to [0, 1]) and gives one probability per class. Before it is kept,
-    it is run on 32 probe patches and must agree with medadapt within 1e-5 (exit 1 and
-    nothing written otherwise). TorchScript and ONNX files carry the model card. ONNX needs
+    it is run on 32 probe patches made so that medadapt's probabilities on them spread over
+    (0.01, 0.99), and with --profile on up to 64 of the site's validation patches, and it
+    must agree with medadapt within 1e-5, absolute, on every probability (exit 1 and nothing
+    written otherwise, and also when fewer than 8 probes are within (0.01, 0.99), where
+    agreement proves nothing). TorchScript and ONNX files carry the model card. ONNX needs
     pip install 'medadapt[onnx]', and is checked when onnxruntime is installed.
     """
-    from medadapt.engine.models.export import export_model
+    from medadapt.engine.models.export import TOLERANCE, export_model
 
     registry = get_plugin_host().registry()
-    result = export_model(model_dir, registry, fmt, out, report=report, overwrite=overwrite)
+    profile = None if profile_path is None else load_profile(profile_path, registry)
+    result = export_model(
+        model_dir, registry, fmt, out, report=report, overwrite=overwrite, profile=profile
+    )
     agreement = result.agreement
     summary = {
         "path": str(result.path),
         "format": result.format,
         "checked": None
         if agreement is None
-        else {"patches": agreement.patches, "max_difference": agreement.max_difference},
+        else {
+            "patches": agreement.patches,
+            "informative": agreement.informative,
+            "max_difference": agreement.max_difference,
+            "tolerance": TOLERANCE,
+        },
         "notes": result.notes,
     }
     if as_json:
@@ -251,8 +276,9 @@ def model_export_command(
     checked = (
         "not run here"
         if agreement is None
-        else f"agrees with medadapt on {agreement.patches} probe patches: largest difference "
-        f"{agreement.max_difference:.1e}, allowed 1e-05"
+        else f"agrees with medadapt on {agreement.patches} probe patches, "
+        f"{agreement.informative} of them with probabilities within (0.01, 0.99): largest "
+        f"difference {agreement.max_difference:.1e}, allowed {TOLERANCE:g}"
     )
     click.echo(f"{result.format} written to {result.path} ({checked})")
     for text in result.notes:
