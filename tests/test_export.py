@@ -377,8 +377,8 @@ def test_the_probes_spread_where_uniform_noise_saturates(tmp_path, registry, sur
     assert float(probes.min()) >= 0.0  # windowed patches' range
     assert float(probes.max()) <= 1.0
     spread = np.sort(_probabilities_of(sure_model, registry, probes))
-    assert spread[0] < 0.2, spread
-    assert spread[-1] > 0.8, spread
+    assert spread[0] <= 0.2, spread  # SPREAD: class 0's aimed probes count from the top
+    assert spread[-1] >= 0.8, spread
     assert ((spread > 0.01) & (spread < 0.99)).all(), spread
     result = export_model(sure_model, registry, "torchscript", tmp_path / "model.ts")
     assert result.agreement.informative == PROBES

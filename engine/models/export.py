@@ -40,6 +40,8 @@ PROBES = 32
 #: where the probabilities are 0 and 1 to the last bit, an export that is wrong in every
 #: weight can still agree exactly.
 SATURATED = 0.99
+#: How far the made probes' probabilities must spread before they are used.
+SPREAD = (0.2, 0.8)
 #: The fewest informative probe patches a check is accepted on.
 MIN_INFORMATIVE = 8
 #: At most this many of a site's validation patches join the probes.
@@ -201,7 +203,7 @@ def informative_probes(
     card: ModelCard,
     count: int = PROBES,
     seed: int = 0,
-    steps: int = 40,
+    steps: int = 30,
 ) -> Tensor:
     """``count`` patches of the card's shape on which ``classifier``'s probabilities are
     spread over (0.01, 0.99): where an export that computes even slightly otherwise gives
@@ -210,15 +212,17 @@ def informative_probes(
     A model is sure of itself on uniform noise (its probabilities 0 and 1 to the last bit),
     so each probe starts from :func:`probe_patches` and takes gradient steps on its pixels,
     kept in (0, 1) as windowed patches are, until the log-odds of its class (probe ``i``
-    aims at class ``i`` modulo the number of classes) is within 0.25 of a value spread
-    evenly from probability 0.05 to 0.95 among the probes, or after ``steps``. The model's
-    weights are not changed (``classifier`` in eval mode).
+    aims at class ``i`` modulo the number of classes) moves towards a value spread evenly
+    from probability 0.05 to 0.95 among the probes. It stops when no probe is saturated and
+    each class's probability, on the probes aimed at it, reaches from :data:`SPREAD`'s low
+    end to its high end, or after ``steps``. The model's weights are not changed (``classifier`` in
+    eval mode).
     """
     start = probe_patches(card, count, seed).clamp(0.02, 0.98)
     pixels = torch.logit(start).requires_grad_(True)
     aimed = torch.arange(count) % len(card.classes)
     wanted = torch.logit(torch.linspace(0.05, 0.95, count))
-    optimiser = torch.optim.Adam([pixels], lr=0.2)
+    optimiser = torch.optim.Adam([pixels], lr=0.3)
     was_training = classifier.training
     classifier.eval()
     try:
@@ -226,8 +230,13 @@ def informative_probes(
             logits = classifier(torch.sigmoid(pixels))
             chosen = logits.gather(1, aimed[:, None])[:, 0]
             others = logits.scatter(1, aimed[:, None], float("-inf")).logsumexp(1)
-            reached = (chosen - others - wanted).abs() < 0.25
-            if reached.all():
+            probabilities = torch.softmax(logits.detach(), 1)
+            aimed_at = probabilities.gather(1, aimed[:, None])[:, 0]
+            unsure = bool((probabilities.max(1).values < SATURATED).all())
+            if unsure and all(
+                aimed_at[aimed == c].min() <= SPREAD[0] and aimed_at[aimed == c].max() >= SPREAD[1]
+                for c in range(min(len(card.classes), count))
+            ):
                 break
             loss = ((chosen - others - wanted) ** 2).sum()
             (gradient,) = torch.autograd.grad(loss, [pixels])
