@@ -215,8 +215,8 @@ def informative_probes(
     aims at class ``i`` modulo the number of classes) moves towards a value spread evenly
     from probability 0.05 to 0.95 among the probes. It stops when no probe is saturated and
     each class's probability, on the probes aimed at it, reaches from :data:`SPREAD`'s low
-    end to its high end, or after ``steps``. The model's weights are not changed (``classifier`` in
-    eval mode).
+    end to its high end, or after ``steps``. The model's weights are not changed
+    (``classifier`` in eval mode).
     """
     start = probe_patches(card, count, seed).clamp(0.02, 0.98)
     pixels = torch.logit(start).requires_grad_(True)
