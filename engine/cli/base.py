@@ -253,13 +253,15 @@ def adaptation_options(batch: bool) -> Callable[[Callable[..., Any]], Callable[.
     return decorate
 
 
-def profile_option(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def profile_option(
+    purpose: str, required: bool = True
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The ``-p/--profile FILE`` option every job takes; ``purpose`` says what it must hold."""
     return click.option(
         "-p",
         "--profile",
         "profile_path",
-        required=True,
+        required=required,
         type=click.Path(path_type=Path),
         help=f"The hospital profile: {purpose}.",
     )

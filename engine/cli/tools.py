@@ -219,13 +219,10 @@ def model_import_command(
     help="The report.json (or its folder) of `validate` on this model: its figures go into "
     "the bundle's metadata.",
 )
-@click.option(
-    "-p",
-    "--profile",
-    "profile_path",
-    type=click.Path(path_type=Path),
-    help="A hospital profile with data: its validation patients' patches (never the test "
-    "split's) join the probe patches the export is checked on.",
+@profile_option(
+    "a site with data, whose validation patients' patches (never the test split's) join the "
+    "probe patches the export is checked on",
+    required=False,
 )
 @overwrite_option("the file or bundle there is replaced")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
